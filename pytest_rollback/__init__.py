@@ -1,0 +1,25 @@
+"""pytest-rollback: real Redis (and more) for every test, rolled back after each one."""
+
+from __future__ import annotations
+
+from .api import Changes, Observation, RestoreReport, RollbackError, Rollbackable, Service, StoreUnavailable
+from .engine import Checkpoint
+from .fixtures import RollbackHandle
+from .registry import Registry, Store
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Changes",
+    "Checkpoint",
+    "Observation",
+    "Registry",
+    "RestoreReport",
+    "RollbackError",
+    "RollbackHandle",
+    "Rollbackable",
+    "Service",
+    "Store",
+    "StoreUnavailable",
+    "__version__",
+]

@@ -1,0 +1,194 @@
+"""A small RESP3 connection: the Redis adapter's only link to the server.
+
+The adapter needs things redis-py hides: one connection that is subscribed to
+keyspace notifications *and* runs commands (RESP3 allows both), push messages
+read in order with the replies (so a reply is a barrier for every event that the
+server published before it), and a connection that never reconnects on its own,
+so that a dropped subscription is always noticed.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from typing import Union
+
+Arg = Union[bytes, str, int, float]
+
+
+class ReplyError(Exception):
+    """An error reply (``-ERR ...``) from the server."""
+
+
+class ConnectionLost(Exception):
+    """The connection broke: closed by the server, killed, or timed out."""
+
+
+class Push(list):  # type: ignore[type-arg]
+    """An out-of-band RESP3 push message (``>``), e.g. a pub/sub message."""
+
+
+def encode(args: Sequence[Arg]) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        if isinstance(a, bytes):
+            b = a
+        elif isinstance(a, str):
+            b = a.encode()
+        else:
+            b = repr(a).encode() if isinstance(a, float) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+class Resp3Connection:
+    """One TCP connection speaking RESP3. Not thread-safe; never reconnects by itself."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 30.0,
+        on_push: Callable[[Push], None] | None = None,
+    ) -> None:
+        self.host, self.port = host, port
+        self.timeout = timeout
+        self.on_push = on_push
+        self._buf = bytearray()
+        self._pos = 0
+        self._sock: socket.socket | None = socket.create_connection((host, port), timeout=timeout)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        hello: list[Arg] = ["HELLO", 3]
+        if password is not None:
+            hello += ["AUTH", username or "default", password]
+        self.server_info = self.call(*hello)
+
+    # -- sending -------------------------------------------------------------
+    def send(self, commands: Iterable[Sequence[Arg]]) -> None:
+        data = b"".join(encode(c) for c in commands)
+        if self._sock is None:
+            raise ConnectionLost("connection is closed")
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            self.close()
+            raise ConnectionLost(str(exc)) from exc
+
+    def call(self, *args: Arg) -> object:
+        """Send one command and return its reply; raise :class:`ReplyError` on an error."""
+        self.send([args])
+        reply = self.read_reply()
+        if isinstance(reply, ReplyError):
+            raise reply
+        return reply
+
+    def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[object]:
+        """Send all commands at once and return their replies (errors returned, not raised)."""
+        if not commands:
+            return []
+        self.send(commands)
+        return [self.read_reply() for _ in commands]
+
+    # -- receiving -----------------------------------------------------------
+    def read_reply(self) -> object:
+        """Next reply; push messages met on the way go to ``on_push``."""
+        while True:
+            value = self._read_value()
+            if isinstance(value, Push):
+                if self.on_push is not None:
+                    self.on_push(value)
+                continue
+            return value
+
+    def _fill(self) -> None:
+        if self._sock is None:
+            raise ConnectionLost("connection is closed")
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        try:
+            chunk = self._sock.recv(1 << 18)
+        except OSError as exc:
+            self.close()
+            raise ConnectionLost(str(exc)) from exc
+        if not chunk:
+            self.close()
+            raise ConnectionLost("server closed the connection")
+        self._buf += chunk
+
+    def _line(self) -> bytes:
+        while True:
+            end = self._buf.find(b"\r\n", self._pos)
+            if end >= 0:
+                line = bytes(self._buf[self._pos : end])
+                self._pos = end + 2
+                return line
+            self._fill()
+
+    def _exact(self, n: int) -> bytes:
+        while len(self._buf) - self._pos < n + 2:
+            self._fill()
+        data = bytes(self._buf[self._pos : self._pos + n])
+        self._pos += n + 2
+        return data
+
+    def _read_value(self) -> object:
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest
+        if kind == b":":
+            return int(rest)
+        if kind in (b"$", b"=", b"!"):
+            n = int(rest)
+            if n < 0:
+                return None
+            data = self._exact(n)
+            if kind == b"=":
+                return data[4:]  # verbatim string: drop the "txt:" format prefix
+            if kind == b"!":
+                return ReplyError(data.decode(errors="replace"))
+            return data
+        if kind in (b"*", b">", b"~"):
+            n = int(rest)
+            if n < 0:
+                return None
+            items = [self._read_value() for _ in range(n)]
+            return Push(items) if kind == b">" else items
+        if kind == b"%":
+            n = int(rest)
+            flat: dict[object, object] = {}
+            for _ in range(n):
+                key = self._read_value()
+                flat[key if not isinstance(key, list) else tuple(key)] = self._read_value()
+            return flat
+        if kind == b"|":  # attributes precede the real reply: skip them
+            for _ in range(2 * int(rest)):
+                self._read_value()
+            return self._read_value()
+        if kind == b"_":
+            return None
+        if kind == b"-":
+            return ReplyError(rest.decode(errors="replace"))
+        if kind == b"#":
+            return rest == b"t"
+        if kind == b",":
+            return float(rest)
+        if kind == b"(":
+            return int(rest)
+        self.close()
+        raise ConnectionLost(f"unexpected RESP3 type byte {kind!r}")
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None

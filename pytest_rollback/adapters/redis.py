@@ -1,0 +1,676 @@
+"""Redis: checkpoints whose rollback costs what the test wrote.
+
+How it works (the ``tracking`` strategy, used on every real Redis 6.2+):
+
+* One RESP3 connection is subscribed to keyspace notifications of every database
+  (``__keyspace@*__:*``) and also runs the adapter's commands. Because replies and
+  pushes share the connection, the reply to ``INFO commandstats`` is a barrier:
+  every event the server published before it has been read. That barrier is the
+  one round trip a checkpoint or a rollback of an untouched store costs.
+* The adapter keeps, in this process's memory, a snapshot of every key as it was at
+  the newest checkpoint (``DUMP`` payload and absolute expiry). Keys written since
+  are known from the events; a checkpoint refreshes only those, a rollback restores
+  only those (``RESTORE ... REPLACE ABSTTL`` or ``DEL``). Older checkpoints keep the
+  before-images of the keys that later checkpoints refreshed, so nested checkpoints
+  cost what was written between them.
+* What events cannot show is detected and answered by an exact full restore:
+  ``FLUSHDB``, ``FLUSHALL``, ``SWAPDB``, ``CONFIG SET``/``RESETSTAT`` and ``DEBUG``
+  are seen in the command counters that the barrier reads; a killed or dropped
+  connection (``CLIENT KILL``, a subscriber over its output-buffer limit) breaks
+  this connection, which never reconnects silently.
+
+Nothing is stored on the server, so ``KEYS *`` and ``DBSIZE`` see no trace, and the
+Lua script cache is never touched.
+
+Servers that cannot do this (no RESP3, no ``INFO``, no ``CONFIG SET``: fakeredis,
+some managed services) get the ``snapshot`` strategy: a full copy at every
+checkpoint and a full comparison at every rollback. Exact, but its cost grows with
+the data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from ..api import Changes, Observation, RestoreReport, RollbackError
+from ._resp3 import Arg, ConnectionLost, Push, ReplyError, Resp3Connection
+
+Key = tuple[int, bytes]
+#: A key's value at a checkpoint: its DUMP payload and absolute expiry in ms (-1: none).
+Entry = tuple[bytes, int]
+
+#: Commands whose effect keyspace events do not show (or that can stop the events).
+GAP_COMMANDS = (
+    "flushdb",
+    "flushall",
+    "swapdb",
+    "config|set",
+    "config|resetstat",
+    "config",  # Redis 6.x counts CONFIG without subcommands
+    "debug",
+    "replicaof",
+    "slaveof",
+    "module|load",
+    "module|loadex",
+)
+_NEEDED_FLAGS = "KA"
+_EVENT_PATTERN = b"__keyspace@*__:*"
+_BATCH = 2000
+
+
+def parse_url(url: str) -> dict[str, Any]:
+    """Host, port, db, username and password of a ``redis://`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", ""):
+        raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} (use redis://host:port/db)")
+    path = parts.path.strip("/")
+    return {
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or 6379,
+        "db": int(path) if path else None,
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else None,
+    }
+
+
+class _Delta:
+    """Before-images that take the snapshot from a newer point back to an older one."""
+
+    __slots__ = ("before", "full_prev")
+
+    def __init__(self) -> None:
+        self.before: dict[Key, Entry | None] = {}
+        #: The whole snapshot at the older point, when the newer one was a full resync.
+        self.full_prev: dict[Key, Entry] | None = None
+
+
+def _merge(older: _Delta, newer: _Delta) -> _Delta:
+    """One delta from before ``older`` to after ``newer`` (consumes both)."""
+    if older.full_prev is not None:
+        return older
+    if newer.full_prev is not None:
+        for k, v in older.before.items():
+            if v is None:
+                newer.full_prev.pop(k, None)
+            else:
+                newer.full_prev[k] = v
+        return newer
+    if not newer.before:
+        return older
+    if not older.before:
+        return newer
+    if len(older.before) >= len(newer.before):
+        for k, v in newer.before.items():
+            older.before.setdefault(k, v)
+        return older
+    newer.before.update(older.before)
+    return newer
+
+
+class _Level:
+    __slots__ = ("label", "delta", "alive")
+
+    def __init__(self, label: str | None, delta: _Delta) -> None:
+        self.label = label
+        self.delta = delta
+        self.alive = True
+
+    def __repr__(self) -> str:
+        return f"<redis checkpoint {self.label!r}{'' if self.alive else ' (released)'}>"
+
+
+class RedisAdapter:
+    """Checkpoint and roll back a whole Redis server (or the given databases).
+
+    :param url: ``redis://[user:password@]host:port[/db]``.
+    :param dbs: the database numbers this adapter owns; ``None`` means every
+        database of the server (each pytest-xdist worker then has its own server).
+    :param strategy: ``"auto"`` (tracking where the server allows it, else
+        snapshot), ``"tracking"`` or ``"snapshot"``.
+    """
+
+    name = "redis"
+
+    def __init__(self, url: str, *, dbs: Iterable[int] | None = None, strategy: str = "auto") -> None:
+        if strategy not in ("auto", "tracking", "snapshot"):
+            raise ValueError(f"strategy must be auto, tracking or snapshot, not {strategy!r}")
+        self.url = url
+        self._params = parse_url(url)
+        self._owned: frozenset[int] | None = frozenset(dbs) if dbs is not None else None
+        self._conn: Resp3Connection | None = None
+        self._db = -1
+        self._snap: dict[Key, Entry] = {}
+        self._dirty: set[Key] = set()
+        self._own_window: set[Key] | None = None
+        self._levels: list[_Level] = []
+        self._pending = _Delta()
+        self._gap: str | None = "first checkpoint"
+        self._counters: dict[str, int] = {}
+        self._has_pexpiretime = True
+        self._original_flags: str | None = None
+        self._client: Any = None
+        self.last_report: RestoreReport | None = None
+        self.strategy = strategy
+        if strategy != "snapshot":
+            try:
+                self._connect()
+                self.strategy = "tracking"
+            except (ReplyError, ConnectionLost, OSError) as exc:
+                if strategy == "tracking":
+                    raise RollbackError(
+                        f"redis at {self._where()}: change tracking is not possible ({exc}); "
+                        "use strategy='snapshot' or a Redis 6.2+ server that allows CONFIG SET"
+                    ) from exc
+                self._close_conn()
+                self.strategy = "snapshot"
+
+    # -- connection ----------------------------------------------------------
+    def _where(self) -> str:
+        return f"{self._params['host']}:{self._params['port']}"
+
+    def _connect(self) -> None:
+        p = self._params
+        conn = Resp3Connection(
+            p["host"], p["port"], username=p["username"], password=p["password"], on_push=self._on_push
+        )
+        self._conn = conn
+        self._db = -1
+        info = conn.server_info
+        version = info.get(b"version", b"0") if isinstance(info, dict) else b"0"
+        major_minor = tuple(int(x) for x in version.split(b".")[:2])
+        self._has_pexpiretime = major_minor >= (7, 0)
+        reply = conn.call("CONFIG", "GET", "notify-keyspace-events")
+        current = ""
+        if isinstance(reply, dict):
+            current = next(iter(reply.values()), b"").decode()
+        elif isinstance(reply, list) and len(reply) == 2:
+            current = reply[1].decode()
+        if self._original_flags is None:
+            self._original_flags = current
+        expanded = current.replace("A", "g$lshzxetd")
+        if not ("K" in expanded and all(f in expanded for f in "g$lshzxetd")):
+            conn.call("CONFIG", "SET", "notify-keyspace-events", _union_flags(current, _NEEDED_FLAGS))
+        conn.send([("PSUBSCRIBE", _EVENT_PATTERN)])
+        conn.call("PING")  # the subscription is confirmed by a push; PING's reply follows it
+        self._counters = self._read_counters()
+
+    def _close_conn(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _on_push(self, msg: Push) -> None:
+        if len(msg) != 4 or msg[0] != b"pmessage":
+            return
+        channel = msg[2]
+        end = channel.find(b"__:", 11)
+        if end < 0:
+            return
+        db = int(channel[11:end])
+        if self._owned is not None and db not in self._owned:
+            return
+        key = (db, bytes(channel[end + 3 :]))
+        if self._own_window is not None and key in self._own_window:
+            return
+        self._dirty.add(key)
+
+    def _read_counters(self) -> dict[str, int]:
+        assert self._conn is not None
+        text = self._conn.call("INFO", "commandstats")
+        if not isinstance(text, bytes):
+            raise ReplyError("INFO commandstats gave no text")
+        counters: dict[str, int] = {}
+        for line in text.split(b"\r\n"):
+            if line.startswith(b"cmdstat_"):
+                name, _, rest = line[8:].partition(b":")
+                sname = name.decode()
+                if sname in GAP_COMMANDS:
+                    counters[sname] = int(rest.split(b",", 1)[0].split(b"=")[1])
+        return counters
+
+    def _drain(self) -> None:
+        """Read every event published so far (one round trip) and check for gaps."""
+        try:
+            if self._conn is None:
+                raise ConnectionLost("not connected")
+            counters = self._read_counters()
+        except ConnectionLost as exc:
+            self._close_conn()
+            self._gap = f"the adapter's connection was lost ({exc}); keyspace events may have been missed"
+            self._reconnect()
+            return
+        if counters != self._counters:
+            changed = sorted(k for k in set(counters) | set(self._counters) if counters.get(k) != self._counters.get(k))
+            self._gap = self._gap or f"{', '.join(c.upper() for c in changed)} ran (keyspace events do not show its effect)"
+            self._counters = counters
+
+    def _reconnect(self) -> None:
+        try:
+            self._connect()
+        except (OSError, ConnectionLost, ReplyError) as exc:
+            raise RollbackError(
+                f"redis at {self._where()}: cannot reconnect ({exc}); is the server still running?"
+            ) from exc
+
+    def _select(self, db: int, cmds: list[Sequence[Arg]]) -> None:
+        if self._db != db:
+            cmds.append(("SELECT", db))
+            self._db = db
+
+    def _run(self, cmds: list[Sequence[Arg]]) -> list[object]:
+        assert self._conn is not None
+        replies: list[object] = []
+        for i in range(0, len(cmds), _BATCH):
+            replies += self._conn.pipeline(cmds[i : i + _BATCH])
+        return replies
+
+    # -- reading and writing keys --------------------------------------------
+    def _fetch(self, keys: Iterable[Key]) -> dict[Key, Entry | None]:
+        by_db: dict[int, list[bytes]] = {}
+        for db, key in keys:
+            by_db.setdefault(db, []).append(key)
+        cmds: list[Sequence[Arg]] = []
+        order: list[Key | None] = []
+        if not self._has_pexpiretime:
+            cmds.append(("TIME",))
+            order.append(None)
+        for db, names in by_db.items():
+            if self._db != db:
+                cmds.append(("SELECT", db))
+                order.append(None)
+                self._db = db
+            for name in names:
+                cmds.append(("DUMP", name))
+                cmds.append(("PEXPIRETIME", name) if self._has_pexpiretime else ("PTTL", name))
+                order.append((db, name))
+                order.append(None)
+        replies = self._run(cmds)
+        now_ms = 0
+        out: dict[Key, Entry | None] = {}
+        i = 0
+        while i < len(order):
+            key = order[i]
+            if key is None:
+                r = replies[i]
+                if isinstance(r, list):  # TIME
+                    now_ms = int(r[0]) * 1000 + int(r[1]) // 1000
+                elif isinstance(r, ReplyError):
+                    raise RollbackError(f"redis at {self._where()}: {r}")
+                i += 1
+                continue
+            payload, ttl = replies[i], replies[i + 1]
+            if isinstance(payload, ReplyError):
+                raise RollbackError(f"redis at {self._where()}: DUMP failed: {payload}")
+            if payload is None:
+                out[key] = None
+            else:
+                assert isinstance(payload, bytes) and isinstance(ttl, int)
+                if ttl < 0:
+                    expire = -1
+                else:
+                    expire = ttl if self._has_pexpiretime else now_ms + ttl
+                out[key] = (payload, expire)
+            i += 2
+        return out
+
+    def _write(self, keys: Iterable[Key], snap: dict[Key, Entry]) -> int:
+        cmds: list[Sequence[Arg]] = []
+        for db, name in sorted(keys):
+            self._select(db, cmds)
+            entry = snap.get((db, name))
+            if entry is None:
+                cmds.append(("DEL", name))
+            elif entry[1] < 0:
+                cmds.append(("RESTORE", name, 0, entry[0], "REPLACE"))
+            else:
+                cmds.append(("RESTORE", name, entry[1], entry[0], "REPLACE", "ABSTTL"))
+        errors = [r for r in self._run(cmds) if isinstance(r, ReplyError)]
+        if errors:
+            self._gap = "a restore command failed"
+            raise RollbackError(f"redis at {self._where()}: restore failed: {errors[0]} ({len(errors)} errors)")
+        return sum(1 for c in cmds if c[0] != "SELECT")
+
+    def _dbs_with_keys(self) -> set[int]:
+        assert self._conn is not None
+        text = self._conn.call("INFO", "keyspace")
+        dbs: set[int] = set()
+        if isinstance(text, bytes):
+            for line in text.split(b"\r\n"):
+                if line.startswith(b"db") and b":" in line:
+                    dbs.add(int(line[2 : line.index(b":")]))
+        return dbs if self._owned is None else dbs & self._owned
+
+    def _scan_all(self) -> set[Key]:
+        assert self._conn is not None
+        keys: set[Key] = set()
+        for db in sorted(self._dbs_with_keys()):
+            self._conn.call("SELECT", db)
+            self._db = db
+            cursor = b"0"
+            while True:
+                reply = self._conn.call("SCAN", cursor, "COUNT", 1000)
+                assert isinstance(reply, list)
+                cursor = reply[0]
+                keys.update((db, k) for k in reply[1])
+                if cursor == b"0":
+                    break
+        return keys
+
+    def _resync(self) -> _Delta:
+        """Take a whole new snapshot (after a gap); the delta keeps the old one."""
+        keys = self._scan_all()
+        fetched = self._fetch(keys)
+        delta = _Delta()
+        delta.full_prev = self._snap
+        self._snap = {k: v for k, v in fetched.items() if v is not None}
+        self._settle()
+        return delta
+
+    def _settle(self) -> None:
+        """Forget events caused so far (ours), take fresh counters, clear the gap."""
+        self._own_window = None
+        self._dirty.clear()
+        saved = self._on_push
+        assert self._conn is not None
+        self._conn.on_push = None
+        try:
+            self._counters = self._read_counters()
+        finally:
+            self._conn.on_push = saved
+        self._gap = None
+
+    # -- the adapter protocol ------------------------------------------------
+    def checkpoint(self, label: str | None = None) -> _Level:
+        """Mark the current state; costs one round trip plus what changed since the last mark."""
+        if self.strategy == "snapshot":
+            return self._snapshot_checkpoint(label)
+        self._drain()
+        if self._gap is not None:
+            delta = self._resync()
+        else:
+            delta = _Delta()
+            if self._dirty:
+                fresh = self._fetch(self._dirty)
+                for k, v in fresh.items():
+                    delta.before[k] = self._snap.get(k)
+                    if v is None:
+                        self._snap.pop(k, None)
+                    else:
+                        self._snap[k] = v
+                self._dirty.clear()
+        delta = _merge(self._pending, delta)
+        self._pending = _Delta()
+        level = _Level(label, delta)
+        self._levels.append(level)
+        return level
+
+    def rollback(self, token: _Level) -> RestoreReport:
+        """Make the server equal to ``token``'s state again; ``token`` stays valid."""
+        start = time.perf_counter()
+        if not token.alive or token not in self._levels:
+            raise RollbackError(f"redis: checkpoint {token.label!r} was released or rolled past")
+        if self.strategy == "snapshot":
+            return self._snapshot_rollback(token, start)
+        self._drain()
+        keys = set(self._dirty)
+        full = self._gap
+        snap = self._snap
+        idx = self._levels.index(token)
+        for delta in [self._pending] + [lv.delta for lv in reversed(self._levels[idx + 1 :])]:
+            if delta.full_prev is not None:
+                snap = delta.full_prev
+                full = full or "a checkpoint after this one was a full resync"
+            else:
+                for k, v in delta.before.items():
+                    if v is None:
+                        snap.pop(k, None)
+                    else:
+                        snap[k] = v
+                    keys.add(k)
+        for lv in self._levels[idx + 1 :]:
+            lv.alive = False
+        del self._levels[idx + 1 :]
+        self._pending = _Delta()
+        self._snap = snap
+        self._dirty.clear()
+        if full is not None:
+            restored = self._full_restore()
+            report = RestoreReport("redis", token.label, 0.0, "full", restored, full)
+        elif keys:
+            self._own_window = keys
+            try:
+                restored = self._write(keys, snap)
+            finally:
+                self._own_window = None
+            report = RestoreReport("redis", token.label, 0.0, "incremental", restored)
+        else:
+            report = RestoreReport("redis", token.label, 0.0, "none", 0)
+        report.seconds = time.perf_counter() - start
+        self.last_report = report
+        return report
+
+    def _full_restore(self) -> int:
+        assert self._conn is not None
+        self._own_window = None
+        dbs = self._dbs_with_keys() | {db for db, _ in self._snap}
+        cmds: list[Sequence[Arg]] = []
+        for db in sorted(dbs):
+            self._select(db, cmds)
+            cmds.append(("FLUSHDB",))
+        self._run(cmds)
+        saved = self._conn.on_push
+        self._conn.on_push = None
+        try:
+            n = self._write(self._snap.keys(), self._snap)
+        finally:
+            self._conn.on_push = saved
+        self._settle()
+        return n
+
+    def release(self, token: _Level) -> None:
+        """Forget ``token``; its before-images move to the next newer point."""
+        if not token.alive or token not in self._levels:
+            return
+        idx = self._levels.index(token)
+        if idx == len(self._levels) - 1:
+            self._pending = _merge(token.delta, self._pending)
+        else:
+            nxt = self._levels[idx + 1]
+            nxt.delta = _merge(token.delta, nxt.delta)
+        token.alive = False
+        del self._levels[idx]
+
+    def changes(self, token: _Level) -> Changes:
+        """Keys added, modified and removed since ``token`` (``db:key`` strings)."""
+        if self.strategy == "snapshot":
+            return self._snapshot_changes(token)
+        self._drain()
+        idx = self._levels.index(token)
+        before: dict[Key, Entry | None] = {}
+        complete = self._gap is None
+        full_prev: dict[Key, Entry] | None = None
+        for delta in [self._pending] + [lv.delta for lv in reversed(self._levels[idx + 1 :])]:
+            if delta.full_prev is not None:
+                complete, full_prev = False, delta.full_prev
+            before.update(delta.before)
+        touched = set(before) | self._dirty
+        current = self._fetch(touched) if touched else {}
+        added, modified, removed = set(), set(), set()
+        for k in touched:
+            old = before[k] if k in before else self._snap.get(k)
+            if full_prev is not None and k not in before:
+                old = full_prev.get(k)
+            new = current.get(k)
+            name = f"{k[0]}:{k[1].decode(errors='backslashreplace')}"
+            if old is None and new is not None:
+                added.add(name)
+            elif old is not None and new is None:
+                removed.add(name)
+            elif old is not None and new is not None and (old[0] != new[0] or old[1] != new[1]):
+                modified.add(name)
+        return Changes("redis", frozenset(added), frozenset(modified), frozenset(removed), complete)
+
+    def observe(self) -> Observation:
+        """The whole logical state: every key's type, value and absolute expiry."""
+        return Observation("redis", redis_state(self._redis_client, self._owned))
+
+    def _redis_client(self, db: int) -> Any:
+        import redis
+
+        p = self._params
+        return redis.Redis(
+            host=p["host"], port=p["port"], db=db, username=p["username"], password=p["password"]
+        )
+
+    def close(self) -> None:
+        """Drop the connection; put back the server's own notification flags if it is not ours."""
+        if self._conn is not None and self._original_flags is not None:
+            try:
+                self._conn.call("CONFIG", "SET", "notify-keyspace-events", self._original_flags)
+            except (ConnectionLost, ReplyError):
+                pass
+        self._close_conn()
+        self._levels.clear()
+        self._snap = {}
+
+    # -- the snapshot strategy -----------------------------------------------
+    def _snapshot_keys(self) -> dict[Key, Entry]:
+        state: dict[Key, Entry] = {}
+        for db in self._snapshot_dbs():
+            client = self._redis_client(db)
+            names = list(client.scan_iter(count=1000))
+            for i in range(0, len(names), _BATCH):
+                chunk = names[i : i + _BATCH]
+                pipe = client.pipeline(transaction=False)
+                for name in chunk:
+                    pipe.dump(name)
+                    pipe.pttl(name)
+                replies = pipe.execute()
+                now = int(time.time() * 1000)
+                for j, name in enumerate(chunk):
+                    payload, ttl = replies[2 * j], replies[2 * j + 1]
+                    if payload is not None:
+                        state[(db, name)] = (payload, -1 if ttl < 0 else now + ttl)
+        return state
+
+    def _snapshot_dbs(self) -> list[int]:
+        if self._owned is not None:
+            return sorted(self._owned)
+        client = self._redis_client(0)
+        try:
+            return sorted(int(k[2:]) for k in client.info("keyspace"))
+        except Exception:  # servers without INFO (fakeredis): look at the usual 16
+            return list(range(16))
+
+    def _snapshot_checkpoint(self, label: str | None) -> _Level:
+        delta = _Delta()
+        delta.full_prev = self._snapshot_keys()
+        level = _Level(label, delta)
+        self._levels.append(level)
+        return level
+
+    def _snapshot_rollback(self, token: _Level, start: float) -> RestoreReport:
+        target = token.delta.full_prev or {}
+        current = self._snapshot_keys()
+        count = 0
+        by_db: dict[int, list[bytes]] = {}
+        for db, name in set(current) | set(target):
+            if current.get((db, name)) != target.get((db, name)):
+                by_db.setdefault(db, []).append(name)
+        for db, names in by_db.items():
+            pipe = self._redis_client(db).pipeline(transaction=False)
+            now = int(time.time() * 1000)
+            for name in names:
+                entry = target.get((db, name))
+                if entry is None:
+                    pipe.delete(name)
+                elif entry[1] < 0:
+                    pipe.restore(name, 0, entry[0], replace=True)
+                elif entry[1] > now:
+                    pipe.restore(name, entry[1] - now, entry[0], replace=True)
+                else:
+                    pipe.delete(name)
+                count += 1
+            pipe.execute()
+        for lv in self._levels[self._levels.index(token) + 1 :]:
+            lv.alive = False
+        del self._levels[self._levels.index(token) + 1 :]
+        report = RestoreReport("redis", token.label, time.perf_counter() - start, "full", count, "snapshot strategy")
+        self.last_report = report
+        return report
+
+    def _snapshot_changes(self, token: _Level) -> Changes:
+        target = token.delta.full_prev or {}
+        current = self._snapshot_keys()
+
+        def fmt(k: Key) -> str:
+            return f"{k[0]}:{k[1].decode(errors='backslashreplace')}"
+
+        return Changes(
+            "redis",
+            frozenset(fmt(k) for k in current.keys() - target.keys()),
+            frozenset(fmt(k) for k in current.keys() & target.keys() if current[k][0] != target[k][0]),
+            frozenset(fmt(k) for k in target.keys() - current.keys()),
+        )
+
+
+def _union_flags(current: str, needed: str) -> str:
+    flags = current
+    for f in needed:
+        if f not in flags:
+            flags += f
+    return flags
+
+
+def redis_state(client_for_db: Any, dbs: Iterable[int] | None = None) -> dict[tuple[int, bytes], Any]:
+    """The logical content of a Redis server, comparable with ``==``.
+
+    Each key maps to ``(type, value, expiry)`` where the value is normalised per
+    type (sets sorted, hashes as sorted items, streams with entries and consumer
+    groups) and expiry is the absolute expiry in ms (or -1). ``client_for_db(n)``
+    returns a redis-py client on database ``n``.
+    """
+    state: dict[tuple[int, bytes], Any] = {}
+    if dbs is None:
+        first = client_for_db(0)
+        try:
+            dbs = [int(k[2:]) for k in first.info("keyspace")]
+        except Exception:
+            dbs = list(range(16))
+    for db in sorted(dbs):
+        r = client_for_db(db)
+        for key in r.scan_iter(count=1000):
+            kind = r.type(key)
+            kind = kind.decode() if isinstance(kind, bytes) else kind
+            value: Any
+            if kind == "string":
+                value = r.get(key)
+            elif kind == "list":
+                value = tuple(r.lrange(key, 0, -1))
+            elif kind == "set":
+                value = tuple(sorted(r.smembers(key)))
+            elif kind == "zset":
+                value = tuple(r.zrange(key, 0, -1, withscores=True))
+            elif kind == "hash":
+                value = tuple(sorted(r.hgetall(key).items()))
+            elif kind == "stream":
+                entries = tuple((i, tuple(sorted(f.items()))) for i, f in r.xrange(key))
+                try:
+                    groups = tuple(sorted((g["name"], g["last-delivered-id"]) for g in r.xinfo_groups(key)))
+                except Exception:
+                    groups = ()
+                value = (entries, groups)
+            else:
+                value = r.dump(key)
+            try:
+                expiry = r.pexpiretime(key)
+            except Exception:
+                ttl = r.pttl(key)
+                expiry = -1 if ttl < 0 else round((time.time() * 1000 + ttl) / 1000)
+            if kind is None or kind == "none":
+                continue
+            state[(db, key)] = (kind, value, expiry)
+    return state

@@ -1,0 +1,120 @@
+"""Public types: the adapter protocol, checkpoints, services and reports."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+PROVIDERS = ("auto", "docker", "local", "external", "embedded")
+
+
+@runtime_checkable
+class Rollbackable(Protocol):
+    """What a store adapter must offer to be checkpointed and rolled back.
+
+    Required: ``name``, ``checkpoint(label) -> token`` and ``rollback(token)``.
+    Optional methods, used when present: ``observe() -> Observation`` (a full,
+    comparable view of the store, for ``verify``), ``changes(token)``,
+    ``release(token)`` and ``close()``.
+
+    A token is opaque to the plugin. ``rollback(token)`` must leave the store
+    exactly as it was when ``checkpoint`` returned ``token``, and the token must
+    stay usable: the same token is rolled back to again and again. Checkpoints
+    nest: rolling back to an older token invalidates the newer ones.
+    """
+
+    name: str
+
+    def checkpoint(self, label: str | None) -> Any: ...
+
+    def rollback(self, token: Any) -> Any: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """A comparable picture of a store's whole logical state (for ``verify``)."""
+
+    store: str
+    state: Mapping[Any, Any]
+
+    def diff(self, other: Observation, limit: int = 10) -> list[str]:
+        """Lines describing what differs from ``other`` (at most ``limit``)."""
+        lines: list[str] = []
+        for key in sorted(set(self.state) | set(other.state), key=repr):
+            a, b = self.state.get(key, _MISSING), other.state.get(key, _MISSING)
+            if a != b:
+                if a is _MISSING:
+                    lines.append(f"{key!r}: absent at checkpoint, now {b!r:.80}")
+                elif b is _MISSING:
+                    lines.append(f"{key!r}: {a!r:.80} at checkpoint, now absent")
+                else:
+                    lines.append(f"{key!r}: {a!r:.80} at checkpoint, now {b!r:.80}")
+                if len(lines) >= limit:
+                    lines.append("...")
+                    break
+        return lines
+
+
+_MISSING = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Changes:
+    """What changed in one store since a checkpoint."""
+
+    store: str
+    added: frozenset[Any] = frozenset()
+    modified: frozenset[Any] = frozenset()
+    removed: frozenset[Any] = frozenset()
+    #: True when change tracking lost track (e.g. a FLUSHALL): the sets are then a lower bound.
+    complete: bool = True
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.modified or self.removed) or not self.complete
+
+
+@dataclasses.dataclass
+class RestoreReport:
+    """How one rollback went, passed to ``pytest_rollback_after_rollback``."""
+
+    store: str
+    label: str | None
+    seconds: float
+    #: "incremental" (only what was written), "full" (an exact full restore), or "none".
+    mode: str = "incremental"
+    restored: int = 0
+    reason: str | None = None
+
+
+@dataclasses.dataclass
+class Service:
+    """A running server for one store (what ``redis_service`` and friends return)."""
+
+    name: str
+    provider: str
+    url: str
+    host: str
+    port: int
+    version: str
+    startup_ms: float = 0.0
+    #: True when pytest-rollback started the server itself (it is thrown away at the end).
+    owned: bool = True
+    #: Store-specific details (e.g. the database numbers this worker owns).
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    stop: Callable[[], None] = dataclasses.field(default=lambda: None, repr=False)
+
+    def describe(self) -> str:
+        where = self.url if self.port else self.url or "in-process"
+        return (
+            f"pytest-rollback: {self.name} via {self.provider} at {where}, "
+            f"version {self.version}, ready in {self.startup_ms:.0f} ms"
+        )
+
+
+class StoreUnavailable(Exception):
+    """No server could be had for a store; the message says how to get one."""
+
+
+class RollbackError(Exception):
+    """A checkpoint or rollback failed; the message names the store and what to do."""

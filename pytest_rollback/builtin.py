@@ -1,0 +1,37 @@
+"""The built-in stores, registered through the same hook a third party uses."""
+
+from __future__ import annotations
+
+from .api import Rollbackable, Service
+from .options import StoreSettings
+from .registry import Registry, Store
+
+
+def _redis_adapter(service: Service, settings: StoreSettings) -> Rollbackable:
+    from .adapters.redis import RedisAdapter
+
+    return RedisAdapter(service.url, dbs=service.extra.get("dbs"))
+
+
+def redis_store() -> Store:
+    from .services import docker, embedded, external, local
+
+    return Store(
+        name="redis",
+        make_adapter=_redis_adapter,
+        providers={
+            "external": external.redis,
+            "docker": docker.redis,
+            "local": local.redis,
+            "embedded": embedded.redis,
+        },
+        default_image="redis:7.4.1-alpine",
+        how_to_get=(
+            "pip install 'pytest-rollback[all]' (ships a redis-server and fakeredis), "
+            "or apt-get install redis-server, or pass --rollback-redis-url"
+        ),
+    )
+
+
+def pytest_rollback_register(registry: Registry) -> None:
+    registry.add_store(redis_store())

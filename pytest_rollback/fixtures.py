@@ -1,0 +1,165 @@
+"""The public fixtures: services, clients and the ``rollback`` handle."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Generator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .api import Changes, RollbackError, Service, StoreUnavailable
+from .engine import Checkpoint
+from .markers import parse_rollback_marker
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
+
+    from .plugin import RollbackSession
+
+
+def _session(request: pytest.FixtureRequest) -> RollbackSession:
+    from .plugin import get_session
+
+    return get_session(request.config)
+
+
+def _service(request: pytest.FixtureRequest, store: str) -> Service:
+    try:
+        return _session(request).service(store)
+    except StoreUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def redis_service(request: pytest.FixtureRequest) -> Service:
+    """The session's Redis server: ``.provider``, ``.url``, ``.host``, ``.port``, ``.version``.
+
+    Started on first use (Docker, else a local ``redis-server``, else fakeredis in
+    process) or taken from ``--rollback-redis-url``. Every test that runs after it
+    started is rolled back, whether it asked for a Redis fixture or not.
+    """
+    return _service(request, "redis")
+
+
+@pytest.fixture(scope="session")
+def redis_client(redis_service: Service) -> Iterator[redis.Redis]:
+    """A ``redis.Redis`` client on this worker's database of the session's server.
+
+    Session-scoped, so fixtures of every scope can seed data with it: what a
+    session fixture writes is there for every test, what a test writes is gone
+    after it.
+    """
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(redis_service.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def async_redis_client(redis_service: Service) -> Iterator[redis.asyncio.Redis]:
+    """A ``redis.asyncio.Redis`` client on the same server and database as ``redis_client``.
+
+    Function-scoped, so its connections belong to the test's event loop (use it
+    from ``async def`` tests run by pytest-asyncio or anyio).
+    """
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_service.url)
+    yield client
+    # The test's event loop is gone by now: drop the connections without awaiting.
+    for conn in list(getattr(client.connection_pool, "_available_connections", [])) + list(
+        getattr(client.connection_pool, "_in_use_connections", [])
+    ):
+        with contextlib.suppress(Exception):
+            conn._close()
+
+
+class RollbackHandle:
+    """What the ``rollback`` fixture gives a test: checkpoints, restores, branches and changes."""
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        self._session = _session(request)
+        self._engine = self._session.engine
+        self._test_level: Checkpoint | None = getattr(request.node, "_rollback_checkpoint", None)
+
+    @property
+    def stores(self) -> list[str]:
+        """Names of the stores being rolled back right now."""
+        return list(self._engine.adapters)
+
+    def checkpoint(self, label: str | None = None) -> Checkpoint:
+        """Mark the current state of every active store; ``restore`` brings it back."""
+        self._require_enabled()
+        return self._engine.push(label or "checkpoint", "checkpoint")
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Roll every store back to ``checkpoint``; it stays usable, later checkpoints are dropped."""
+        self._require_enabled()
+        problems = self._engine.restore(checkpoint)
+        if problems:
+            raise RollbackError("; ".join(problems))
+
+    @contextlib.contextmanager
+    def branch(self, label: str | None = None) -> Generator[Checkpoint, None, None]:
+        """``with rollback.branch():`` — whatever the block writes is undone when it exits."""
+        cp = self.checkpoint(label or "branch")
+        try:
+            yield cp
+        finally:
+            if cp.alive:
+                self._engine.pop(cp)
+
+    def changes(self, since: Checkpoint | None = None) -> dict[str, Changes]:
+        """Per store: what was added, modified and removed since ``since`` (default: the test's start)."""
+        self._require_enabled()
+        base = since or self._test_level
+        if base is None:
+            raise RollbackError("pytest-rollback: this test has no checkpoint (rollback is disabled for it)")
+        return self._engine.changes(base)
+
+    def _require_enabled(self) -> None:
+        if not self._engine.enabled:
+            raise RollbackError("pytest-rollback: rollback is disabled (--no-rollback); checkpoints are not available")
+
+
+@pytest.fixture
+def rollback(request: pytest.FixtureRequest) -> RollbackHandle:
+    """Control rollback from inside a test.
+
+    ``rollback.checkpoint(label=None)`` marks the state of every active store,
+    ``rollback.restore(checkpoint)`` goes back to it, ``with rollback.branch(): ...``
+    undoes the block's writes on exit, and ``rollback.changes(since=None)`` tells
+    per store what was added, modified or removed since the test began.
+    """
+    return RollbackHandle(request)
+
+
+@pytest.fixture(autouse=True)
+def _rollback_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Checkpoint every active store before the test's own fixtures; roll back after them."""
+    session = _session(request)
+    engine = session.engine
+    if not engine.enabled:
+        yield
+        return
+    session.register()
+    marker = parse_rollback_marker(request.node, session.registry.names())
+    if not marker.enabled:
+        yield
+        return
+    verify = marker.verify or session.options.verify
+    cp = engine.push(f"test {request.node.nodeid}", "test", verify=verify)
+    request.node._rollback_checkpoint = cp  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        problems = engine.pop(cp, stores=marker.stores or None)
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+
+

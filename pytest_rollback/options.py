@@ -1,0 +1,152 @@
+"""Options, read with one precedence: command line > ini file > environment > default."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import pytest
+
+from .api import PROVIDERS
+
+#: Stores that have URL and image options.
+STORES = ("redis",)
+#: Pinned Docker images.
+DEFAULT_IMAGES = {"redis": "redis:7.4.1-alpine"}
+
+BAD_CHOICE = "pytest-rollback: {source} is {value!r}, which is not one of {choices}"
+BAD_BOOL = "pytest-rollback: {source} is {value!r}; use one of 1/0, true/false, yes/no, on/off"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    dest: str
+    flag: str
+    ini: str
+    env: str
+    help: str
+    kind: str = "str"  # "str" | "bool"
+    default: Any = None
+    choices: tuple[str, ...] = ()
+
+
+def _specs() -> list[_Spec]:
+    specs = [
+        _Spec(
+            "rollback_provider", "--rollback-provider", "rollback_provider", "PYTEST_ROLLBACK_PROVIDER",
+            "where servers come from: auto (default: configured URL, else Docker, else a local "
+            "binary, else embedded), docker, local, external or embedded",
+            default="auto", choices=PROVIDERS,
+        ),
+        _Spec(
+            "rollback_verify", "--rollback-verify", "rollback_verify", "PYTEST_ROLLBACK_VERIFY",
+            "after every restore, compare the whole store with the checkpoint and fail the test's teardown if they differ",
+            kind="bool", default=False,
+        ),
+        _Spec(
+            "rollback_allow_remote", "--rollback-allow-remote", "rollback_allow_remote", "PYTEST_ROLLBACK_ALLOW_REMOTE",
+            "permit an external server that is not on a loopback address (its data is rolled back too)",
+            kind="bool", default=False,
+        ),
+        _Spec(
+            "rollback_disabled", "--no-rollback", "rollback_disabled", "PYTEST_ROLLBACK_DISABLED",
+            "give tests their servers but take no checkpoints and roll nothing back",
+            kind="bool", default=False,
+        ),
+    ]
+    for store in STORES:
+        upper = store.upper()
+        specs.append(_Spec(
+            f"rollback_{store}_url", f"--rollback-{store}_url".replace("_", "-"), f"rollback_{store}_url",
+            f"PYTEST_ROLLBACK_{upper}_URL",
+            f"use this running {store} server (e.g. redis://127.0.0.1:6379/0); the store is then "
+            "active for every test of the session",
+        ))
+        specs.append(_Spec(
+            f"rollback_{store}_image", f"--rollback-{store}_image".replace("_", "-"), f"rollback_{store}_image",
+            f"PYTEST_ROLLBACK_{upper}_IMAGE",
+            f"Docker image for {store} (default {DEFAULT_IMAGES[store]})", default=DEFAULT_IMAGES[store],
+        ))
+    return specs
+
+
+def addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("rollback", "pytest-rollback: real servers, rolled back after every test")
+    for spec in _specs():
+        if spec.kind == "bool":
+            group.addoption(spec.flag, action="store_true", dest=spec.dest, default=None, help=spec.help)
+        else:
+            group.addoption(spec.flag, action="store", dest=spec.dest, default=None, metavar="VALUE", help=spec.help)
+        parser.addini(spec.ini, help=f"{spec.help} (also {spec.flag}, ${spec.env})", default="")
+
+
+def _parse(spec: _Spec, raw: object, source: str) -> Any:
+    if spec.kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise pytest.UsageError(BAD_BOOL.format(source=source, value=raw))
+    value = str(raw).strip()
+    if spec.choices and value not in spec.choices:
+        raise pytest.UsageError(BAD_CHOICE.format(source=source, value=value, choices=", ".join(spec.choices)))
+    return value or None
+
+
+def _resolve(config: pytest.Config, spec: _Spec) -> Any:
+    cli = config.getoption(spec.dest, None)
+    if cli is not None:
+        return _parse(spec, cli, spec.flag)
+    ini = config.getini(spec.ini)
+    if ini not in ("", None, []):
+        return _parse(spec, ini, f"ini option {spec.ini}")
+    env = os.environ.get(spec.env)
+    if env not in (None, ""):
+        return _parse(spec, env, f"${spec.env}")
+    return spec.default
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Every pytest-rollback option, resolved."""
+
+    provider: str = "auto"
+    verify: bool = False
+    allow_remote: bool = False
+    disabled: bool = False
+    urls: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    images: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> Options:
+        values = {spec.dest: _resolve(config, spec) for spec in _specs()}
+        return cls(
+            provider=values["rollback_provider"],
+            verify=values["rollback_verify"],
+            allow_remote=values["rollback_allow_remote"],
+            disabled=values["rollback_disabled"],
+            urls={s: values[f"rollback_{s}_url"] for s in STORES},
+            images={s: values[f"rollback_{s}_image"] for s in STORES},
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreSettings:
+    """What a provider needs to know to serve one store."""
+
+    store: str
+    provider: str
+    url: str | None
+    image: str
+    allow_remote: bool
+    #: pytest-xdist worker id ("gw0", ...) or None outside xdist.
+    worker: str | None
+    config: pytest.Config = dataclasses.field(repr=False, compare=False)
+
+    @property
+    def worker_index(self) -> int:
+        return int(self.worker[2:]) if self.worker and self.worker[2:].isdigit() else 0

@@ -1,0 +1,244 @@
+"""pytest hooks: options, hook specs, and the session object that runs the engine."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Generator
+from importlib.metadata import entry_points
+from typing import Any
+
+import pytest
+
+from . import builtin, hookspecs
+from .api import PROVIDERS, RollbackError, Rollbackable, Service, StoreUnavailable
+from .engine import Checkpoint, Engine
+from .markers import ROLLBACK_MARKER_HELP
+from .options import Options, StoreSettings, addoption
+from .registry import Registry
+
+SESSION_KEY = pytest.StashKey["RollbackSession"]()
+AUTO_ORDER = ("docker", "local", "embedded")
+NOTHING_PROVIDES = "pytest-rollback: {store}: no server could be had ({tried}); to get one: {how}"
+ENTRY_POINT_GROUP = "pytest_rollback.adapters"
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    addoption(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", ROLLBACK_MARKER_HELP)
+    options = Options.from_config(config)
+    session = RollbackSession(config, options)
+    config.stash[SESSION_KEY] = session
+    config.pluginmanager.register(builtin, "rollback-builtin")
+    config.pluginmanager.register(session, "rollback-session")
+
+
+def get_session(config: pytest.Config) -> RollbackSession:
+    return config.stash[SESSION_KEY]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_rollback_checkpoint(adapter: Rollbackable, label: str | None) -> Any:
+    return adapter.checkpoint(label)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_rollback_rollback(adapter: Rollbackable, checkpoint: Any) -> Any:
+    result = adapter.rollback(checkpoint)
+    return True if result is None else result
+
+
+class RollbackSession:
+    """The session's stores, services and checkpoint stack (registered as a plugin)."""
+
+    def __init__(self, config: pytest.Config, options: Options) -> None:
+        self.config = config
+        self.options = options
+        self.engine = Engine(config.hook, enabled=not options.disabled)
+        self.engine.finish_owner = self._finish_owner
+        self.registry = Registry()
+        self.services: dict[str, Service] = {}
+        self.failures: dict[str, str] = {}
+        self.registered = False
+        worker = getattr(config, "workerinput", None)
+        self.worker: str | None = worker.get("workerid") if worker else None
+
+    # -- registration and services -------------------------------------------
+    def register(self) -> None:
+        if self.registered:
+            return
+        self.registered = True
+        hook = self.config.hook
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                register = ep.load()
+                register(self.registry)
+            except Exception as exc:
+                raise pytest.UsageError(
+                    f"pytest-rollback: the adapter entry point {ep.name!r} ({ep.value}) failed: {exc!r}"
+                ) from None
+        hook.pytest_rollback_register(registry=self.registry)
+        for adapter in self.registry.adapters:
+            self.engine.activate(adapter)
+
+    def settings(self, store: str) -> StoreSettings:
+        spec = self.registry.stores.get(store)
+        return StoreSettings(
+            store=store,
+            provider=self.options.provider,
+            url=self.options.urls.get(store),
+            image=self.options.images.get(store) or (spec.default_image if spec else ""),
+            allow_remote=self.options.allow_remote,
+            worker=self.worker,
+            config=self.config,
+        )
+
+    def service(self, store: str) -> Service:
+        """The running service for ``store``, started on first use; raises StoreUnavailable."""
+        self.register()
+        if store in self.services:
+            return self.services[store]
+        if store in self.failures:
+            raise StoreUnavailable(self.failures[store])
+        spec = self.registry.stores.get(store)
+        if spec is None:
+            raise StoreUnavailable(f"pytest-rollback: no store named {store!r} is registered")
+        try:
+            service = self.config.hook.pytest_rollback_make_service(store=store, config=self.config)
+            if service is None:
+                raise StoreUnavailable(f"pytest-rollback: {store}: no provider returned a service")
+            try:
+                adapter = spec.make_adapter(service, self.settings(store))
+            except Exception:
+                service.stop()
+                raise
+        except StoreUnavailable as exc:
+            self.failures[store] = str(exc)
+            raise
+        except Exception as exc:
+            self.failures[store] = f"pytest-rollback: {store}: could not start: {exc!r}"
+            raise StoreUnavailable(self.failures[store]) from exc
+        self.services[store] = service
+        self.engine.activate(adapter)
+        self._announce(service, adapter)
+        return service
+
+    def _announce(self, service: Service, adapter: Rollbackable) -> None:
+        line = service.describe()
+        strategy = getattr(adapter, "strategy", None)
+        if strategy:
+            line += f", {strategy} rollback"
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None or self.config.get_verbosity() < -1:
+            return
+        capman = self.config.pluginmanager.get_plugin("capturemanager")
+        with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+            reporter.ensure_newline()
+            reporter.write_line(line)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_rollback_make_service(self, store: str, config: pytest.Config) -> Service | None:
+        spec = self.registry.stores[store]
+        settings = self.settings(store)
+        if settings.url:
+            if settings.provider not in ("auto", "external"):
+                raise StoreUnavailable(
+                    f"pytest-rollback: {store}: a URL is configured but the provider is {settings.provider!r}; "
+                    "use --rollback-provider=external (or auto), or drop the URL"
+                )
+            return spec.providers["external"](settings)
+        if settings.provider == "external":
+            raise StoreUnavailable(
+                f"pytest-rollback: {store}: provider 'external' needs a URL; pass --rollback-{store}-url"
+            )
+        order = AUTO_ORDER if settings.provider == "auto" else (settings.provider,)
+        tried: list[str] = []
+        for name in order:
+            provider = spec.providers.get(name)
+            if provider is None:
+                tried.append(f"{name}: not offered for {store}")
+                continue
+            try:
+                return provider(settings)
+            except StoreUnavailable as exc:
+                tried.append(f"{name}: {exc}")
+        raise StoreUnavailable(NOTHING_PROVIDES.format(store=store, tried="; ".join(tried), how=spec.how_to_get))
+
+    # -- session -------------------------------------------------------------
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self.register()
+        for store in self.registry.stores:
+            if self.options.urls.get(store):
+                try:
+                    self.service(store)
+                except StoreUnavailable as exc:
+                    raise pytest.UsageError(str(exc)) from None
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        errors: list[str] = []
+        try:
+            self.engine.close()
+        except RollbackError as exc:
+            errors.append(str(exc))
+        for service in self.services.values():
+            try:
+                service.stop()
+            except Exception as exc:
+                errors.append(f"pytest-rollback: {service.name}: stopping the server failed: {exc!r}")
+        self.services.clear()
+        for line in errors:
+            sys.stderr.write(line + "\n")
+
+    def pytest_report_header(self, config: pytest.Config) -> str:
+        mode = "off (--no-rollback)" if self.options.disabled else "on"
+        return f"rollback: {mode}, provider {self.options.provider} (choices: {', '.join(PROVIDERS)})"
+
+    # -- scopes --------------------------------------------------------------
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Generator[None, Any, Any]:
+        if fixturedef.scope == "function" or not self.engine.enabled:
+            return (yield)
+        cp = self.engine.push(f"{fixturedef.scope} fixture {fixturedef.argname}", fixturedef.scope, owner=fixturedef)
+        cp.request = request  # type: ignore[attr-defined]
+        try:
+            return (yield)
+        except BaseException:
+            if cp.alive:
+                self.engine.pop(cp)
+            raise
+
+    def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> None:
+        if fixturedef.scope == "function":
+            return
+        cp = self.engine.find_owner(fixturedef)
+        if cp is None:
+            return
+        cp.owner = None  # finished: no longer to be torn down by the engine
+        problems = self.engine.pop(cp)
+        if problems:
+            raise RollbackError("; ".join(problems))
+
+    def _finish_owner(self, cp: Checkpoint) -> None:
+        fixturedef = cp.owner
+        request = getattr(cp, "request", None)
+        if fixturedef is not None and request is not None:
+            fixturedef.finish(request)
+
+
+from .fixtures import (  # noqa: E402  (fixtures are found in the plugin module)
+    _rollback_test,
+    async_redis_client,
+    redis_client,
+    redis_service,
+    rollback,
+)
+
+__all__ = ["_rollback_test", "async_redis_client", "redis_client", "redis_service", "rollback"]

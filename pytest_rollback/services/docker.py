@@ -1,0 +1,72 @@
+"""The ``docker`` provider: a pinned image started with testcontainers."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ..api import Service, StoreUnavailable
+from ..options import StoreSettings
+
+
+def engine_answers(timeout: float = 2.0) -> str | None:
+    """None when a Docker engine answers a ping, else the reason it does not."""
+    if not os.environ.get("DOCKER_HOST") and not os.path.exists("/var/run/docker.sock"):
+        return "no Docker engine (no DOCKER_HOST and no /var/run/docker.sock)"
+    try:
+        import docker  # type: ignore[import-untyped]
+    except ImportError:
+        return "the docker package is not installed (pip install 'pytest-rollback[docker]')"
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+        client.close()
+    except Exception as exc:
+        return f"the Docker engine did not answer ({exc.__class__.__name__})"
+    return None
+
+
+def redis(settings: StoreSettings) -> Service:
+    """Start ``settings.image`` (default pinned in options) and wait for Redis to answer."""
+    reason = engine_answers()
+    if reason is not None:
+        raise StoreUnavailable(reason)
+    try:
+        from testcontainers.core.container import DockerContainer
+    except ImportError:
+        raise StoreUnavailable("testcontainers is not installed (pip install 'pytest-rollback[docker]')") from None
+    import redis as redis_py
+
+    from . import wait_until
+
+    start = time.perf_counter()
+    container = DockerContainer(settings.image).with_exposed_ports(6379)
+    container.with_command("redis-server --save '' --appendonly no")
+    container.start()
+    try:
+        host = container.get_container_host_ip()
+        port = int(container.get_exposed_port(6379))
+        client = redis_py.Redis(host=host, port=port, socket_connect_timeout=1)
+
+        def logs() -> str:
+            out, err = container.get_logs()
+            return (out + err).decode(errors="replace")
+
+        wait_until(lambda: bool(client.ping()), 60, f"redis container {settings.image}", logs)
+        version = str(client.info("server").get("redis_version", "?"))
+        client.close()
+    except BaseException:
+        container.stop()
+        raise
+    return Service(
+        name="redis",
+        provider="docker",
+        url=f"redis://{host}:{port}/0",
+        host=host,
+        port=port,
+        version=version,
+        startup_ms=(time.perf_counter() - start) * 1000,
+        owned=True,
+        extra={"db": 0, "dbs": None, "image": settings.image},
+        stop=container.stop,
+    )
