@@ -172,12 +172,25 @@ class RollbackSession:
         raise StoreUnavailable(NOTHING_PROVIDES.format(store=store, tried="; ".join(tried), how=spec.how_to_get))
 
     # -- session -------------------------------------------------------------
+    def _is_xdist_controller(self) -> bool:
+        if self.worker is not None:
+            return False
+        dist = getattr(self.config.option, "dist", "no")
+        return bool(getattr(self.config.option, "numprocesses", None)) and dist != "no"
+
     def pytest_sessionstart(self, session: pytest.Session) -> None:
-        self.register()
-        for store in self.registry.stores:
+        controller = self._is_xdist_controller()
+        if not controller:
+            self.register()
+        else:  # the workers run the tests, each with its own stores; only check the URLs here
+            self.config.hook.pytest_rollback_register(registry=self.registry)
+        for store, spec in self.registry.stores.items():
             if self.options.urls.get(store):
                 try:
-                    self.service(store)
+                    if controller:
+                        spec.providers["external"](self.settings(store))
+                    else:
+                        self.service(store)
                 except StoreUnavailable as exc:
                     raise pytest.UsageError(str(exc)) from None
 

@@ -14,7 +14,7 @@ def engine_answers(timeout: float = 2.0) -> str | None:
     if not os.environ.get("DOCKER_HOST") and not os.path.exists("/var/run/docker.sock"):
         return "no Docker engine (no DOCKER_HOST and no /var/run/docker.sock)"
     try:
-        import docker  # type: ignore[import-untyped]
+        import docker
     except ImportError:
         return "the docker package is not installed (pip install 'pytest-rollback[docker]')"
     try:

