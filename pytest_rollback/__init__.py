@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .api import Changes, Observation, RestoreReport, RollbackError, Rollbackable, Service, StoreUnavailable
+from .api import Changes, Observation, RestoreReport, Rollbackable, RollbackError, Service, StoreUnavailable
 from .engine import Checkpoint
 from .fixtures import RollbackHandle
 from .registry import Registry, Store

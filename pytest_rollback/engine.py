@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .api import Changes, Observation, RestoreReport, RollbackError, Rollbackable
+from .api import Changes, Observation, RestoreReport, Rollbackable, RollbackError
 
 
 class Checkpoint:
@@ -119,7 +119,11 @@ class Engine:
         """Roll back to ``cp`` (only ``stores``, if given) and release it."""
         if not cp.alive:
             return []
-        problems = self.restore(cp, stores) if restore else self._drop_above(cp) or []
+        if restore:
+            problems = self.restore(cp, stores)
+        else:
+            self._drop_above(cp)
+            problems = []
         self._release(cp)
         return problems
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Generator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -152,7 +152,7 @@ def _rollback_test(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     verify = marker.verify or session.options.verify
     cp = engine.push(f"test {request.node.nodeid}", "test", verify=verify)
-    request.node._rollback_checkpoint = cp  # type: ignore[attr-defined]
+    request.node._rollback_checkpoint = cp
     try:
         yield
     finally:

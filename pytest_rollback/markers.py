@@ -27,7 +27,9 @@ class RollbackMarker:
     verify: bool = False
 
 
-def _signature(*stores: object, enabled: object = True, verify: object = False) -> tuple[tuple[object, ...], object, object]:
+def _signature(
+    *stores: object, enabled: object = True, verify: object = False
+) -> tuple[tuple[object, ...], object, object]:
     return stores, enabled, verify
 
 

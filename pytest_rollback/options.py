@@ -41,7 +41,8 @@ def _specs() -> list[_Spec]:
         ),
         _Spec(
             "rollback_verify", "--rollback-verify", "rollback_verify", "PYTEST_ROLLBACK_VERIFY",
-            "after every restore, compare the whole store with the checkpoint and fail the test's teardown if they differ",
+            "after every restore, compare the whole store with the checkpoint and fail the test's "
+            "teardown if they differ",
             kind="bool", default=False,
         ),
         _Spec(

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from . import builtin, hookspecs
-from .api import PROVIDERS, RollbackError, Rollbackable, Service, StoreUnavailable
+from .api import PROVIDERS, Rollbackable, RollbackError, Service, StoreUnavailable
 from .engine import Checkpoint, Engine
 from .markers import ROLLBACK_MARKER_HELP
 from .options import Options, StoreSettings, addoption
@@ -111,7 +111,7 @@ class RollbackSession:
         if spec is None:
             raise StoreUnavailable(f"pytest-rollback: no store named {store!r} is registered")
         try:
-            service = self.config.hook.pytest_rollback_make_service(store=store, config=self.config)
+            service: Service | None = self.config.hook.pytest_rollback_make_service(store=store, config=self.config)
             if service is None:
                 raise StoreUnavailable(f"pytest-rollback: {store}: no provider returned a service")
             try:
@@ -216,7 +216,9 @@ class RollbackSession:
 
     # -- scopes --------------------------------------------------------------
     @pytest.hookimpl(wrapper=True)
-    def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Generator[None, Any, Any]:
+    def pytest_fixture_setup(
+        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+    ) -> Generator[None, Any, Any]:
         if fixturedef.scope == "function" or not self.engine.enabled:
             return (yield)
         cp = self.engine.push(f"{fixturedef.scope} fixture {fixturedef.argname}", fixturedef.scope, owner=fixturedef)

@@ -29,7 +29,7 @@ class Store:
     """
 
     name: str
-    make_adapter: Callable[[Service, "StoreSettings"], Rollbackable]
+    make_adapter: Callable[[Service, StoreSettings], Rollbackable]
     providers: dict[str, ProviderFn]
     default_image: str = ""
     how_to_get: str = ""

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterable, Sequence
-from typing import Union
 
-Arg = Union[bytes, str, int, float]
+Arg = bytes | str | int | float
 
 
 class ReplyError(Exception):

@@ -243,8 +243,9 @@ class RedisAdapter:
             self._reconnect()
             return
         if counters != self._counters:
-            changed = sorted(k for k in set(counters) | set(self._counters) if counters.get(k) != self._counters.get(k))
-            self._gap = self._gap or f"{', '.join(c.upper() for c in changed)} ran (keyspace events do not show its effect)"
+            names = set(counters) | set(self._counters)
+            changed = sorted(k.upper() for k in names if counters.get(k) != self._counters.get(k))
+            self._gap = self._gap or f"{', '.join(changed)} ran (keyspace events do not show its effect)"
             self._counters = counters
 
     def _reconnect(self) -> None:
@@ -270,8 +271,8 @@ class RedisAdapter:
     # -- reading and writing keys --------------------------------------------
     def _fetch(self, keys: Iterable[Key]) -> dict[Key, Entry | None]:
         by_db: dict[int, list[bytes]] = {}
-        for db, key in keys:
-            by_db.setdefault(db, []).append(key)
+        for db, name in keys:
+            by_db.setdefault(db, []).append(name)
         cmds: list[Sequence[Arg]] = []
         order: list[Key | None] = []
         if not self._has_pexpiretime:

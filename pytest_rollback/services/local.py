@@ -69,7 +69,7 @@ def redis(settings: StoreSettings) -> Service:
         handle = _Process(proc, workdir, log)
         client = redis_py.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
 
-        def ready() -> bool:
+        def ready(proc: subprocess.Popen[bytes] = proc, client: redis_py.Redis = client) -> bool:
             if proc.poll() is not None:
                 raise StoreUnavailable(f"redis-server exited with code {proc.returncode}")
             return bool(client.ping())
