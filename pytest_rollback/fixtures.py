@@ -147,6 +147,8 @@ def _rollback_test(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     session.register()
     marker = parse_rollback_marker(request.node, session.registry.names())
+    if not marker.enabled or marker.stores:
+        _hold_module_level(request)
     if not marker.enabled:
         yield
         return
@@ -161,5 +163,27 @@ def _rollback_test(request: pytest.FixtureRequest) -> Iterator[None]:
         pytest.fail("\n".join(problems), pytrace=False)
 
 
+def _hold_module_level(request: pytest.FixtureRequest) -> None:
+    """Give the test's module a level of its own, restored when the module ends.
 
+    A test that keeps writes (``enabled=False``, or stores left out of
+    ``rollback("name")``) leaves them in the level below it; without a level for
+    its module they would outlive the module when the module has no fixture of
+    its own.
+    """
+    module = request.node.getparent(pytest.Module)
+    if module is None:
+        return
+    held: Checkpoint | None = getattr(module, "_rollback_module_level", None)
+    if held is not None and held.alive:
+        return
+    engine = _session(request).engine
+    cp = engine.push(f"module {module.nodeid} (kept writes)", "module")
+    module._rollback_module_level = cp  # type: ignore[attr-defined]
 
+    def pop() -> None:
+        problems = engine.pop(cp)
+        if problems:
+            raise RollbackError("; ".join(problems))
+
+    module.addfinalizer(pop)
