@@ -179,7 +179,7 @@ def _hold_module_level(request: pytest.FixtureRequest) -> None:
         return
     engine = _session(request).engine
     cp = engine.push(f"module {module.nodeid} (kept writes)", "module")
-    module._rollback_module_level = cp  # type: ignore[attr-defined]
+    module._rollback_module_level = cp
 
     def pop() -> None:
         problems = engine.pop(cp)
