@@ -15,7 +15,7 @@ from .api import PROVIDERS, Rollbackable, RollbackError, Service, StoreUnavailab
 from .engine import Checkpoint, Engine
 from .markers import ROLLBACK_MARKER_HELP
 from .options import Options, StoreSettings, addoption
-from .registry import Registry
+from .registry import RegistrationError, Registry
 
 SESSION_KEY = pytest.StashKey["RollbackSession"]()
 AUTO_ORDER = ("docker", "local", "embedded")
@@ -75,7 +75,6 @@ class RollbackSession:
         if self.registered:
             return
         self.registered = True
-        hook = self.config.hook
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             try:
                 register = ep.load()
@@ -84,9 +83,15 @@ class RollbackSession:
                 raise pytest.UsageError(
                     f"pytest-rollback: the adapter entry point {ep.name!r} ({ep.value}) failed: {exc!r}"
                 ) from None
-        hook.pytest_rollback_register(registry=self.registry)
+        self._call_register()
         for adapter in self.registry.adapters:
             self.engine.activate(adapter)
+
+    def _call_register(self) -> None:
+        try:
+            self.config.hook.pytest_rollback_register(registry=self.registry)
+        except RegistrationError as exc:  # a user's mistake: one line, not an INTERNALERROR wall
+            raise pytest.UsageError(str(exc)) from None
 
     def settings(self, store: str) -> StoreSettings:
         spec = self.registry.stores.get(store)
@@ -183,7 +188,7 @@ class RollbackSession:
         if not controller:
             self.register()
         else:  # the workers run the tests, each with its own stores; only check the URLs here
-            self.config.hook.pytest_rollback_register(registry=self.registry)
+            self._call_register()
         for store, spec in self.registry.stores.items():
             if self.options.urls.get(store):
                 try:

@@ -14,6 +14,14 @@ if TYPE_CHECKING:
 ProviderFn = Callable[["StoreSettings"], Service]
 
 
+class RegistrationError(TypeError, ValueError):
+    """A ``pytest_rollback_register`` implementation added something the registry refuses.
+
+    A ``TypeError`` for an object that is not an adapter, a ``ValueError`` for a
+    name that is taken; the plugin reports it as one usage-error line.
+    """
+
+
 @dataclasses.dataclass
 class Store:
     """A store with servers of its own (Redis, MongoDB, ...).
@@ -45,18 +53,22 @@ class Registry:
     def add_adapter(self, adapter: Rollbackable) -> None:
         """Add an adapter that is checkpointed and rolled back for the whole session."""
         if not isinstance(adapter, Rollbackable):
-            raise TypeError(
+            raise RegistrationError(
                 f"pytest-rollback: {adapter!r} is not an adapter: it needs a 'name' and "
                 "'checkpoint(label)' and 'rollback(token)' methods (see pytest_rollback.Rollbackable)"
             )
         if adapter.name in self.names():
-            raise ValueError(f"pytest-rollback: an adapter or store named {adapter.name!r} is already registered")
+            raise RegistrationError(
+                f"pytest-rollback: an adapter or store named {adapter.name!r} is already registered"
+            )
         self.adapters.append(adapter)
 
     def add_store(self, store: Store) -> None:
         """Add a store whose server is started (or connected to) when first needed."""
         if store.name in self.names():
-            raise ValueError(f"pytest-rollback: an adapter or store named {store.name!r} is already registered")
+            raise RegistrationError(
+                f"pytest-rollback: an adapter or store named {store.name!r} is already registered"
+            )
         self.stores[store.name] = store
 
     def names(self) -> list[str]:
