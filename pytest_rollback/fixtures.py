@@ -29,7 +29,8 @@ def _service(request: pytest.FixtureRequest, store: str) -> Service:
     try:
         return _session(request).service(store)
     except StoreUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
+        message = str(exc)
+    pytest.fail(message, pytrace=False)  # outside the except: no "During handling of ..." chain
 
 
 @pytest.fixture(scope="session")

