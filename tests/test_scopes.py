@@ -37,13 +37,21 @@ def _server_state(service: Service) -> dict[tuple[int, bytes], object]:
 
 @pytest.fixture
 def server(real_redis: Service) -> Iterator[Service]:
-    """``real_redis`` with database 0 empty and a key in another database; unchanged after the test."""
+    """``real_redis`` with database 0 empty and a key in another database; unchanged after the test.
+
+    The server's own keyspace-notification setting (which the plugin widens while
+    it runs) must be put back too.
+    """
     client = redis.Redis.from_url(real_redis.url)
     client.flushall()
+    client.config_set("notify-keyspace-events", "Ex")
+    flags = client.config_get("notify-keyspace-events")
     redis.Redis(host=real_redis.host, port=real_redis.port, db=OUTSIDE_DB).set("outside:keep", "me")
     before = _server_state(real_redis)
     yield real_redis
     assert _server_state(real_redis) == before, "the inner run left the external server changed"
+    assert client.config_get("notify-keyspace-events") == flags
+    client.config_set("notify-keyspace-events", "")
     client.close()
 
 
