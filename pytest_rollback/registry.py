@@ -66,9 +66,7 @@ class Registry:
     def add_store(self, store: Store) -> None:
         """Add a store whose server is started (or connected to) when first needed."""
         if store.name in self.names():
-            raise RegistrationError(
-                f"pytest-rollback: an adapter or store named {store.name!r} is already registered"
-            )
+            raise RegistrationError(f"pytest-rollback: an adapter or store named {store.name!r} is already registered")
         self.stores[store.name] = store
 
     def names(self) -> list[str]:
