@@ -151,7 +151,7 @@ class RedisAdapter:
         self._counters: dict[str, int] = {}
         self._has_pexpiretime = True
         self._original_flags: str | None = None
-        self._client: Any = None
+        self._clients: dict[int, Any] = {}
         self.last_report: RestoreReport | None = None
         self.strategy = strategy
         if strategy != "snapshot":
@@ -519,12 +519,16 @@ class RedisAdapter:
         return Observation("redis", redis_state(self._redis_client, self._owned))
 
     def _redis_client(self, db: int) -> Any:
-        import redis
+        client = self._clients.get(db)
+        if client is None:
+            import redis
 
-        p = self._params
-        return redis.Redis(
-            host=p["host"], port=p["port"], db=db, username=p["username"], password=p["password"]
-        )
+            p = self._params
+            client = redis.Redis(
+                host=p["host"], port=p["port"], db=db, username=p["username"], password=p["password"]
+            )
+            self._clients[db] = client
+        return client
 
     def close(self) -> None:
         """Drop the connection; put back the server's own notification flags if it is not ours."""
@@ -534,6 +538,9 @@ class RedisAdapter:
             except (ConnectionLost, ReplyError):
                 pass
         self._close_conn()
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
         self._levels.clear()
         self._snap = {}
 
@@ -559,12 +566,13 @@ class RedisAdapter:
 
     def _snapshot_dbs(self) -> list[int]:
         if self._owned is not None:
-            return sorted(self._owned)
-        client = self._redis_client(0)
-        try:
-            return sorted(int(k[2:]) for k in client.info("keyspace"))
-        except Exception:  # servers without INFO (fakeredis): look at the usual 16
-            return list(range(16))
+            candidates = sorted(self._owned)
+        else:
+            try:
+                return sorted(int(k[2:]) for k in self._redis_client(0).info("keyspace"))
+            except Exception:  # servers without INFO (fakeredis): look at the usual 16
+                candidates = list(range(16))
+        return [db for db in candidates if self._redis_client(db).dbsize()]
 
     def _snapshot_checkpoint(self, label: str | None) -> _Level:
         delta = _Delta()
