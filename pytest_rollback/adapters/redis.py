@@ -182,7 +182,15 @@ class RedisAdapter:
         version = info.get(b"version", b"0") if isinstance(info, dict) else b"0"
         major_minor = tuple(int(x) for x in version.split(b".")[:2])
         self._has_pexpiretime = major_minor >= (7, 0)
-        reply = conn.call("CONFIG", "GET", "notify-keyspace-events")
+        self._ensure_flags()
+        conn.send([("PSUBSCRIBE", _EVENT_PATTERN)])
+        conn.call("PING")  # the subscription is confirmed by a push; PING's reply follows it
+        self._counters = self._read_counters()
+
+    def _ensure_flags(self) -> None:
+        """Make the server publish the keyspace events tracking needs (keeping its own flags)."""
+        assert self._conn is not None
+        reply = self._conn.call("CONFIG", "GET", "notify-keyspace-events")
         current = ""
         if isinstance(reply, dict):
             current = next(iter(reply.values()), b"").decode()
@@ -192,10 +200,7 @@ class RedisAdapter:
             self._original_flags = current
         expanded = current.replace("A", "g$lshzxetd")
         if not ("K" in expanded and all(f in expanded for f in "g$lshzxetd")):
-            conn.call("CONFIG", "SET", "notify-keyspace-events", _union_flags(current, _NEEDED_FLAGS))
-        conn.send([("PSUBSCRIBE", _EVENT_PATTERN)])
-        conn.call("PING")  # the subscription is confirmed by a push; PING's reply follows it
-        self._counters = self._read_counters()
+            self._conn.call("CONFIG", "SET", "notify-keyspace-events", _union_flags(current, _NEEDED_FLAGS))
 
     def _close_conn(self) -> None:
         if self._conn is not None:
@@ -246,7 +251,9 @@ class RedisAdapter:
             names = set(counters) | set(self._counters)
             changed = sorted(k.upper() for k in names if counters.get(k) != self._counters.get(k))
             self._gap = self._gap or f"{', '.join(changed)} ran (keyspace events do not show its effect)"
-            self._counters = counters
+            # CONFIG SET may have switched the events off: switch them on before going on
+            self._ensure_flags()
+            self._counters = self._read_counters()
 
     def _reconnect(self) -> None:
         try:
@@ -555,13 +562,12 @@ class RedisAdapter:
                 pipe = client.pipeline(transaction=False)
                 for name in chunk:
                     pipe.dump(name)
-                    pipe.pttl(name)
+                    pipe.pexpiretime(name)
                 replies = pipe.execute()
-                now = int(time.time() * 1000)
                 for j, name in enumerate(chunk):
-                    payload, ttl = replies[2 * j], replies[2 * j + 1]
+                    payload, expire = replies[2 * j], replies[2 * j + 1]
                     if payload is not None:
-                        state[(db, name)] = (payload, -1 if ttl < 0 else now + ttl)
+                        state[(db, name)] = (payload, -1 if expire < 0 else expire)
         return state
 
     def _snapshot_dbs(self) -> list[int]:
@@ -598,8 +604,9 @@ class RedisAdapter:
                     pipe.delete(name)
                 elif entry[1] < 0:
                     pipe.restore(name, 0, entry[0], replace=True)
-                elif entry[1] > now:
-                    pipe.restore(name, entry[1] - now, entry[0], replace=True)
+                elif entry[1] > now:  # RESTORE ... ABSTTL is not everywhere: set the exact expiry after
+                    pipe.restore(name, 0, entry[0], replace=True)
+                    pipe.pexpireat(name, entry[1])
                 else:
                     pipe.delete(name)
                 count += 1
