@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import random
 import statistics
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis  # noqa: E402
-from redis_restore import seed, settings, simulated_test  # noqa: E402
+from redis_restore import placements, seed, settings, simulated_test  # noqa: E402
 
 from pytest_rollback.adapters._resp3 import Resp3Connection, encode  # noqa: E402
 from pytest_rollback.adapters.redis import RedisAdapter  # noqa: E402
@@ -140,17 +141,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100_000, help="seeded keys (default 100000)")
     parser.add_argument("--cprofile", action="store_true", help="also print cProfile's top functions for k=1000")
+    parser.add_argument(
+        "--same-cpu", action="store_true", help="run this process and redis-server on one CPU (default: two)"
+    )
     args = parser.parse_args(argv)
 
     service = local.redis(settings())
+    split, same, own_cpus = placements()
+    place = same if args.same_cpu and same is not None else split
     try:
+        place.apply(int(service.extra["pid"]))
         client = redis.Redis.from_url(service.url)
         seed(client, args.n)
         adapter = RedisAdapter(service.url, strategy="tracking")
         session = adapter.checkpoint("session")
         probe = Probe(adapter)
         rng = random.Random(7)
-        print(f"redis-server {service.version}, N = {args.n:,} seeded keys; medians in ms per rollback")
+        print(f"redis-server {service.version}, N = {args.n:,} seeded keys, {place.name}; medians in ms per rollback")
         print(
             f"{'k':>5} | {'rollback':>8} | {'barrier':>8} | {'(encode+send)':>13} | {'restore':>8} | "
             f"{'(encode+send)':>13} | {'other':>6} | {'events read':>11} | {'server µs':>9} | {'checkpoint':>10}"
@@ -213,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         adapter.close()
         client.close()
     finally:
-        service.stop()
+        service.stop()  # the redis-server this script started, by its own handle
+        if own_cpus is not None:
+            os.sched_setaffinity(0, own_cpus)
     return 0
 
 
