@@ -56,7 +56,15 @@ GAP_COMMANDS = (
     "module|load",
     "module|loadex",
 )
-_GAP_MARKERS = tuple((name, b"\ncmdstat_" + name.encode() + b":calls=") for name in GAP_COMMANDS)
+#: Commands that change a stream's consumer groups without any keyspace event
+#: (XREADGROUP by a known consumer, XACK, XCLAIM, ...): when they ran, every
+#: stream the adapter knows of is restored.
+STREAM_SILENT_COMMANDS = ("xreadgroup", "xack", "xclaim", "xautoclaim")
+_GAP_MARKERS = tuple(
+    (name, b"\ncmdstat_" + name.encode() + b":calls=") for name in GAP_COMMANDS + STREAM_SILENT_COMMANDS
+)
+#: Events after which a key may be a stream (x* events, and keys copied, moved, renamed or restored).
+_MAYBE_STREAM = (b"rename_to", b"move_to", b"copy_to", b"restore")
 _NEEDED_FLAGS = "KA"
 _EVENT_PATTERN = b"__keyspace@*__:*"
 _BATCH = 2000
@@ -145,6 +153,8 @@ class RedisAdapter:
         self._db = -1
         self._snap: dict[Key, Entry] = {}
         self._dirty: set[Key] = set()
+        #: Keys that are (or may be) streams; see STREAM_SILENT_COMMANDS.
+        self._streams: set[Key] = set()
         self._own_window: set[Key] | None = None
         self._levels: list[_Level] = []
         self._pending = _Delta()
@@ -219,6 +229,9 @@ class RedisAdapter:
         if self._owned is not None and db not in self._owned:
             return
         key = (db, bytes(channel[end + 3 :]))
+        event = msg[3]
+        if event[:1] == b"x" or event in _MAYBE_STREAM:
+            self._streams.add(key)
         if self._own_window is not None and key in self._own_window:
             return
         self._dirty.add(key)
@@ -249,8 +262,15 @@ class RedisAdapter:
             return
         if counters != self._counters:
             names = set(counters) | set(self._counters)
-            changed = sorted(k.upper() for k in names if counters.get(k) != self._counters.get(k))
-            self._gap = self._gap or f"{', '.join(changed)} ran (keyspace events do not show its effect)"
+            changed = sorted(k for k in names if counters.get(k) != self._counters.get(k))
+            silent = [k for k in changed if k in STREAM_SILENT_COMMANDS]
+            if silent:  # consumer-group state changed somewhere: every known stream is suspect
+                self._dirty.update(self._streams)
+            if len(silent) == len(changed):
+                self._counters = counters
+                return
+            gap = ", ".join(k.upper() for k in changed if k not in STREAM_SILENT_COMMANDS)
+            self._gap = self._gap or f"{gap} ran (keyspace events do not show its effect)"
             # CONFIG SET may have switched the events off: switch them on before going on
             self._ensure_flags()
             self._counters = self._read_counters()
@@ -357,14 +377,17 @@ class RedisAdapter:
         for db in sorted(self._dbs_with_keys()):
             self._conn.call("SELECT", db)
             self._db = db
-            cursor = b"0"
-            while True:
-                reply = self._conn.call("SCAN", cursor, "COUNT", 1000)
-                assert isinstance(reply, list)
-                cursor = reply[0]
-                keys.update((db, k) for k in reply[1])
-                if cursor == b"0":
-                    break
+            for kind in (None, "stream"):
+                cursor: Any = b"0"
+                while True:
+                    args: list[Arg] = ["SCAN", cursor, "COUNT", 1000] + (["TYPE", kind] if kind else [])
+                    reply = self._conn.call(*args)
+                    assert isinstance(reply, list)
+                    cursor = reply[0]
+                    found = {(db, k) for k in reply[1]}
+                    (self._streams if kind else keys).update(found)
+                    if cursor == b"0":
+                        break
         return keys
 
     def _resync(self) -> _Delta:
@@ -523,7 +546,8 @@ class RedisAdapter:
 
     def observe(self) -> Observation:
         """The whole logical state: every key's type, value and absolute expiry."""
-        return Observation("redis", redis_state(self._redis_client, self._owned))
+        resolution = 1 if self._has_pexpiretime or self.strategy == "snapshot" else 1000
+        return Observation("redis", redis_state(self._redis_client, self._owned, resolution))
 
     def _redis_client(self, db: int) -> Any:
         client = self._clients.get(db)
@@ -641,13 +665,18 @@ def _union_flags(current: str, needed: str) -> str:
     return flags
 
 
-def redis_state(client_for_db: Any, dbs: Iterable[int] | None = None) -> dict[tuple[int, bytes], Any]:
+def redis_state(
+    client_for_db: Any, dbs: Iterable[int] | None = None, expiry_resolution_ms: int = 1
+) -> dict[tuple[int, bytes], Any]:
     """The logical content of a Redis server, comparable with ``==``.
 
     Each key maps to ``(type, value, expiry)`` where the value is normalised per
     type (sets sorted, hashes as sorted items, streams with entries and consumer
     groups) and expiry is the absolute expiry in ms (or -1). ``client_for_db(n)``
-    returns a redis-py client on database ``n``.
+    returns a redis-py client on database ``n``. Redis < 7 has no ``PEXPIRETIME``:
+    the expiry is then read as server time plus ``PTTL``, exact to a few ms, and
+    ``expiry_resolution_ms`` coarsens it (in units of that many ms) so that two
+    readings compare equal.
     """
     state: dict[tuple[int, bytes], Any] = {}
     if dbs is None:
@@ -683,9 +712,12 @@ def redis_state(client_for_db: Any, dbs: Iterable[int] | None = None) -> dict[tu
                 value = r.dump(key)
             try:
                 expiry = r.pexpiretime(key)
-            except Exception:
+            except Exception:  # Redis < 7: the server's clock plus PTTL, exact to a few ms
+                sec, usec = r.time()
                 ttl = r.pttl(key)
-                expiry = -1 if ttl < 0 else round((time.time() * 1000 + ttl) / 1000)
+                expiry = -1 if ttl < 0 else sec * 1000 + usec // 1000 + ttl
+                if expiry_resolution_ms > 1 and expiry >= 0:
+                    expiry = round(expiry / expiry_resolution_ms)
             if kind is None or kind == "none":
                 continue
             state[(db, key)] = (kind, value, expiry)
