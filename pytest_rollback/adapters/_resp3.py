@@ -15,6 +15,9 @@ from collections.abc import Callable, Iterable, Sequence
 Arg = bytes | str | int | float
 
 
+_PMESSAGE = b">4\r\n$8\r\npmessage\r\n"
+
+
 class ReplyError(Exception):
     """An error reply (``-ERR ...``) from the server."""
 
@@ -95,12 +98,42 @@ class Resp3Connection:
     def read_reply(self) -> object:
         """Next reply; push messages met on the way go to ``on_push``."""
         while True:
+            if self._buf.startswith(_PMESSAGE, self._pos):
+                fast = self._read_pmessage()
+                if fast is not None:
+                    if self.on_push is not None:
+                        self.on_push(fast)
+                    continue
             value = self._read_value()
             if isinstance(value, Push):
                 if self.on_push is not None:
                     self.on_push(value)
                 continue
             return value
+
+    def _read_pmessage(self) -> Push | None:
+        """A keyspace event already whole in the buffer, parsed without the general parser.
+
+        Events are most of what the adapter reads (one per key written), so this
+        fast path matters; None when the message is not whole yet.
+        """
+        buf = self._buf
+        pos = self._pos + len(_PMESSAGE)
+        parts: list[bytes] = [b"pmessage"]
+        for _ in range(3):
+            if buf[pos : pos + 1] != b"$":
+                return None
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                return None
+            start = eol + 2
+            end = start + int(buf[pos + 1 : eol])
+            if end + 2 > len(buf):
+                return None
+            parts.append(bytes(buf[start:end]))
+            pos = end + 2
+        self._pos = pos
+        return Push(parts)
 
     def _fill(self) -> None:
         if self._sock is None:
