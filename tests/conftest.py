@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -11,6 +11,9 @@ from pytest_rollback.options import StoreSettings
 from pytest_rollback.services import local
 
 pytest_plugins = ["pytester"]
+
+#: Options of every inner pytest run: no cache files, no hypothesis import per run.
+INNER = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
 
 
 def _settings() -> StoreSettings:
@@ -41,3 +44,14 @@ def redis_url(real_redis: Service) -> Iterator[str]:
     client.config_set("notify-keyspace-events", "")
     yield real_redis.url
     client.close()
+
+
+@pytest.fixture
+def run(pytester: pytest.Pytester, server: Service) -> Callable[..., pytest.RunResult]:
+    """Run an inner pytest against the module's ``server`` (an external URL)."""
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+
+    def run(*args: str) -> pytest.RunResult:
+        return pytester.runpytest(*INNER, f"--rollback-redis-url={server.url}", *args)
+
+    return run

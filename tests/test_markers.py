@@ -54,16 +54,6 @@ def server(real_redis: Service) -> Iterator[Service]:
     client.close()
 
 
-@pytest.fixture
-def run(pytester: pytest.Pytester, server: Service) -> Callable[..., pytest.RunResult]:
-    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
-
-    def run(*args: str) -> pytest.RunResult:
-        return pytester.runpytest(*INNER, f"--rollback-redis-url={server.url}", *args)
-
-    return run
-
-
 def test_strict_markers_accepts_the_rollback_marker(
     pytester: pytest.Pytester, run: Callable[..., pytest.RunResult]
 ) -> None:

@@ -55,16 +55,6 @@ def server(real_redis: Service) -> Iterator[Service]:
     client.close()
 
 
-@pytest.fixture
-def run(pytester: pytest.Pytester, server: Service) -> Callable[..., pytest.RunResult]:
-    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
-
-    def run(*args: str) -> pytest.RunResult:
-        return pytester.runpytest(*INNER, f"--rollback-redis-url={server.url}", *args)
-
-    return run
-
-
 def test_every_scope_keeps_its_data_for_its_tests_and_drops_it_after(
     pytester: pytest.Pytester, run: Callable[..., pytest.RunResult]
 ) -> None:
