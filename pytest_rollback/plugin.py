@@ -67,6 +67,8 @@ class RollbackSession:
         self.services: dict[str, Service] = {}
         self.failures: dict[str, str] = {}
         self.registered = False
+        self._header_done = False
+        self._early_lines: list[str] = []
         worker = getattr(config, "workerinput", None)
         self.worker: str | None = worker.get("workerid") if worker else None
 
@@ -140,6 +142,12 @@ class RollbackSession:
         strategy = getattr(adapter, "strategy", None)
         if strategy:
             line += f", {strategy} rollback"
+        if not self._header_done:  # started in pytest_sessionstart: part of the header
+            self._early_lines.append(line)
+            return
+        self._write_line(line)
+
+    def _write_line(self, line: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is None or self.config.get_verbosity() < -1:
             return
@@ -215,9 +223,18 @@ class RollbackSession:
         for line in errors:
             sys.stderr.write(line + "\n")
 
-    def pytest_report_header(self, config: pytest.Config) -> str:
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
         mode = "off (--no-rollback)" if self.options.disabled else "on"
-        return f"rollback: {mode}, provider {self.options.provider} (choices: {', '.join(PROVIDERS)})"
+        lines = [f"rollback: {mode}, provider {self.options.provider} (choices: {', '.join(PROVIDERS)})"]
+        lines += self._early_lines
+        self._early_lines = []
+        return lines
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self._header_done = True
+        for line in self._early_lines:  # no header was printed (-q)
+            self._write_line(line)
+        self._early_lines = []
 
     # -- scopes --------------------------------------------------------------
     @pytest.hookimpl(wrapper=True)
