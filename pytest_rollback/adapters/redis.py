@@ -584,14 +584,26 @@ class RedisAdapter:
             for i in range(0, len(names), _BATCH):
                 chunk = names[i : i + _BATCH]
                 pipe = client.pipeline(transaction=False)
+                if not self._has_pexpiretime:  # Redis < 7: server time + PTTL
+                    pipe.time()
                 for name in chunk:
                     pipe.dump(name)
-                    pipe.pexpiretime(name)
-                replies = pipe.execute()
+                    pipe.pexpiretime(name) if self._has_pexpiretime else pipe.pttl(name)
+                try:
+                    replies = pipe.execute()
+                except Exception as exc:
+                    if not self._has_pexpiretime or "PEXPIRETIME" not in str(exc).upper():
+                        raise
+                    self._has_pexpiretime = False
+                    return self._snapshot_keys()
+                now = 0
+                if not self._has_pexpiretime:
+                    sec, usec = replies.pop(0)
+                    now = sec * 1000 + usec // 1000
                 for j, name in enumerate(chunk):
                     payload, expire = replies[2 * j], replies[2 * j + 1]
                     if payload is not None:
-                        state[(db, name)] = (payload, -1 if expire < 0 else expire)
+                        state[(db, name)] = (payload, -1 if expire < 0 else now + expire)
         return state
 
     def _snapshot_dbs(self) -> list[int]:
