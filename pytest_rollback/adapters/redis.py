@@ -699,38 +699,75 @@ def redis_state(
             dbs = list(range(16))
     for db in sorted(dbs):
         r = client_for_db(db)
-        for key in r.scan_iter(count=1000):
-            kind = r.type(key)
-            kind = kind.decode() if isinstance(kind, bytes) else kind
-            value: Any
-            if kind == "string":
-                value = r.get(key)
-            elif kind == "list":
-                value = tuple(r.lrange(key, 0, -1))
-            elif kind == "set":
-                value = tuple(sorted(r.smembers(key)))
-            elif kind == "zset":
-                value = tuple(r.zrange(key, 0, -1, withscores=True))
-            elif kind == "hash":
-                value = tuple(sorted(r.hgetall(key).items()))
-            elif kind == "stream":
-                entries = tuple((i, tuple(sorted(f.items()))) for i, f in r.xrange(key))
-                try:
-                    groups = tuple(sorted((g["name"], g["last-delivered-id"]) for g in r.xinfo_groups(key)))
-                except Exception:
-                    groups = ()
-                value = (entries, groups)
-            else:
-                value = r.dump(key)
-            try:
-                expiry = r.pexpiretime(key)
-            except Exception:  # Redis < 7: the server's clock plus PTTL, exact to a few ms
-                sec, usec = r.time()
-                ttl = r.pttl(key)
-                expiry = -1 if ttl < 0 else sec * 1000 + usec // 1000 + ttl
-                if expiry_resolution_ms > 1 and expiry >= 0:
-                    expiry = round(expiry / expiry_resolution_ms)
-            if kind is None or kind == "none":
-                continue
-            state[(db, key)] = (kind, value, expiry)
+        try:
+            r.execute_command("PEXPIRETIME", "pytest-rollback:probe")
+            exact = True
+        except Exception:  # Redis < 7: the server's clock plus PTTL, exact to a few ms
+            exact = False
+        keys = list(dict.fromkeys(r.scan_iter(count=1000)))
+        for i in range(0, len(keys), 500):  # a round trip per batch, not per key
+            chunk = keys[i : i + 500]
+            pipe = r.pipeline(transaction=False)
+            for key in chunk:
+                pipe.type(key)
+            kinds = [k.decode() if isinstance(k, bytes) else k for k in pipe.execute()]
+            pipe = r.pipeline(transaction=False)
+            pipe.time()
+            for key, kind in zip(chunk, kinds, strict=True):
+                _read_value(pipe, key, kind)
+                pipe.pexpiretime(key) if exact else pipe.pttl(key)
+            replies = pipe.execute(raise_on_error=False)
+            sec, usec = replies[0]
+            now = sec * 1000 + usec // 1000
+            at = 1
+            for key, kind in zip(chunk, kinds, strict=True):
+                width = 3 if kind == "stream" else 2
+                parts = replies[at : at + width]
+                at += width
+                if kind is None or kind == "none":
+                    continue
+                expiry = parts[-1]
+                if not exact and expiry >= 0:
+                    expiry = now + expiry
+                    if expiry_resolution_ms > 1:
+                        expiry = round(expiry / expiry_resolution_ms)
+                state[(db, key)] = (kind, _normalise(kind, parts[:-1]), expiry)
     return state
+
+
+def _read_value(pipe: Any, key: bytes, kind: str) -> None:
+    if kind == "string":
+        pipe.get(key)
+    elif kind == "list":
+        pipe.lrange(key, 0, -1)
+    elif kind == "set":
+        pipe.smembers(key)
+    elif kind == "zset":
+        pipe.zrange(key, 0, -1, withscores=True)
+    elif kind == "hash":
+        pipe.hgetall(key)
+    elif kind == "stream":
+        pipe.xrange(key)
+        pipe.xinfo_groups(key)
+    else:
+        pipe.dump(key)
+
+
+def _normalise(kind: str, parts: list[Any]) -> Any:
+    value = parts[0]
+    if kind == "list":
+        return tuple(value)
+    if kind == "set":
+        return tuple(sorted(value))
+    if kind == "zset":
+        return tuple(value)
+    if kind == "hash":
+        return tuple(sorted(value.items()))
+    if kind == "stream":
+        entries = tuple((i, tuple(sorted(f.items()))) for i, f in value)
+        groups_reply = parts[1]
+        groups = () if isinstance(groups_reply, Exception) else tuple(
+            sorted((g["name"], g["last-delivered-id"]) for g in groups_reply)
+        )
+        return (entries, groups)
+    return value
