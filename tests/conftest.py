@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -55,3 +56,12 @@ def run(pytester: pytest.Pytester, server: Service) -> Callable[..., pytest.RunR
         return pytester.runpytest(*INNER, f"--rollback-redis-url={server.url}", *args)
 
     return run
+
+
+def absolute_expiry_ms(client: Any, key: str) -> int:
+    """PEXPIRETIME where the server has it (Redis 7), else server time plus PTTL."""
+    try:
+        return int(client.pexpiretime(key))
+    except Exception:  # Redis < 7 answers 'unknown command'
+        sec, usec = client.time()
+        return int(sec * 1000 + usec // 1000 + client.pttl(key))

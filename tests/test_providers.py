@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import redis
+from conftest import absolute_expiry_ms
 
 from pytest_rollback.api import Service
 from pytest_rollback.services import docker
@@ -278,12 +279,3 @@ def test_async_client_under_pytest_asyncio(pytester: pytest.Pytester, real_redis
     result.assert_outcomes(passed=3)
     assert client.info("keyspace") == {}
     client.close()
-
-
-def absolute_expiry_ms(client: redis.Redis, key: str) -> int:
-    """PEXPIRETIME where the server has it (Redis 7), else server time plus PTTL."""
-    try:
-        return int(client.pexpiretime(key))
-    except redis.ResponseError:
-        sec, usec = client.time()
-        return int(sec * 1000 + usec // 1000 + client.pttl(key))

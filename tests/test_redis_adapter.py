@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+from conftest import absolute_expiry_ms
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -202,14 +203,6 @@ def test_random_writes_roll_back_exactly_on_fakeredis(
 ) -> None:
     """Snapshot strategy on fakeredis; limits: no EVAL (fakeredis needs lupa), so Lua steps become SETs."""
     _random_writes_roll_back_exactly(fake_redis.url, first, second, nested, again)
-
-
-def absolute_expiry_ms(client: redis.Redis, key: str) -> int:
-    try:
-        return int(client.pexpiretime(key))
-    except redis.ResponseError:
-        sec, usec = client.time()
-        return int(sec * 1000 + usec // 1000 + client.pttl(key))
 
 
 def _is_fake(url: str) -> bool:
