@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from ..api import Service, StoreUnavailable
 from ..options import StoreSettings
@@ -95,3 +97,52 @@ def redis(settings: StoreSettings) -> Service:
             stop=handle.stop,
         )
     raise StoreUnavailable(f"could not start redis-server: {last}")
+
+
+def find_secantusd() -> str | None:
+    """``secantusd-py`` (the SecantusDB server of the ``secantusdb`` package) on PATH or beside Python."""
+    found = shutil.which("secantusd-py")
+    if found:
+        return found
+    beside = Path(sys.executable).with_name("secantusd-py")
+    return str(beside) if beside.exists() else None
+
+
+def secantusdb(settings: StoreSettings) -> Service:
+    """Start SecantusDB (a MongoDB-compatible replica set of one) on 127.0.0.1, in memory."""
+    exe = find_secantusd()
+    if exe is None:
+        raise StoreUnavailable("SecantusDB is not installed (pip install secantusdb)")
+    import pymongo
+
+    start = time.perf_counter()
+    port = free_port()
+    workdir = tempfile.TemporaryDirectory(prefix="pytest-rollback-mongo-")
+    log = Path(workdir.name) / "secantusd.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [exe, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:", "--log-level", "WARNING"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        )
+    handle = _Process(proc, workdir, log)
+    url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient(url, serverSelectionTimeoutMS=500)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise StoreUnavailable(f"secantusd-py exited with code {proc.returncode}")
+        client.admin.command("ping")
+        return True
+
+    try:
+        wait_until(ready, 30, f"SecantusDB ({exe}) on port {port}", handle.logs)
+        version = str(client.server_info().get("version", "?"))
+    except BaseException:
+        handle.stop()
+        raise
+    finally:
+        client.close()
+    return Service(
+        name="mongo", provider="local", url=url, host="127.0.0.1", port=port, version=f"SecantusDB ({version})",
+        startup_ms=(time.perf_counter() - start) * 1000, owned=True, extra={"pid": proc.pid}, stop=handle.stop,
+    )

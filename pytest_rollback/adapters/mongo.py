@@ -1,0 +1,337 @@
+"""MongoDB: checkpoints whose rollback costs what the test wrote (work in progress).
+
+The ``tracking`` strategy needs a change stream (a replica set: SecantusDB, or
+mongod started as a single-node replica set):
+
+* One cluster-wide change stream (expanded events, so index and collection DDL
+  are seen) marks touched documents and collections dirty.
+* A barrier: the adapter bumps a counter in its own database and reads the
+  stream until it sees that bump; every change made before it has then been
+  read (the stream follows the oplog's order).
+* The state at the newest checkpoint lives in this process's memory as raw BSON
+  (types and field order exact), per collection with its options and indexes.
+  A rollback replaces or deletes only the dirty documents; a collection whose
+  DDL changed (drop, rename, create, indexes, collMod) is rebuilt whole.
+* An invalidated or failing change stream is a gap: the next restore is a full
+  one.
+
+The adapter's own database (``__pytest_rollback__`` by default) is never one of
+the user's, so ``list_collection_names()`` of theirs shows no trace.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import bson
+from bson.raw_bson import RawBSONDocument
+from pymongo import DeleteOne, IndexModel, MongoClient, ReplaceOne
+from pymongo.errors import PyMongoError
+
+from ..api import RestoreReport, RollbackError
+
+NS = tuple[str, str]
+Meta = tuple[dict[str, Any], list[dict[str, Any]]]  # collection options, index specs
+SYSTEM_DBS = frozenset({"admin", "local", "config"})
+_RAW = bson.CodecOptions(document_class=RawBSONDocument)
+
+
+def _idkey(doc_id: Any) -> bytes:
+    return bson.encode({"_id": doc_id})
+
+
+class _Level:
+    __slots__ = ("label", "docs", "colls", "full", "alive")
+
+    def __init__(self, label: str | None) -> None:
+        self.label = label
+        #: before-images of documents refreshed when this checkpoint was taken
+        self.docs: dict[tuple[NS, bytes], RawBSONDocument | None] = {}
+        #: before-images of whole collections (None: it did not exist)
+        self.colls: dict[NS, tuple[Meta, dict[bytes, RawBSONDocument]] | None] = {}
+        #: the whole snapshot before this checkpoint, when it was a full resync
+        self.full: tuple[dict[NS, Meta], dict[NS, dict[bytes, RawBSONDocument]]] | None = None
+        self.alive = True
+
+
+def _merge(older: _Level, newer: _Level) -> _Level:
+    """One level's before-images from before ``older`` to after ``newer`` (``newer`` is reused)."""
+    if older.full is not None:
+        newer.full, newer.docs, newer.colls = older.full, {}, {}
+        return newer
+    if newer.full is not None:
+        meta, docs = newer.full
+        for ns, before in older.colls.items():
+            meta.pop(ns, None)
+            docs.pop(ns, None)
+            if before is not None:
+                meta[ns], docs[ns] = before
+        for (ns, idkey), doc in older.docs.items():
+            if doc is None:
+                docs.get(ns, {}).pop(idkey, None)
+            else:
+                docs.setdefault(ns, {})[idkey] = doc
+        return newer
+    newer.docs.update(older.docs)  # the older before-image wins
+    newer.colls.update(older.colls)
+    return newer
+
+
+class MongoAdapter:
+    """Checkpoint and roll back the user databases of a MongoDB deployment.
+
+    :param url: a ``mongodb://`` URL of a replica set (or SecantusDB).
+    :param dbs: the databases this adapter owns; ``None`` means every database
+        but ``admin``, ``local``, ``config`` and the adapter's own.
+    :param hidden_db: the adapter's own database (the change-stream barrier).
+    """
+
+    name = "mongo"
+
+    def __init__(self, url: str, *, dbs: Iterable[str] | None = None, hidden_db: str = "__pytest_rollback__") -> None:
+        self.url = url
+        self.client: MongoClient[Any] = MongoClient(url)
+        self.hidden_db = hidden_db
+        self._owned = frozenset(dbs) if dbs is not None else None
+        self._meta: dict[NS, Meta] = {}
+        self._docs: dict[NS, dict[bytes, RawBSONDocument]] = {}
+        self._dirty_docs: set[tuple[NS, bytes]] = set()
+        self._dirty_colls: set[NS] = set()
+        self._levels: list[_Level] = []
+        #: before-images between the newest checkpoint and the snapshot (released levels)
+        self._pending = _Level(None)
+        self._gap: str | None = "first checkpoint"
+        self._stream: Any = None
+        self._sent = 0
+        self._seen = 0
+        self.strategy = "tracking"
+        self._open_stream()
+
+    # -- the change stream -----------------------------------------------------
+    def _open_stream(self) -> None:
+        try:
+            self._stream = self.client.watch(show_expanded_events=True, max_await_time_ms=20)
+        except PyMongoError as exc:
+            raise RollbackError(
+                f"mongo at {self.url}: no change stream ({exc}); start MongoDB as a replica set "
+                "(the docker and local providers do) or use SecantusDB"
+            ) from exc
+        self._sent = self._seen = 0
+
+    def _owns(self, db: str) -> bool:
+        if db == self.hidden_db or db in SYSTEM_DBS:
+            return False
+        return self._owned is None or db in self._owned
+
+    def _drain(self, discard: bool = False) -> None:
+        """Read the stream up to a barrier written now; mark what changed dirty."""
+        try:
+            self._sent += 1
+            self.client[self.hidden_db].barrier.update_one({"_id": "barrier"}, {"$inc": {"n": 1}}, upsert=True)
+            deadline = time.monotonic() + 30
+            while self._seen < self._sent:
+                event = self._stream.try_next()
+                if event is None:
+                    if time.monotonic() > deadline:
+                        raise RollbackError(f"mongo at {self.url}: the change stream fell silent (30 s)")
+                    continue
+                if not discard:
+                    self._note(event)
+                elif event.get("ns", {}).get("db") == self.hidden_db:
+                    self._seen += 1
+        except PyMongoError as exc:
+            self._gap = f"the change stream failed ({exc.__class__.__name__}: {exc})"
+            try:
+                self._stream.close()
+            except PyMongoError:
+                pass
+            self._open_stream()
+
+    def _note(self, event: dict[str, Any]) -> None:
+        op = event.get("operationType")
+        ns = event.get("ns") or {}
+        db, coll = ns.get("db"), ns.get("coll")
+        if db == self.hidden_db:
+            self._seen += 1
+            return
+        if op == "invalidate":
+            self._gap = "the change stream was invalidated"
+            return
+        if db is None or not self._owns(db):
+            return
+        if op == "dropDatabase":
+            self._dirty_colls.update(n for n in self._meta if n[0] == db)
+            return
+        if coll is None:
+            return
+        key = (db, coll)
+        if op in ("insert", "update", "replace", "delete") and key in self._meta:
+            self._dirty_docs.add((key, _idkey(event["documentKey"]["_id"])))
+            return
+        self._dirty_colls.add(key)
+        to = event.get("to")
+        if op == "rename" and to:
+            self._dirty_colls.add((to["db"], to["coll"]))
+
+    # -- reading the server ------------------------------------------------------
+    def _read_meta(self, ns: NS) -> Meta | None:
+        infos = list(self.client[ns[0]].list_collections(filter={"name": ns[1]}))
+        if not infos:
+            return None
+        options = dict(infos[0].get("options", {}))
+        indexes = [dict(spec) for spec in self.client[ns[0]][ns[1]].list_indexes()]
+        return options, indexes
+
+    def _read_coll(self, ns: NS) -> tuple[Meta, dict[bytes, RawBSONDocument]] | None:
+        meta = self._read_meta(ns)
+        if meta is None:
+            return None
+        coll = self.client[ns[0]].get_collection(ns[1], codec_options=_RAW)
+        return meta, {_idkey(d["_id"]): d for d in coll.find({})}
+
+    def _namespaces(self) -> set[NS]:
+        out: set[NS] = set()
+        for db in self.client.list_database_names():
+            if self._owns(db):
+                out.update((db, c) for c in self.client[db].list_collection_names() if not c.startswith("system."))
+        return out
+
+    # -- writing the server --------------------------------------------------------
+    def _rebuild(self, ns: NS) -> int:
+        db = self.client[ns[0]]
+        db.drop_collection(ns[1])
+        meta = self._meta.get(ns)
+        if meta is None:
+            return 1
+        options, indexes = meta
+        db.create_collection(ns[1], **options)
+        models = [
+            IndexModel(list(spec["key"].items()), **{k: v for k, v in spec.items() if k not in ("key", "v", "ns")})
+            for spec in indexes
+            if spec.get("name") != "_id_"
+        ]
+        if models:
+            db[ns[1]].create_indexes(models)
+        docs = list(self._docs.get(ns, {}).values())
+        if docs:
+            db[ns[1]].insert_many(docs, ordered=False)
+        return 1 + len(docs)
+
+    def _restore_docs(self, keys: Iterable[tuple[NS, bytes]]) -> int:
+        by_ns: dict[NS, list[Any]] = {}
+        for ns, idkey in keys:
+            doc_id = bson.decode(idkey)["_id"]
+            doc = self._docs.get(ns, {}).get(idkey)
+            op: Any = DeleteOne({"_id": doc_id}) if doc is None else ReplaceOne({"_id": doc_id}, doc, upsert=True)
+            by_ns.setdefault(ns, []).append(op)
+        for ns, ops in by_ns.items():
+            self.client[ns[0]][ns[1]].bulk_write(ops, ordered=False)
+        return sum(len(ops) for ops in by_ns.values())
+
+    # -- the adapter protocol ------------------------------------------------------
+    def checkpoint(self, label: str | None = None) -> _Level:
+        """Mark the current state: a barrier plus a read of what changed since the last mark."""
+        self._drain()
+        level = _Level(label)
+        if self._gap is not None:
+            level.full = (self._meta, self._docs)
+            self._meta, self._docs = {}, {}
+            for ns in self._namespaces():
+                got = self._read_coll(ns)
+                if got is not None:
+                    self._meta[ns], self._docs[ns] = got
+            self._gap = None
+        else:
+            for ns in self._dirty_colls:
+                old = (self._meta[ns], self._docs.get(ns, {})) if ns in self._meta else None
+                level.colls[ns] = old
+                got = self._read_coll(ns)
+                self._meta.pop(ns, None)
+                self._docs.pop(ns, None)
+                if got is not None:
+                    self._meta[ns], self._docs[ns] = got
+            by_ns: dict[NS, list[bytes]] = {}
+            for ns, idkey in self._dirty_docs:
+                if ns not in self._dirty_colls:
+                    by_ns.setdefault(ns, []).append(idkey)
+            for ns, idkeys in by_ns.items():
+                coll = self.client[ns[0]].get_collection(ns[1], codec_options=_RAW)
+                ids = [bson.decode(k)["_id"] for k in idkeys]
+                found = {_idkey(d["_id"]): d for d in coll.find({"_id": {"$in": ids}})}
+                docs = self._docs.setdefault(ns, {})
+                for idkey in idkeys:
+                    level.docs.setdefault((ns, idkey), docs.get(idkey))
+                    if idkey in found:
+                        docs[idkey] = found[idkey]
+                    else:
+                        docs.pop(idkey, None)
+        self._dirty_docs.clear()
+        self._dirty_colls.clear()
+        level = _merge(self._pending, level)
+        level.label = label
+        self._pending = _Level(None)
+        self._levels.append(level)
+        return level
+
+    def rollback(self, token: _Level) -> RestoreReport:
+        """Make the databases equal to ``token``'s state again; ``token`` stays valid."""
+        start = time.perf_counter()
+        if not token.alive or token not in self._levels:
+            raise RollbackError(f"mongo: checkpoint {token.label!r} was released or rolled past")
+        self._drain()
+        full = self._gap
+        doc_keys = set(self._dirty_docs)
+        colls = set(self._dirty_colls)
+        idx = self._levels.index(token)
+        for level in [self._pending, *reversed(self._levels[idx + 1 :])]:
+            if level.full is not None:
+                self._meta, self._docs = level.full
+                full = full or "a later checkpoint was a full resync"
+                continue
+            for ns, before in level.colls.items():
+                self._meta.pop(ns, None)
+                self._docs.pop(ns, None)
+                if before is not None:
+                    self._meta[ns], self._docs[ns] = before
+                colls.add(ns)
+            for (ns, idkey), doc in level.docs.items():
+                docs = self._docs.setdefault(ns, {})
+                if doc is None:
+                    docs.pop(idkey, None)
+                else:
+                    docs[idkey] = doc
+                doc_keys.add((ns, idkey))
+            level.alive = False
+        del self._levels[idx + 1 :]
+        self._pending = _Level(None)
+        self._dirty_docs.clear()
+        self._dirty_colls.clear()
+        if full is not None:
+            colls = self._namespaces() | set(self._meta)
+        restored = sum(self._rebuild(ns) for ns in sorted(colls))
+        restored += self._restore_docs(k for k in doc_keys if k[0] not in colls)
+        self._drain(discard=True)  # our own writes are not the next test's
+        self._gap = None
+        mode = "full" if full else ("incremental" if restored else "none")
+        report = RestoreReport("mongo", token.label, time.perf_counter() - start, mode, restored, full)
+        return report
+
+    def release(self, token: _Level) -> None:
+        """Forget ``token``; rolling back to older checkpoints stays exact."""
+        if not token.alive or token not in self._levels:
+            return
+        idx = self._levels.index(token)
+        if idx + 1 < len(self._levels):
+            newer = self._levels[idx + 1]
+            self._levels[idx + 1] = _merge(token, newer)
+        else:
+            self._pending = _merge(token, self._pending)
+        token.alive = False
+        self._levels.remove(token)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        self.client.close()
