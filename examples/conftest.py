@@ -1,30 +1,40 @@
-"""Seed a catalogue once for the whole session; every test starts from it."""
+"""The example suite's fixtures: a catalogue seeded once, and the shop under test."""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
 
 import pytest
-from shop import Shop
+from shop import FEATURES, Shop
+
+from pytest_rollback.adapters.memory import DictAdapter
 
 PRODUCTS = 2_000
 
 
+def pytest_rollback_register(registry):
+    """The in-process feature flags are rolled back like Redis: each test starts with the defaults."""
+    registry.add_adapter(DictAdapter("features", FEATURES))
+
+
 @pytest.fixture(scope="session", autouse=True)
-def catalogue(redis_service, redis_client):
-    """2,000 products, written once. Tests change them freely: each test's writes are rolled back."""
-    # The application finds Redis the way it does in production: from the environment.
-    os.environ["SHOP_REDIS_URL"] = redis_service.url
-    shop = Shop(redis_client)
-    with redis_client.pipeline(transaction=False) as pipe:
-        for i in range(PRODUCTS):
-            pipe.hset(f"product:sku-{i}", mapping={"name": f"Product {i}", "price": 100 + i})
-            pipe.set(f"stock:sku-{i}", 10)
-            pipe.sadd("catalogue", f"sku-{i}")
-        pipe.execute()
-    return shop
+def catalogue(redis_service, redis_client) -> Iterator[int]:
+    """2,000 products, written once for the whole session; yields their number.
+
+    Tests change them freely: each test's writes are rolled back, so every test
+    starts from this catalogue.
+    """
+    with pytest.MonkeyPatch.context() as env:
+        # Code that configures itself from the environment finds the session's server.
+        env.setenv("SHOP_REDIS_URL", redis_service.url)
+        with redis_client.pipeline(transaction=False) as pipe:
+            for i in range(PRODUCTS):
+                pipe.hset(f"product:sku-{i}", mapping={"name": f"Product {i}", "price": 100 + i, "stock": 10})
+                pipe.sadd("catalogue", f"sku-{i}")
+            pipe.execute()
+        yield PRODUCTS
 
 
 @pytest.fixture
-def shop(redis_client):
+def shop(redis_client) -> Shop:
     return Shop(redis_client)

@@ -1,8 +1,20 @@
-"""A small shop backed by Redis: the "application" the example tests exercise."""
+"""A small shop backed by Redis: the application the example tests exercise.
+
+Products are hashes (``product:<sku>`` with name, price in cents and stock), the
+catalogue is a set of SKUs, carts are hashes, orders are hashes listed per user.
+Feature flags live in this process, in a plain dict.
+"""
 
 from __future__ import annotations
 
 import redis
+
+#: In-process feature flags (the example suite registers this dict as a store of its own).
+FEATURES: dict[str, bool] = {"express_checkout": False}
+
+
+class OutOfStock(Exception):
+    """A cart asks for more than the shop has."""
 
 
 class Shop:
@@ -11,10 +23,17 @@ class Shop:
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
 
+    @classmethod
+    def from_url(cls, url: str) -> Shop:
+        """A shop with a connection of its own, as the application makes it in production."""
+        return cls(redis.Redis.from_url(url))
+
+    def close(self) -> None:
+        self.r.close()
+
     # catalogue -------------------------------------------------------------
     def add_product(self, sku: str, name: str, price_cents: int, stock: int) -> None:
-        self.r.hset(f"product:{sku}", mapping={"name": name, "price": price_cents})
-        self.r.set(f"stock:{sku}", stock)
+        self.r.hset(f"product:{sku}", mapping={"name": name, "price": price_cents, "stock": stock})
         self.r.sadd("catalogue", sku)
 
     def price(self, sku: str) -> int:
@@ -24,11 +43,11 @@ class Shop:
         return int(value)
 
     def stock(self, sku: str) -> int:
-        return int(self.r.get(f"stock:{sku}") or 0)
+        return int(self.r.hget(f"product:{sku}", "stock") or 0)
 
     # carts -----------------------------------------------------------------
     def add_to_cart(self, user: str, sku: str, qty: int = 1) -> None:
-        self.price(sku)  # unknown products raise
+        self.price(sku)  # unknown products raise KeyError
         self.r.hincrby(f"cart:{user}", sku, qty)
 
     def cart(self, user: str) -> dict[str, int]:
@@ -39,17 +58,19 @@ class Shop:
 
     # orders ----------------------------------------------------------------
     def checkout(self, user: str) -> str:
+        """Turn the cart into an order, take the stock, empty the cart; returns the order id."""
         cart = self.cart(user)
         if not cart:
             raise ValueError("empty cart")
         for sku, qty in cart.items():
             if self.stock(sku) < qty:
-                raise ValueError(f"out of stock: {sku}")
+                raise OutOfStock(sku)
         order_id = f"order:{self.r.incr('order:seq')}"
+        shipping = "express" if FEATURES["express_checkout"] else "standard"
         with self.r.pipeline(transaction=True) as pipe:
             for sku, qty in cart.items():
-                pipe.decrby(f"stock:{sku}", qty)
-            pipe.hset(order_id, mapping={"user": user, "total": self.cart_total(user)})
+                pipe.hincrby(f"product:{sku}", "stock", -qty)
+            pipe.hset(order_id, mapping={"user": user, "total": self.cart_total(user), "shipping": shipping})
             pipe.rpush(f"orders:{user}", order_id)
             pipe.delete(f"cart:{user}")
             pipe.execute()
@@ -58,8 +79,14 @@ class Shop:
     def orders(self, user: str) -> list[str]:
         return [o.decode() for o in self.r.lrange(f"orders:{user}", 0, -1)]
 
-    # sessions --------------------------------------------------------------
-    def login(self, user: str, ttl_seconds: int = 3600) -> str:
-        token = f"session:{user}"
-        self.r.set(token, user, ex=ttl_seconds)
-        return token
+    def order(self, order_id: str) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.r.hgetall(order_id).items()}
+
+
+def record_view(redis_url: str, sku: str) -> int:
+    """What the web tier does on a product page: count the view, over its own connection."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return int(client.incr(f"views:{sku}"))
+    finally:
+        client.close()
