@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 from collections.abc import Generator
 from importlib.metadata import entry_points
 from typing import Any
@@ -21,6 +22,10 @@ SESSION_KEY = pytest.StashKey["RollbackSession"]()
 AUTO_ORDER = ("docker", "local", "embedded")
 NOTHING_PROVIDES = "pytest-rollback: {store}: no server could be had ({tried}); to get one: {how}"
 ENTRY_POINT_GROUP = "pytest_rollback.adapters"
+LATE_REGISTER = (
+    "pytest-rollback: pytest_rollback_register in {where} is not called: that conftest.py was loaded "
+    "after the session started; move the hook to the conftest.py at the root of the tests, or to a plugin"
+)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -190,6 +195,14 @@ class RollbackSession:
             return False
         dist = getattr(self.config.option, "dist", "no")
         return bool(getattr(self.config.option, "numprocesses", None)) and dist != "no"
+
+    def pytest_plugin_registered(self, plugin: object) -> None:
+        if self.registered and plugin is not builtin and hasattr(plugin, "pytest_rollback_register"):
+            where = getattr(plugin, "__file__", None) or repr(plugin)
+            warnings.warn(
+                pytest.PytestConfigWarning(LATE_REGISTER.format(where=where)),
+                stacklevel=1,
+            )
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         controller = self._is_xdist_controller()

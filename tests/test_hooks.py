@@ -312,3 +312,17 @@ def test_add_adapter_raises_type_error(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest(*INNER, "-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["REFUSED WITH TypeError"])
+
+
+def test_a_register_hook_in_a_late_conftest_is_reported_not_silently_ignored(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_root="def test_root():\n    pass\n")
+    sub = pytester.mkdir("sub")
+    (sub / "conftest.py").write_text(
+        "from pytest_rollback.adapters.memory import DictAdapter\n\n"
+        "def pytest_rollback_register(registry):\n"
+        "    registry.add_adapter(DictAdapter('late', {}))\n"
+    )
+    (sub / "test_sub.py").write_text("def test_sub():\n    pass\n")
+    result = pytester.runpytest(*INNER, "-p", "no:asyncio")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*pytest-rollback: pytest_rollback_register in *sub*conftest.py is not called*"])
