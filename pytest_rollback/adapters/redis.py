@@ -63,6 +63,10 @@ STREAM_SILENT_COMMANDS = ("xreadgroup", "xack", "xclaim", "xautoclaim")
 _GAP_MARKERS = tuple(
     (name, b"\ncmdstat_" + name.encode() + b":calls=") for name in GAP_COMMANDS + STREAM_SILENT_COMMANDS
 )
+#: INFO's own counter: it only grows (every reading follows the previous INFO), unless
+#: CONFIG RESETSTAT zeroed the counters, which could bring the ones above back to the
+#: very values last read and hide a FLUSHALL or SWAPDB.
+_INFO_MARKER = b"\ncmdstat_info:calls="
 #: Events after which a key may be a stream (x* events, and keys copied, moved, renamed or restored).
 _MAYBE_STREAM = (b"rename_to", b"move_to", b"copy_to", b"restore")
 _NEEDED_FLAGS = "KA"
@@ -160,6 +164,7 @@ class RedisAdapter:
         self._pending = _Delta()
         self._gap: str | None = "first checkpoint"
         self._counters: dict[str, int] = {}
+        self._info_calls = -1
         self._has_pexpiretime = True
         self._original_flags: str | None = None
         self._clients: dict[int, Any] = {}
@@ -177,6 +182,9 @@ class RedisAdapter:
                     ) from exc
                 self._close_conn()
                 self.strategy = "snapshot"
+                # the version in HELLO may be the server's own (fakeredis says 2.x): probe
+                # PEXPIRETIME where it is used instead of guessing from that number
+                self._has_pexpiretime = True
 
     # -- connection ----------------------------------------------------------
     def _where(self) -> str:
@@ -247,6 +255,11 @@ class RedisAdapter:
             if at >= 0:
                 start = at + len(marker)
                 counters[name] = int(text[start : text.index(b",", start)])
+        at = text.find(_INFO_MARKER)
+        info_calls = int(text[at + len(_INFO_MARKER) : text.index(b",", at)]) if at >= 0 else 0
+        if info_calls <= self._info_calls:  # the counters were reset since the last reading
+            counters["config|resetstat"] = -1
+        self._info_calls = info_calls
         return counters
 
     def _drain(self) -> None:
@@ -506,7 +519,9 @@ class RedisAdapter:
         if not token.alive or token not in self._levels:
             return
         idx = self._levels.index(token)
-        if idx == len(self._levels) - 1:
+        if self.strategy == "snapshot":
+            pass  # each level holds its own full copy, not a delta: nothing to hand on
+        elif idx == len(self._levels) - 1:
             self._pending = _merge(token.delta, self._pending)
         else:
             nxt = self._levels[idx + 1]
@@ -664,7 +679,7 @@ class RedisAdapter:
         return Changes(
             "redis",
             frozenset(fmt(k) for k in current.keys() - target.keys()),
-            frozenset(fmt(k) for k in current.keys() & target.keys() if current[k][0] != target[k][0]),
+            frozenset(fmt(k) for k in current.keys() & target.keys() if current[k] != target[k]),  # value or expiry
             frozenset(fmt(k) for k in target.keys() - current.keys()),
         )
 
