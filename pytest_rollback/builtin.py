@@ -33,5 +33,36 @@ def redis_store() -> Store:
     )
 
 
+def _mongo_adapter(service: Service, settings: StoreSettings) -> Rollbackable:
+    if "mongomock" in service.extra:
+        from .adapters.mongomock import MongomockAdapter
+
+        return MongomockAdapter(service.extra["mongomock"], dbs=service.extra.get("dbs"))
+    from .adapters.mongo import MongoAdapter
+
+    return MongoAdapter(service.url, dbs=service.extra.get("dbs"))
+
+
+def mongo_store() -> Store:
+    from .services import docker, embedded, external, local
+
+    return Store(
+        name="mongo",
+        make_adapter=_mongo_adapter,
+        providers={
+            "external": external.mongo,
+            "docker": docker.mongo,
+            "local": local.mongo,
+            "embedded": embedded.mongo,
+        },
+        default_image="mongo:7.0.14",
+        how_to_get=(
+            "pip install 'pytest-rollback[all]' (mongomock, in process) or 'pytest-rollback[secantusdb]' "
+            "(a MongoDB-compatible server), or put mongod on PATH, or pass --rollback-mongo-url"
+        ),
+    )
+
+
 def pytest_rollback_register(registry: Registry) -> None:
     registry.add_store(redis_store())
+    registry.add_store(mongo_store())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Generator, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -13,6 +13,8 @@ from .engine import Checkpoint
 from .markers import parse_rollback_marker
 
 if TYPE_CHECKING:
+    import pymongo
+    import pymongo.database
     import redis
     import redis.asyncio
 
@@ -76,6 +78,74 @@ def async_redis_client(redis_service: Service) -> Iterator[redis.asyncio.Redis]:
     ):
         with contextlib.suppress(Exception):
             conn._close()
+
+
+@pytest.fixture(scope="session")
+def mongo_service(request: pytest.FixtureRequest) -> Service:
+    """The session's MongoDB server: ``.provider``, ``.url``, ``.host``, ``.port``, ``.version``.
+
+    Started on first use (Docker as a single-node replica set, else a local
+    ``mongod`` as one, else the embedded default: SecantusDB if installed, else
+    mongomock in process) or taken from ``--rollback-mongo-url``. ``.extra["db"]``
+    is this worker's database. Every test that runs after it started is rolled back.
+    """
+    return _service(request, "mongo")
+
+
+@pytest.fixture(scope="session")
+def mongo_client(mongo_service: Service) -> Iterator[pymongo.MongoClient[Any]]:
+    """A ``pymongo.MongoClient`` of the session's server (a ``mongomock.MongoClient`` on mongomock).
+
+    Session-scoped, so fixtures of every scope can seed data with it.
+    """
+    if "mongomock" in mongo_service.extra:
+        import mongomock
+
+        client: Any = mongomock.MongoClient(_store=mongo_service.extra["mongomock"]._store)
+    else:
+        import pymongo as pm
+
+        client = pm.MongoClient(mongo_service.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def mongo_db(mongo_client: pymongo.MongoClient[Any], mongo_service: Service) -> pymongo.database.Database[Any]:
+    """This worker's database: ``test`` by default (the URL's database if one is configured).
+
+    Under pytest-xdist each worker gets its own (``test_gw0``, ``test_gw1``, ...)
+    on a shared server, and rollback covers only that database.
+    """
+    return mongo_client[mongo_service.extra.get("db") or "test"]
+
+
+@pytest.fixture
+def async_mongo_client(mongo_service: Service) -> Iterator[pymongo.AsyncMongoClient[Any]]:
+    """A ``pymongo.AsyncMongoClient`` of the same server as ``mongo_client``.
+
+    Function-scoped: the client binds to the event loop of the test that uses
+    it (pytest-asyncio or anyio) and is closed on that loop afterwards. Not
+    available on mongomock, which has no asyncio client.
+    """
+    if "mongomock" in mongo_service.extra:
+        pytest.fail(
+            "pytest-rollback: async_mongo_client needs a MongoDB server, and mongomock has no asyncio client; "
+            "install 'pytest-rollback[secantusdb]' or pass --rollback-mongo-url",
+            pytrace=False,
+        )
+    import asyncio
+
+    import pymongo as pm
+
+    client: pm.AsyncMongoClient[Any] = pm.AsyncMongoClient(mongo_service.url)
+    yield client
+    loop = getattr(client, "_loop", None)
+    with contextlib.suppress(Exception):
+        if loop is None:  # never used: nothing is bound to a loop yet
+            asyncio.run(client.close())
+        elif not loop.is_closed() and not loop.is_running():
+            loop.run_until_complete(client.close())
 
 
 class RollbackHandle:

@@ -11,9 +11,13 @@ import pytest
 from .api import PROVIDERS
 
 #: Stores that have URL and image options.
-STORES = ("redis",)
+STORES = ("redis", "mongo")
 #: Pinned Docker images.
-DEFAULT_IMAGES = {"redis": "redis:7.4.1-alpine"}
+DEFAULT_IMAGES = {"redis": "redis:7.4.1-alpine", "mongo": "mongo:7.0.14"}
+#: An example URL per store, for the help text.
+EXAMPLE_URLS = {"redis": "redis://127.0.0.1:6379/0", "mongo": "mongodb://127.0.0.1:27017/test"}
+#: What the embedded MongoDB provider may use.
+MONGO_EMBEDDED = ("auto", "secantusdb", "mongomock")
 
 BAD_CHOICE = "pytest-rollback: {source} is {value!r}, which is not one of {choices}"
 BAD_BOOL = "pytest-rollback: {source} is {value!r}; use one of 1/0, true/false, yes/no, on/off"
@@ -55,13 +59,20 @@ def _specs() -> list[_Spec]:
             "give tests their servers but take no checkpoints and roll nothing back",
             kind="bool", default=False,
         ),
+        _Spec(
+            "rollback_mongo_embedded", "--rollback-mongo-embedded", "rollback_mongo_embedded",
+            "PYTEST_ROLLBACK_MONGO_EMBEDDED",
+            "what the embedded MongoDB provider runs: auto (default: SecantusDB if installed, else "
+            "mongomock), secantusdb or mongomock",
+            default="auto", choices=MONGO_EMBEDDED,
+        ),
     ]
     for store in STORES:
         upper = store.upper()
         specs.append(_Spec(
             f"rollback_{store}_url", f"--rollback-{store}_url".replace("_", "-"), f"rollback_{store}_url",
             f"PYTEST_ROLLBACK_{upper}_URL",
-            f"use this running {store} server (e.g. redis://127.0.0.1:6379/0); the store is then "
+            f"use this running {store} server (e.g. {EXAMPLE_URLS[store]}); the store is then "
             "active for every test of the session",
         ))
         specs.append(_Spec(
@@ -119,6 +130,7 @@ class Options:
     verify: bool = False
     allow_remote: bool = False
     disabled: bool = False
+    mongo_embedded: str = "auto"
     urls: dict[str, str | None] = dataclasses.field(default_factory=dict)
     images: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -130,6 +142,7 @@ class Options:
             verify=values["rollback_verify"],
             allow_remote=values["rollback_allow_remote"],
             disabled=values["rollback_disabled"],
+            mongo_embedded=values["rollback_mongo_embedded"],
             urls={s: values[f"rollback_{s}_url"] for s in STORES},
             images={s: values[f"rollback_{s}_image"] for s in STORES},
         )
@@ -147,6 +160,8 @@ class StoreSettings:
     #: pytest-xdist worker id ("gw0", ...) or None outside xdist.
     worker: str | None
     config: pytest.Config = dataclasses.field(repr=False, compare=False)
+    #: Store-specific settings (``embedded``: what the embedded MongoDB provider runs).
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def worker_index(self) -> int:

@@ -17,6 +17,7 @@ from .engine import Checkpoint, Engine
 from .markers import ROLLBACK_MARKER_HELP
 from .options import Options, StoreSettings, addoption
 from .registry import RegistrationError, Registry
+from .services import shared
 
 SESSION_KEY = pytest.StashKey["RollbackSession"]()
 AUTO_ORDER = ("docker", "local", "embedded")
@@ -76,6 +77,8 @@ class RollbackSession:
         self._early_lines: list[str] = []
         worker = getattr(config, "workerinput", None)
         self.worker: str | None = worker.get("workerid") if worker else None
+        #: xdist controller: the directory where workers record the servers they share
+        self.shared_dir: str | None = None
 
     # -- registration and services -------------------------------------------
     def register(self) -> None:
@@ -110,6 +113,7 @@ class RollbackSession:
             allow_remote=self.options.allow_remote,
             worker=self.worker,
             config=self.config,
+            extra={"embedded": self.options.mongo_embedded} if store == "mongo" else {},
         )
 
     def service(self, store: str) -> Service:
@@ -220,9 +224,19 @@ class RollbackSession:
                 except StoreUnavailable as exc:
                     raise pytest.UsageError(str(exc)) from None
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """xdist controller: tell each worker where shared servers (MongoDB) are recorded."""
+        if self.shared_dir is None:
+            self.shared_dir = shared.make_dir()
+        node.workerinput[shared.WORKER_INPUT_KEY] = self.shared_dir
+
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         errors: list[str] = []
+        if self.shared_dir is not None:  # every worker is done: stop the servers they shared
+            errors += shared.stop_all(self.shared_dir)
+            self.shared_dir = None
         try:
             self.engine.close()
         except RollbackError as exc:
@@ -285,10 +299,24 @@ class RollbackSession:
 
 from .fixtures import (  # noqa: E402  (fixtures are found in the plugin module)
     _rollback_test,
+    async_mongo_client,
     async_redis_client,
+    mongo_client,
+    mongo_db,
+    mongo_service,
     redis_client,
     redis_service,
     rollback,
 )
 
-__all__ = ["_rollback_test", "async_redis_client", "redis_client", "redis_service", "rollback"]
+__all__ = [
+    "_rollback_test",
+    "async_mongo_client",
+    "async_redis_client",
+    "mongo_client",
+    "mongo_db",
+    "mongo_service",
+    "redis_client",
+    "redis_service",
+    "rollback",
+]

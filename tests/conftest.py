@@ -65,3 +65,24 @@ def absolute_expiry_ms(client: Any, key: str) -> int:
     except Exception:  # Redis < 7 answers 'unknown command'
         sec, usec = client.time()
         return int(sec * 1000 + usec // 1000 + client.pttl(key))
+
+
+@pytest.fixture(scope="session")
+def secantus() -> Iterator[Service]:
+    """SecantusDB (a MongoDB-compatible replica set of one, with change streams) on a free loopback port."""
+    from pytest_rollback.services import embedded
+
+    settings = StoreSettings("mongo", "embedded", None, "", False, None, None)  # type: ignore[arg-type]
+    try:
+        service = embedded.secantusdb(settings)
+    except StoreUnavailable as exc:  # pragma: no cover - the [test] extra installs it
+        pytest.fail(f"these tests need SecantusDB (pip install -e '.[test]'): {exc}", pytrace=False)
+    yield service
+    service.stop()
+
+
+def clear_mongo(client: Any) -> None:
+    """Drop every database but the system ones (and the adapter's own)."""
+    for db in client.list_database_names():
+        if db not in ("admin", "local", "config"):
+            client.drop_database(db)

@@ -1,7 +1,9 @@
-"""MongoDB: checkpoints whose rollback costs what the test wrote (work in progress).
+"""MongoDB: checkpoints whose rollback costs what the test wrote.
 
-The ``tracking`` strategy needs a change stream (a replica set: SecantusDB, or
-mongod started as a single-node replica set):
+Two strategies, chosen when the adapter starts:
+
+``tracking`` needs a change stream (a replica set: SecantusDB, or mongod started
+as a single-node replica set, as the docker and local providers do):
 
 * One cluster-wide change stream (expanded events, so index and collection DDL
   are seen) marks touched documents and collections dirty.
@@ -15,6 +17,13 @@ mongod started as a single-node replica set):
 * An invalidated or failing change stream is a gap: the next restore is a full
   one.
 
+``counters`` is for a standalone server (no change streams): the ``top``
+command's per-collection write counters, read in one round trip, and the list of
+collections tell which collections moved since the checkpoint; those are
+rebuilt whole from the snapshot in this process's memory, the others cost
+nothing. A server without ``top`` (mongos, some hosted tiers) makes every
+rollback a full one, which is exact but costs the data's size.
+
 The adapter's own database (``__pytest_rollback__`` by default) is never one of
 the user's, so ``list_collection_names()`` of theirs shows no trace.
 """
@@ -22,6 +31,7 @@ the user's, so ``list_collection_names()`` of theirs shows no trace.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -30,7 +40,7 @@ from bson.raw_bson import RawBSONDocument
 from pymongo import DeleteOne, IndexModel, MongoClient, ReplaceOne
 from pymongo.errors import PyMongoError
 
-from ..api import RestoreReport, RollbackError
+from ..api import Changes, RestoreReport, RollbackError
 
 NS = tuple[str, str]
 Meta = tuple[dict[str, Any], list[dict[str, Any]]]  # collection options, index specs
@@ -40,6 +50,12 @@ _RAW = bson.CodecOptions(document_class=RawBSONDocument)
 
 def _idkey(doc_id: Any) -> bytes:
     return bson.encode({"_id": doc_id})
+
+
+def _meta_key(meta: Meta) -> tuple[str, list[str]]:
+    """A comparable form of a collection's options and index specifications."""
+    options, indexes = meta
+    return repr(sorted(options.items())), sorted(repr(sorted(spec.items())) for spec in indexes)
 
 
 class _Level:
@@ -79,6 +95,10 @@ def _merge(older: _Level, newer: _Level) -> _Level:
     return newer
 
 
+class _StreamLost(Exception):
+    """The change stream can no longer be trusted to have shown every change."""
+
+
 class MongoAdapter:
     """Checkpoint and roll back the user databases of a MongoDB deployment.
 
@@ -86,13 +106,26 @@ class MongoAdapter:
     :param dbs: the databases this adapter owns; ``None`` means every database
         but ``admin``, ``local``, ``config`` and the adapter's own.
     :param hidden_db: the adapter's own database (the change-stream barrier).
+    :param strategy: ``"auto"`` (a change stream if the server has one, else
+        write counters), ``"tracking"`` or ``"counters"``.
     """
 
     name = "mongo"
+    #: seconds to wait for the barrier before the stream counts as lagging (a gap: full restore)
+    lag_limit = 10.0
 
-    def __init__(self, url: str, *, dbs: Iterable[str] | None = None, hidden_db: str = "__pytest_rollback__") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        dbs: Iterable[str] | None = None,
+        hidden_db: str = "__pytest_rollback__",
+        strategy: str = "auto",
+    ) -> None:
         self.url = url
         self.client: MongoClient[Any] = MongoClient(url)
+        #: this adapter's barrier document (adapters of several xdist workers share a server)
+        self._barrier_id = f"barrier-{uuid.uuid4().hex}"
         self.hidden_db = hidden_db
         self._owned = frozenset(dbs) if dbs is not None else None
         self._meta: dict[NS, Meta] = {}
@@ -106,19 +139,80 @@ class MongoAdapter:
         self._stream: Any = None
         self._sent = 0
         self._seen = 0
-        self.strategy = "tracking"
-        self._open_stream()
+        #: counters strategy: per collection, the write counters of ``top`` at the last reading
+        self._counters: dict[NS, tuple[int, ...]] = {}
+        self._has_top = True
+        if strategy not in ("auto", "tracking", "counters"):
+            raise ValueError(f"mongo: unknown strategy {strategy!r}; use auto, tracking or counters")
+        self.strategy = "tracking" if strategy in ("auto", "tracking") else "counters"
+        if self.strategy == "tracking":
+            try:
+                self._open_stream()
+            except RollbackError:
+                if strategy == "tracking":
+                    raise
+                self.strategy = "counters"
+        if self.strategy == "counters":
+            self._has_top = self._read_top() is not None
 
     # -- the change stream -----------------------------------------------------
     def _open_stream(self) -> None:
+        dbs = [self.hidden_db, *self._owned] if self._owned is not None else None
+        pipeline: list[dict[str, Any]] = []
+        if dbs is not None:  # other workers' databases on a shared server are not ours to read
+            pipeline = [
+                {
+                    "$match": {
+                        "$or": [
+                            {"ns.db": {"$in": dbs}},
+                            {"to.db": {"$in": dbs}},
+                            {"operationType": "invalidate"},
+                        ]
+                    }
+                }
+            ]
         try:
-            self._stream = self.client.watch(show_expanded_events=True, max_await_time_ms=20)
+            self._stream = self.client.watch(pipeline, show_expanded_events=True, max_await_time_ms=20)
         except PyMongoError as exc:
             raise RollbackError(
                 f"mongo at {self.url}: no change stream ({exc}); start MongoDB as a replica set "
                 "(the docker and local providers do) or use SecantusDB"
             ) from exc
         self._sent = self._seen = 0
+
+    # -- write counters (standalone servers) -------------------------------------
+    def _read_top(self) -> dict[NS, tuple[int, ...]] | None:
+        try:
+            totals = self.client.admin.command("top")["totals"]
+        except PyMongoError:
+            return None
+        out: dict[NS, tuple[int, ...]] = {}
+        for name, entry in totals.items():
+            db, _, coll = name.partition(".")
+            if not coll or not isinstance(entry, dict) or not self._owns(db):
+                continue
+            out[(db, coll)] = tuple(
+                int(entry.get(k, {}).get("count", 0)) for k in ("writeLock", "insert", "update", "remove", "commands")
+            )
+        return out
+
+    def _collect_counters(self) -> None:
+        """Mark dirty every collection whose write counters moved, or that appeared or vanished."""
+        top = self._read_top() if self._has_top else None
+        present = self._namespaces()
+        if top is None:
+            self._dirty_colls.update(present | set(self._meta))
+            return
+        for ns in present | set(self._meta) | set(top):
+            if top.get(ns) != self._counters.get(ns) or (ns in present) != (ns in self._meta):
+                self._dirty_colls.add(ns)
+        self._counters = top
+
+    def _settle_counters(self) -> None:
+        """After our own reads and writes: the counters they moved are not the next test's."""
+        top = self._read_top() if self._has_top else None
+        if top is not None:
+            self._counters = top
 
     def _owns(self, db: str) -> bool:
         if db == self.hidden_db or db in SYSTEM_DBS:
@@ -127,34 +221,55 @@ class MongoAdapter:
 
     def _drain(self, discard: bool = False) -> None:
         """Read the stream up to a barrier written now; mark what changed dirty."""
+        if self.strategy == "counters":
+            if discard:
+                self._settle_counters()
+            else:
+                self._collect_counters()
+            return
         try:
             self._sent += 1
-            self.client[self.hidden_db].barrier.update_one({"_id": "barrier"}, {"$inc": {"n": 1}}, upsert=True)
-            deadline = time.monotonic() + 30
+            self.client[self.hidden_db].barrier.update_one({"_id": self._barrier_id}, {"$inc": {"n": 1}}, upsert=True)
+            deadline = time.monotonic() + self.lag_limit
             while self._seen < self._sent:
+                if not self._stream.alive:
+                    raise _StreamLost("the change stream was closed (its cursor is gone)")
                 event = self._stream.try_next()
                 if event is None:
                     if time.monotonic() > deadline:
-                        raise RollbackError(f"mongo at {self.url}: the change stream fell silent (30 s)")
+                        raise _StreamLost(f"the change stream lagged more than {self.lag_limit:.0f} s behind")
                     continue
                 if not discard:
                     self._note(event)
-                elif event.get("ns", {}).get("db") == self.hidden_db:
+                elif self._is_barrier(event):
                     self._seen += 1
+        except _StreamLost as exc:
+            self._gap = str(exc)
+            self._reopen()
         except PyMongoError as exc:
             self._gap = f"the change stream failed ({exc.__class__.__name__}: {exc})"
-            try:
-                self._stream.close()
-            except PyMongoError:
-                pass
-            self._open_stream()
+            self._reopen()
+
+    def _reopen(self) -> None:
+        """After a gap: a new stream from now; what was missed is answered by a full restore."""
+        try:
+            self._stream.close()
+        except PyMongoError:
+            pass
+        self._open_stream()
+
+    def _is_barrier(self, event: dict[str, Any]) -> bool:
+        return (event.get("documentKey") or {}).get("_id") == self._barrier_id and (event.get("ns") or {}).get(
+            "db"
+        ) == self.hidden_db
 
     def _note(self, event: dict[str, Any]) -> None:
         op = event.get("operationType")
         ns = event.get("ns") or {}
         db, coll = ns.get("db"), ns.get("coll")
         if db == self.hidden_db:
-            self._seen += 1
+            if self._is_barrier(event):
+                self._seen += 1
             return
         if op == "invalidate":
             self._gap = "the change stream was invalidated"
@@ -269,6 +384,8 @@ class MongoAdapter:
                         docs.pop(idkey, None)
         self._dirty_docs.clear()
         self._dirty_colls.clear()
+        if self.strategy == "counters":
+            self._settle_counters()  # our reads (listIndexes, ...) are not the test's writes
         level = _merge(self._pending, level)
         level.label = label
         self._pending = _Level(None)
@@ -312,11 +429,87 @@ class MongoAdapter:
             colls = self._namespaces() | set(self._meta)
         restored = sum(self._rebuild(ns) for ns in sorted(colls))
         restored += self._restore_docs(k for k in doc_keys if k[0] not in colls)
-        self._drain(discard=True)  # our own writes are not the next test's
         self._gap = None
+        self._drain(discard=True)  # our own writes are not the next test's (a loss here is a new gap)
         mode = "full" if full else ("incremental" if restored else "none")
         report = RestoreReport("mongo", token.label, time.perf_counter() - start, mode, restored, full)
         return report
+
+    def changes(self, token: _Level) -> Changes:
+        """Documents and collections added, modified and removed since ``token``.
+
+        Documents are named ``"db.collection:<_id repr>"``, collections
+        ``"db.collection"`` (modified: its options or indexes changed). The
+        documents of a dropped collection are not listed one by one.
+        """
+        if not token.alive or token not in self._levels:
+            raise RollbackError(f"mongo: checkpoint {token.label!r} was released or rolled past")
+        self._drain()
+        # The state at ``token`` of what changed since: the snapshot (the newest
+        # checkpoint) overlaid with the before-images of the newer levels, oldest
+        # last, copying only the collections whose documents are overlaid.
+        meta, docs = dict(self._meta), dict(self._docs)
+        copied: set[NS] = set()
+        colls, keys = set(self._dirty_colls), set(self._dirty_docs)
+        full = self._gap is not None
+        idx = self._levels.index(token)
+        for level in [self._pending, *reversed(self._levels[idx + 1 :])]:
+            if level.full is not None:
+                meta, docs, copied, full = dict(level.full[0]), dict(level.full[1]), set(), True
+                continue
+            for ns, before in level.colls.items():
+                meta.pop(ns, None)
+                docs.pop(ns, None)
+                copied.discard(ns)
+                if before is not None:
+                    meta[ns], docs[ns] = before
+                colls.add(ns)
+            for (ns, idkey), doc in level.docs.items():
+                if ns not in copied:
+                    docs[ns] = dict(docs.get(ns, {}))
+                    copied.add(ns)
+                if doc is None:
+                    docs[ns].pop(idkey, None)
+                else:
+                    docs[ns][idkey] = doc
+                keys.add((ns, idkey))
+        if full:
+            colls = self._namespaces() | set(meta)
+        added: set[str] = set()
+        modified: set[str] = set()
+        removed: set[str] = set()
+
+        def name(ns: NS, idkey: bytes | None = None) -> str:
+            base = f"{ns[0]}.{ns[1]}"
+            return base if idkey is None else f"{base}:{bson.decode(idkey)['_id']!r}"
+
+        def compare(ns: NS, then: dict[bytes, RawBSONDocument], now: dict[bytes, RawBSONDocument]) -> None:
+            added.update(name(ns, k) for k in now.keys() - then.keys())
+            removed.update(name(ns, k) for k in then.keys() - now.keys())
+            modified.update(name(ns, k) for k in now.keys() & then.keys() if now[k].raw != then[k].raw)
+
+        for ns in colls:
+            current = self._read_coll(ns)
+            if ns not in meta:
+                if current is not None:
+                    added.add(name(ns))
+                    compare(ns, {}, current[1])
+            elif current is None:
+                removed.add(name(ns))
+            else:
+                if _meta_key(meta[ns]) != _meta_key(current[0]):
+                    modified.add(name(ns))
+                compare(ns, docs.get(ns, {}), current[1])
+        by_ns: dict[NS, list[bytes]] = {}
+        for ns, idkey in keys:
+            if ns not in colls:
+                by_ns.setdefault(ns, []).append(idkey)
+        for ns, idkeys in by_ns.items():
+            coll = self.client[ns[0]].get_collection(ns[1], codec_options=_RAW)
+            found = {_idkey(d["_id"]): d for d in coll.find({"_id": {"$in": [bson.decode(k)["_id"] for k in idkeys]}})}
+            then = docs.get(ns, {})
+            compare(ns, {k: then[k] for k in idkeys if k in then}, found)
+        return Changes("mongo", frozenset(added), frozenset(modified), frozenset(removed))
 
     def release(self, token: _Level) -> None:
         """Forget ``token``; rolling back to older checkpoints stays exact."""

@@ -70,3 +70,58 @@ def redis(settings: StoreSettings) -> Service:
         extra={"db": 0, "dbs": None, "image": settings.image},
         stop=container.stop,
     )
+
+
+def mongo(settings: StoreSettings) -> Service:
+    """Start ``settings.image`` as a single-node replica set (change streams need one).
+
+    Ready means elected primary, not merely answering a ping. Under xdist each
+    worker starts its own container: testcontainers ties a container's life to
+    the process that started it, so it cannot be shared between workers.
+    """
+    reason = engine_answers()
+    if reason is not None:
+        raise StoreUnavailable(reason)
+    try:
+        from testcontainers.core.container import DockerContainer
+    except ImportError:
+        raise StoreUnavailable("testcontainers is not installed (pip install 'pytest-rollback[docker]')") from None
+    import pymongo
+
+    from .local import initiate_replica_set
+    from .shared import worker_database
+
+    start = time.perf_counter()
+    container = DockerContainer(settings.image).with_exposed_ports(27017)
+    container.with_command("--replSet rs0 --bind_ip_all --quiet --wiredTigerCacheSizeGB 0.25")
+    container.start()
+    try:
+        host = container.get_container_host_ip()
+        port = int(container.get_exposed_port(27017))
+        url = f"mongodb://{host}:{port}/?directConnection=true"
+        client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(url, serverSelectionTimeoutMS=500)
+
+        def logs() -> str:
+            out, err = container.get_logs()
+            return (out + err).decode(errors="replace")
+
+        try:
+            # the member's address as the container sees itself; clients use directConnection
+            version = initiate_replica_set(client, "127.0.0.1:27017", f"mongo container {settings.image}", logs)
+        finally:
+            client.close()
+    except BaseException:
+        container.stop()
+        raise
+    return Service(
+        name="mongo",
+        provider="docker",
+        url=url,
+        host=host,
+        port=port,
+        version=version,
+        startup_ms=(time.perf_counter() - start) * 1000,
+        owned=True,
+        extra={"db": worker_database(settings), "dbs": None, "image": settings.image},
+        stop=container.stop,
+    )

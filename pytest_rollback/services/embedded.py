@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 from ..api import Service, StoreUnavailable
 from ..options import StoreSettings
+from . import free_port, wait_until
+from .local import _Process
 
 
 def redis(settings: StoreSettings) -> Service:
@@ -43,4 +51,121 @@ def redis(settings: StoreSettings) -> Service:
         owned=True,
         extra={"db": 0, "dbs": list(range(16))},
         stop=stop,
+    )
+
+
+def mongo(settings: StoreSettings) -> Service:
+    """MongoDB without Docker or mongod: SecantusDB if installed, else mongomock in process.
+
+    ``--rollback-mongo-embedded`` picks one (``auto``, ``secantusdb``, ``mongomock``).
+    SecantusDB is a wire-compatible server in a separate process: code under test
+    reaches it by URL, change streams and transactions work, and rollback tracks
+    documents. mongomock lives in this process: only the clients of the
+    ``mongo_client`` fixture (or ones sharing its store) see its data.
+    """
+    choice = str(settings.extra.get("embedded", "auto"))
+    if choice in ("auto", "secantusdb"):
+        try:
+            return secantusdb(settings)
+        except StoreUnavailable:
+            if choice == "secantusdb":
+                raise
+    return mongomock(settings)
+
+
+def mongomock(settings: StoreSettings) -> Service:
+    """mongomock in this process: no server, no URL; the ``mongo_client`` fixture shares its store."""
+    try:
+        import mongomock as mm
+    except ImportError:
+        raise StoreUnavailable(
+            "neither SecantusDB nor mongomock is installed (pip install 'pytest-rollback[all]')"
+        ) from None
+    start = time.perf_counter()
+    client: Any = mm.MongoClient()
+    return Service(
+        name="mongo",
+        provider="embedded",
+        url="mongomock://in-process",
+        host="",
+        port=0,
+        version=f"mongomock {getattr(mm, '__version__', '?')}",
+        startup_ms=(time.perf_counter() - start) * 1000,
+        owned=True,
+        extra={"mongomock": client, "db": "test" if settings.worker is None else f"test_{settings.worker}"},
+    )
+
+
+def version_of_secantusdb() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("secantusdb")
+    except PackageNotFoundError:
+        return "?"
+
+
+def find_secantusd() -> str | None:
+    """``secantusd-py`` (the SecantusDB server of the ``secantusdb`` package) on PATH or beside Python."""
+    found = shutil.which("secantusd-py")
+    if found:
+        return found
+    beside = Path(sys.executable).with_name("secantusd-py")
+    return str(beside) if beside.exists() else None
+
+
+def secantusdb(settings: StoreSettings) -> Service:
+    """Start SecantusDB (a MongoDB-compatible replica set of one) on 127.0.0.1, in memory.
+
+    Under pytest-xdist the workers share one server, each with its own database.
+    """
+    from .shared import shared
+
+    exe = find_secantusd()
+    if exe is None:
+        raise StoreUnavailable("SecantusDB is not installed (pip install 'pytest-rollback[secantusdb]')")
+    return shared(settings, "mongo-secantusdb", lambda: _start_secantusdb(exe))
+
+
+def _start_secantusdb(exe: str) -> Service:
+    import pymongo
+
+    start = time.perf_counter()
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="pytest-rollback-secantusdb-")
+    log = Path(workdir) / "secantusd.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [exe, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:", "--log-level", "WARNING"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        )
+    handle = _Process(proc, workdir, log)
+    url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient(url, serverSelectionTimeoutMS=500)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise StoreUnavailable(f"secantusd-py exited with code {proc.returncode}")
+        client.admin.command("ping")
+        return True
+
+    try:
+        wait_until(ready, 30, f"SecantusDB ({exe}) on port {port}", handle.logs)
+        version = str(client.server_info().get("version", "?"))
+    except BaseException:
+        handle.stop()
+        raise
+    finally:
+        client.close()
+    return Service(
+        name="mongo",
+        provider="embedded",
+        url=url,
+        host="127.0.0.1",
+        port=port,
+        version=f"SecantusDB {version_of_secantusdb()} (as MongoDB {version})",
+        startup_ms=(time.perf_counter() - start) * 1000,
+        owned=True,
+        extra={"pid": proc.pid, "workdir": workdir},
+        stop=handle.stop,
     )

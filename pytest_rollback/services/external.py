@@ -84,3 +84,53 @@ def redis(settings: StoreSettings) -> Service:
         owned=False,
         extra={"db": db, "dbs": dbs},
     )
+
+
+def mongo(settings: StoreSettings) -> Service:
+    """Connect to the MongoDB deployment of ``--rollback-mongo-url``.
+
+    ``mongo_db`` is the URL's database (default ``test``). Without xdist the
+    rollback covers every database but ``admin``, ``local`` and ``config``, and
+    what was there before the session is put back at its end; under xdist each
+    worker gets ``<database>_<worker id>`` and its rollback covers only that.
+    """
+    import pymongo
+    from pymongo.errors import InvalidURI, PyMongoError
+    from pymongo.uri_parser import parse_uri
+
+    assert settings.url is not None
+    try:
+        parsed = parse_uri(settings.url)
+    except (InvalidURI, ValueError) as exc:
+        raise StoreUnavailable(f"pytest-rollback: mongo: bad URL {settings.url!r}: {exc}") from None
+    nodes = parsed.get("nodelist") or []
+    for host, _port in nodes:
+        check_address(settings, host)
+    host, port = nodes[0] if nodes else ("", 0)
+    db = parsed.get("database") or "test"
+    dbs = None
+    if settings.worker is not None:
+        db = f"{db}_{settings.worker}"
+        dbs = [db]
+    start = time.perf_counter()
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(settings.url, serverSelectionTimeoutMS=5000)
+    try:
+        version = str(client.server_info().get("version", "?"))
+    except PyMongoError as exc:
+        raise StoreUnavailable(
+            f"pytest-rollback: mongo: cannot reach {host}:{port} from the configured URL "
+            f"({exc.__class__.__name__}); start the server or fix --rollback-mongo-url"
+        ) from None
+    finally:
+        client.close()
+    return Service(
+        name="mongo",
+        provider="external",
+        url=settings.url,
+        host=host,
+        port=int(port),
+        version=version,
+        startup_ms=(time.perf_counter() - start) * 1000,
+        owned=False,
+        extra={"db": db, "dbs": dbs},
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +29,9 @@ def find_redis_server() -> str | None:
 
 
 class _Process:
-    def __init__(self, proc: subprocess.Popen[bytes], workdir: tempfile.TemporaryDirectory[str], log: Path) -> None:
+    """A server process this plugin started, with its working directory (removed by ``stop``)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], workdir: str, log: Path) -> None:
         self.proc, self.workdir, self.log = proc, workdir, log
 
     def logs(self) -> str:
@@ -47,7 +48,7 @@ class _Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        self.workdir.cleanup()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def redis(settings: StoreSettings) -> Service:
@@ -61,11 +62,11 @@ def redis(settings: StoreSettings) -> Service:
     last: Exception | None = None
     for _ in range(3):  # a free port can be taken between choosing it and binding it
         port = free_port()
-        workdir = tempfile.TemporaryDirectory(prefix="pytest-rollback-redis-")
-        log = Path(workdir.name) / "redis.log"
+        workdir = tempfile.mkdtemp(prefix="pytest-rollback-redis-")
+        log = Path(workdir) / "redis.log"
         cmd = [
             exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-            "--dir", workdir.name, "--logfile", str(log), "--protected-mode", "yes", "--daemonize", "no",
+            "--dir", workdir, "--logfile", str(log), "--protected-mode", "yes", "--daemonize", "no",
         ]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         handle = _Process(proc, workdir, log)
@@ -99,50 +100,83 @@ def redis(settings: StoreSettings) -> Service:
     raise StoreUnavailable(f"could not start redis-server: {last}")
 
 
-def find_secantusd() -> str | None:
-    """``secantusd-py`` (the SecantusDB server of the ``secantusdb`` package) on PATH or beside Python."""
-    found = shutil.which("secantusd-py")
-    if found:
-        return found
-    beside = Path(sys.executable).with_name("secantusd-py")
-    return str(beside) if beside.exists() else None
+def find_mongod() -> str | None:
+    """``mongod`` on PATH."""
+    return shutil.which("mongod")
 
 
-def secantusdb(settings: StoreSettings) -> Service:
-    """Start SecantusDB (a MongoDB-compatible replica set of one) on 127.0.0.1, in memory."""
-    exe = find_secantusd()
+def mongo(settings: StoreSettings) -> Service:
+    """Start ``mongod`` from PATH as a single-node replica set on 127.0.0.1 (change streams need one)."""
+    from .shared import shared
+
+    exe = find_mongod()
     if exe is None:
-        raise StoreUnavailable("SecantusDB is not installed (pip install secantusdb)")
+        raise StoreUnavailable("no mongod on PATH")
+    return shared(settings, "mongo-local", lambda: _start_mongod(exe))
+
+
+def _start_mongod(exe: str) -> Service:
     import pymongo
 
     start = time.perf_counter()
     port = free_port()
-    workdir = tempfile.TemporaryDirectory(prefix="pytest-rollback-mongo-")
-    log = Path(workdir.name) / "secantusd.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [exe, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:", "--log-level", "WARNING"],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-        )
+    workdir = tempfile.mkdtemp(prefix="pytest-rollback-mongod-")
+    log = Path(workdir) / "mongod.log"
+    data = Path(workdir) / "data"
+    data.mkdir()
+    cmd = [
+        exe, "--bind_ip", "127.0.0.1", "--port", str(port), "--dbpath", str(data), "--replSet", "rs0",
+        "--logpath", str(log), "--quiet", "--oplogSize", "64", "--wiredTigerCacheSizeGB", "0.25",
+    ]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     handle = _Process(proc, workdir, log)
     url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
     client: pymongo.MongoClient[Any] = pymongo.MongoClient(url, serverSelectionTimeoutMS=500)
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise StoreUnavailable(f"secantusd-py exited with code {proc.returncode}")
-        client.admin.command("ping")
-        return True
-
     try:
-        wait_until(ready, 30, f"SecantusDB ({exe}) on port {port}", handle.logs)
-        version = str(client.server_info().get("version", "?"))
+        version = initiate_replica_set(client, f"127.0.0.1:{port}", f"mongod ({exe}) on port {port}", handle.logs,
+                                       lambda: proc.poll())
     except BaseException:
         handle.stop()
         raise
     finally:
         client.close()
     return Service(
-        name="mongo", provider="local", url=url, host="127.0.0.1", port=port, version=f"SecantusDB ({version})",
-        startup_ms=(time.perf_counter() - start) * 1000, owned=True, extra={"pid": proc.pid}, stop=handle.stop,
+        name="mongo",
+        provider="local",
+        url=url,
+        host="127.0.0.1",
+        port=port,
+        version=version,
+        startup_ms=(time.perf_counter() - start) * 1000,
+        owned=True,
+        extra={"pid": proc.pid, "binary": exe, "workdir": workdir},
+        stop=handle.stop,
     )
+
+
+def initiate_replica_set(
+    client: Any, member: str, what: str, logs: Any, exited: Any = lambda: None, timeout: float = 60
+) -> str:
+    """Make a fresh mongod a replica set of one and wait until it is a writable primary.
+
+    Ready means primary, not merely answering: a server that answers ``ping``
+    but has not been elected yet refuses writes and change streams.
+    """
+    from pymongo.errors import OperationFailure
+
+    def answering() -> bool:
+        code = exited()
+        if code is not None:
+            raise StoreUnavailable(f"{what} exited with code {code}")
+        client.admin.command("ping")
+        return True
+
+    wait_until(answering, timeout, what, logs)
+    try:
+        client.admin.command("replSetInitiate", {"_id": "rs0", "members": [{"_id": 0, "host": member}]})
+    except OperationFailure as exc:
+        if exc.code != 23:  # AlreadyInitialized (a restarted volume, or a server that is always a replica set)
+            raise StoreUnavailable(f"{what}: replSetInitiate failed: {exc}") from None
+    wait_until(lambda: bool(client.admin.command("hello").get("isWritablePrimary")), timeout,
+               f"{what} becoming primary", logs)
+    return str(client.server_info().get("version", "?"))
