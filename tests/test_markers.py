@@ -82,7 +82,7 @@ def test_strict_markers_accepts_the_rollback_marker(
         ("enable=False", "rollback() got an unexpected keyword argument 'enable'"),
         ("enabled='no'", "enabled='no' is not True or False"),
         ("verify=1", "verify=1 is not True or False"),
-        ("'mongo'", "unknown store 'mongo'"),
+        ("'postgres'", "unknown store 'postgres'"),
         ("3", "store 3 is not a store name"),
     ],
 )
@@ -103,7 +103,7 @@ def test_bad_marker_arguments_fail_that_test_at_setup_with_one_line(
     )
     result = run("-v")
     result.assert_outcomes(passed=1, errors=1)
-    line = f"test_bad.py::test_marked: @pytest.mark.rollback: {problem}; " + ACCEPTED.format(names="'redis'")
+    line = f"test_bad.py::test_marked: @pytest.mark.rollback: {problem}; " + ACCEPTED.format(names="'mongo', 'redis'")
     result.stdout.fnmatch_lines(["*ERROR at setup of test_marked*", line])
     # one line: no traceback, no source lines of the plugin
     assert "Traceback" not in result.stdout.str()

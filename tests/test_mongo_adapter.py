@@ -45,7 +45,8 @@ BACKENDS = ("tracking", "counters", "mongomock")
 #: ``_id`` values of many BSON types, and a document holding every other common type.
 IDS: list[Any] = [
     ObjectId("650000000000000000000001"), "text-id", 7, Int64(2**40), 3.5, {"a": 1, "b": [1, 2]},
-    Binary(b"\x00\xffid", 0), Binary.from_uuid(uuid.UUID(int=5)), datetime.datetime(2024, 5, 1, 12, 0), Decimal128("1.10"),
+    Binary(b"\x00\xffid", 0), Binary.from_uuid(uuid.UUID(int=5)), datetime.datetime(2024, 5, 1, 12, 0),
+    Decimal128("1.10"),
 ]
 #: mongomock keeps documents in a dict keyed by ``_id``: a Decimal128 ``_id`` is unhashable there.
 MONGOMOCK_IDS = [i for i in IDS if not isinstance(i, Decimal128)]

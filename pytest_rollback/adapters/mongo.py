@@ -525,6 +525,14 @@ class MongoAdapter:
         self._levels.remove(token)
 
     def close(self) -> None:
+        """Close the stream and leave no barrier behind (the hidden database goes when empty)."""
         if self._stream is not None:
             self._stream.close()
+        try:
+            barrier = self.client[self.hidden_db].barrier
+            barrier.delete_one({"_id": self._barrier_id})
+            if barrier.estimated_document_count() == 0:
+                self.client.drop_database(self.hidden_db)
+        except PyMongoError:
+            pass  # the server is gone already: nothing is left on it to tidy
         self.client.close()

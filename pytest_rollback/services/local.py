@@ -172,11 +172,12 @@ def initiate_replica_set(
         return True
 
     wait_until(answering, timeout, what, logs)
-    try:
-        client.admin.command("replSetInitiate", {"_id": "rs0", "members": [{"_id": 0, "host": member}]})
-    except OperationFailure as exc:
-        if exc.code != 23:  # AlreadyInitialized (a restarted volume, or a server that is always a replica set)
-            raise StoreUnavailable(f"{what}: replSetInitiate failed: {exc}") from None
+    if not client.admin.command("hello").get("setName"):  # not yet a member of a configured set
+        try:
+            client.admin.command("replSetInitiate", {"_id": "rs0", "members": [{"_id": 0, "host": member}]})
+        except OperationFailure as exc:
+            if exc.code != 23:  # AlreadyInitialized
+                raise StoreUnavailable(f"{what}: replSetInitiate failed: {exc}") from None
     wait_until(lambda: bool(client.admin.command("hello").get("isWritablePrimary")), timeout,
                f"{what} becoming primary", logs)
     return str(client.server_info().get("version", "?"))
