@@ -1,4 +1,4 @@
-"""The example suite's fixtures: a catalogue seeded once, and the shop under test."""
+"""The example suite's fixtures: a Redis catalogue and Mongo reviews seeded once, and the shop under test."""
 
 from __future__ import annotations
 
@@ -38,3 +38,24 @@ def catalogue(redis_service, redis_client) -> Iterator[int]:
 @pytest.fixture
 def shop(redis_client) -> Shop:
     return Shop(redis_client)
+
+
+@pytest.fixture(scope="session")
+def reviews(mongo_db):
+    """The Mongo-backed reviews (``reviews.py``), seeded once: 1,000 reviews over 100 products.
+
+    Every product ``sku-<n>`` for n < 100 has ten reviews, averaging 3 stars.
+    """
+    from reviews import Reviews
+
+    store = Reviews(mongo_db)
+    store.create_indexes()
+    mongo_db.reviews.insert_many(
+        [
+            {"user": f"user-{u}", "sku": f"sku-{p}", "stars": 1 + (u + p) % 5, "text": ""}
+            for p in range(100)
+            for u in range(10)
+        ]
+    )
+    mongo_db.ratings.insert_many([{"_id": f"sku-{p}", "count": 10, "total": 30} for p in range(100)])
+    return store
