@@ -1,15 +1,21 @@
-"""Per-test restore cost of the MongoDB adapter (work in progress) against the anchors.
+"""Per-test restore cost of the MongoDB adapters against the anchors.
 
     python bench/mongo_restore.py [--quick]
 
-Starts SecantusDB on a free loopback port (the plugin's local provider), seeds a
-collection of N documents, and for each k simulates a test that updates k of
+Starts SecantusDB on a free loopback port (the plugin's embedded provider), seeds
+a collection of N documents, and for each k simulates a test that updates k of
 them, timing:
 
-* tracking  - MongoAdapter: checkpoint at test start, rollback at test end
+* tracking  - MongoAdapter with its change stream: checkpoint at test start,
+              rollback at test end (replica sets: Docker, local mongod, SecantusDB)
+* counters  - MongoAdapter on `top` write counters (what a standalone mongod gets):
+              the touched collection is read whole and its differing documents written back
 * reseed    - anchor: drop the collection and insert the N documents again
 * $out      - anchor: a server-side copy kept aside, restored with an aggregation
               `$out` into the collection (full snapshot restore)
+
+Then the same on mongomock in process: the copy-on-touch adapter against
+dropping and re-inserting into mongomock.
 
 Medians in milliseconds, then ratios. Prints only; asserts nothing.
 """
@@ -27,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pymongo  # noqa: E402
 
 from pytest_rollback.adapters.mongo import MongoAdapter  # noqa: E402
+from pytest_rollback.adapters.mongomock import MongomockAdapter  # noqa: E402
 from pytest_rollback.options import StoreSettings  # noqa: E402
-from pytest_rollback.services import local  # noqa: E402
+from pytest_rollback.services import embedded  # noqa: E402
 
 
 def docs(n: int) -> list[dict[str, object]]:
@@ -39,13 +46,58 @@ def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
 
 
+def per_test(adapter: object, products: object, reps: int) -> dict[int, float]:
+    """Median ms of checkpoint + rollback around a test that updates k documents, per k."""
+    out = {}
+    adapter.checkpoint("session seed")  # type: ignore[attr-defined]
+    for k in (0, 10, 1000):
+        samples = []
+        for r in range(reps if k <= 10 else max(3, reps // 4)):
+            t0 = time.perf_counter()
+            cp = adapter.checkpoint("test")  # type: ignore[attr-defined]
+            t1 = time.perf_counter()
+            for i in range(k):
+                products.update_one({"_id": i}, {"$set": {"stock": r}})  # type: ignore[attr-defined]
+            t2 = time.perf_counter()
+            adapter.rollback(cp)  # type: ignore[attr-defined]
+            t3 = time.perf_counter()
+            adapter.release(cp)  # type: ignore[attr-defined]
+            samples.append((t1 - t0) + (t3 - t2))
+        out[k] = median_ms(samples)
+    adapter.close()  # type: ignore[attr-defined]
+    return out
+
+
+def mongomock_table(reps: int) -> None:
+    import mongomock
+
+    print("\nmongomock (in process): milliseconds per test (median)")
+    header = f"{'N':>7} {'k':>5} | {'copy-on-touch':>13} | {'reseed':>9} | {'reseed/cot':>10}"
+    print(header)
+    print("-" * len(header))
+    for n in (1_000, 50_000):
+        client = mongomock.MongoClient()
+        products = client.shop.products
+        products.insert_many(docs(n))
+        cot = per_test(MongomockAdapter(client), products, max(3, reps // 4))
+        reseed = []
+        for _ in range(3):
+            t = time.perf_counter()
+            products.drop()
+            products.insert_many(docs(n))
+            reseed.append(time.perf_counter() - t)
+        for k, value in cot.items():
+            print(f"{n:>7} {k:>5} | {value:>13.2f} | {median_ms(reseed):>9.1f} | {median_ms(reseed) / value:>9.1f}x")
+    print("(a touched collection is copied whole: mongomock updates documents in place)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     args = parser.parse_args()
     reps = 10 if args.quick else 40
     settings = StoreSettings("mongo", "local", None, "", False, None, None)  # type: ignore[arg-type]
-    service = local.secantusdb(settings)
+    service = embedded.secantusdb(settings)
     try:
         client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(service.url)
         pings = []
@@ -60,26 +112,8 @@ def main() -> None:
             client.drop_database("shop")
             products = client.shop.products
             products.insert_many(docs(n))
-            adapter = MongoAdapter(service.url, dbs=["shop"])
-            adapter.checkpoint("session seed")
-            tracking = {}
-            for k in (0, 10, 1000):
-                samples = []
-                for r in range(reps if k <= 10 else max(3, reps // 4)):
-                    t0 = time.perf_counter()
-                    cp = adapter.checkpoint("test")
-                    t1 = time.perf_counter()
-                    if k:
-                        products.bulk_write(
-                            [pymongo.UpdateOne({"_id": i}, {"$set": {"stock": r}}) for i in range(k)], ordered=False
-                        )
-                    t2 = time.perf_counter()
-                    adapter.rollback(cp)
-                    t3 = time.perf_counter()
-                    adapter.release(cp)
-                    samples.append((t1 - t0) + (t3 - t2))
-                tracking[k] = median_ms(samples)
-            adapter.close()
+            tracking = per_test(MongoAdapter(service.url, dbs=["shop"], strategy="tracking"), products, reps)
+            counters = per_test(MongoAdapter(service.url, dbs=["shop"], strategy="counters"), products, reps)
             reseed = []
             for _ in range(3):
                 t = time.perf_counter()
@@ -94,17 +128,21 @@ def main() -> None:
                 out.append(time.perf_counter() - t)
             client.shop.products_snapshot.drop()
             for k, value in tracking.items():
-                rows.append((n, k, value, median_ms(out), median_ms(reseed)))
-        header = f"{'N':>7} {'k':>5} | {'tracking':>9} | {'$out':>9} {'reseed':>9} | {'reseed/tr':>9} {'$out/tr':>8}"
-        print("milliseconds per test (median); tracking = checkpoint + rollback")
+                rows.append((n, k, value, counters[k], median_ms(out), median_ms(reseed)))
+        header = (
+            f"{'N':>7} {'k':>5} | {'tracking':>9} {'counters':>9} | {'$out':>9} {'reseed':>9} | "
+            f"{'reseed/tr':>9} {'$out/tr':>8} {'reseed/co':>9}"
+        )
+        print("SecantusDB: milliseconds per test (median); a strategy's time = checkpoint + rollback")
         print(header)
         print("-" * len(header))
-        for n, k, tr, out_ms, reseed_ms in rows:
-            ratios = f"{reseed_ms / tr:>8.0f}x {out_ms / tr:>7.0f}x"
-            print(f"{n:>7} {k:>5} | {tr:>9.2f} | {out_ms:>9.1f} {reseed_ms:>9.1f} | {ratios}")
+        for n, k, tr, co, out_ms, reseed_ms in rows:
+            ratios = f"{reseed_ms / tr:>8.0f}x {out_ms / tr:>7.0f}x {reseed_ms / co:>8.1f}x"
+            print(f"{n:>7} {k:>5} | {tr:>9.2f} {co:>9.2f} | {out_ms:>9.1f} {reseed_ms:>9.1f} | {ratios}")
         print("\ntargets (MongoDB issue): k = 10 within 15 ms whatever the size; >= 50x faster than")
-        print("drop-and-reseed at 50k documents")
+        print("drop-and-reseed at 50k documents (the tracking strategy; counters reads what was touched)")
         client.close()
+        mongomock_table(reps)
     finally:
         service.stop()
 
