@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 
 from pytest_rollback.adapters.mongo import MongoAdapter
 from pytest_rollback.adapters.mongomock import MongomockAdapter
-from pytest_rollback.api import RollbackError, Service
+from pytest_rollback.api import RollbackError, Service, StoreUnavailable
 
 SYSTEM = ("admin", "local", "config", "__pytest_rollback__")
 RAW = bson.CodecOptions(document_class=RawBSONDocument)
@@ -113,9 +113,32 @@ class Backend:
         self.client.close()
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(scope="module")
+def real_mongod() -> Iterator[Service]:
+    """A real mongod (replica set of one) from Docker or PATH, where this machine has either."""
+    from pytest_rollback.options import StoreSettings
+    from pytest_rollback.services import docker, local
+
+    settings = StoreSettings("mongo", "auto", None, "mongo:7.0.14", False, None, None)  # type: ignore[arg-type]
+    reasons = []
+    for provider in (docker.mongo, local.mongo):
+        try:
+            service = provider(settings)
+        except StoreUnavailable as exc:
+            reasons.append(str(exc))
+            continue
+        yield service
+        service.stop()
+        return
+    pytest.skip(f"no real mongod can run on this machine: {'; '.join(reasons)}")
+
+
+@pytest.fixture(params=[*BACKENDS, "mongod"])
 def backend(request: pytest.FixtureRequest, secantus: Service) -> Iterator[Backend]:
-    b = Backend(request.param, secantus)
+    if request.param == "mongod":  # the tracking strategy on a real mongod, where there is one
+        b = Backend("tracking", request.getfixturevalue("real_mongod"))
+    else:
+        b = Backend(request.param, secantus)
     yield b
     b.close()
 
@@ -351,3 +374,24 @@ def test_standalone_server_without_change_streams_is_refused_only_when_tracking_
         MongoAdapter(secantus.url, strategy="tracking")
 
 
+
+
+def test_a_lagging_change_stream_makes_the_next_restore_full(
+    secantus: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client: Any = pymongo.MongoClient(secantus.url)
+    clear_mongo(client)
+    seed(client)
+    adapter = MongoAdapter(secantus.url)
+    try:
+        cp = adapter.checkpoint("test")
+        before = Backend("tracking", secantus).state()
+        client.shop.products.update_many({}, {"$set": {"stock": 0}})
+        adapter.lag_limit = 0.2
+        monkeypatch.setattr(adapter._stream, "try_next", lambda: None)  # the barrier never shows up
+        report = adapter.rollback(cp)
+        assert report.mode == "full" and "lagged" in (report.reason or ""), report
+        assert Backend("tracking", secantus).state() == before
+    finally:
+        adapter.close()
+        client.close()

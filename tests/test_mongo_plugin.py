@@ -334,3 +334,16 @@ def test_xdist_workers_get_a_database_each_on_a_configured_server(pytester: pyte
     assert _workers(pytester) == {"gw0": {("external", port, "app_gw0")}, "gw1": {("external", port, "app_gw1")}}
     assert set(client.list_database_names()) - {"admin", "local", "config"} == {"app_gw5"}  # no trace either
     client.close()
+
+
+def test_docker_provider_starts_a_replica_set(pytester: pytest.Pytester) -> None:
+    from pytest_rollback.services import docker
+
+    reason = docker.engine_answers()
+    if reason is not None:
+        pytest.skip(f"no Docker engine on this machine: {reason}")
+    pytester.makeini(INI)
+    pytester.makepyfile(test_a=SCOPES, test_b=OTHER_MODULE)
+    result = pytester.runpytest_subprocess(*INNER, "--rollback-provider=docker", timeout=600)
+    result.assert_outcomes(passed=8)
+    result.stdout.fnmatch_lines(["pytest-rollback: mongo via docker at mongodb://*, version 7.0.14, *tracking*"])
