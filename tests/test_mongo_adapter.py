@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -338,26 +338,30 @@ def test_workers_own_databases_on_one_server(backend: Backend) -> None:
         two.close()
 
 
-def test_a_lost_change_stream_makes_the_next_restore_full(secantus: Service) -> None:
-    client: Any = pymongo.MongoClient(secantus.url)
-    clear_mongo(client)
-    seed(client)
+@pytest.fixture
+def tracked(secantus: Service) -> Iterator[tuple[Any, MongoAdapter, Any, Callable[[], dict[Any, Any]]]]:
+    """A seeded SecantusDB, a tracking adapter, its checkpoint, and a reader of the whole state."""
+    backend = Backend("tracking", secantus)
+    seed(backend.client)
     adapter = MongoAdapter(secantus.url)
-    try:
-        cp = adapter.checkpoint("test")
-        before = Backend("tracking", secantus).state()
-        client.shop.products.delete_many({})
-        adapter._stream.close()  # as if the server had killed the cursor
-        report = adapter.rollback(cp)
-        assert report.mode == "full" and "change stream" in (report.reason or ""), report
-        assert Backend("tracking", secantus).state() == before
-        client.shop.carts.drop()  # tracking works again afterwards
-        report = adapter.rollback(cp)
-        assert report.mode == "incremental", report
-        assert Backend("tracking", secantus).state() == before
-    finally:
-        adapter.close()
-        client.close()
+    cp = adapter.checkpoint("test")
+    yield backend.client, adapter, cp, backend.state
+    adapter.close()
+    backend.close()
+
+
+def test_a_lost_change_stream_makes_the_next_restore_full(tracked: Any) -> None:
+    client, adapter, cp, state = tracked
+    before = state()
+    client.shop.products.delete_many({})
+    adapter._stream.close()  # as if the server had killed the cursor
+    report = adapter.rollback(cp)
+    assert report.mode == "full" and "change stream" in (report.reason or ""), report
+    assert state() == before
+    client.shop.carts.drop()  # tracking works again afterwards
+    report = adapter.rollback(cp)
+    assert report.mode == "incremental", report
+    assert state() == before
 
 
 def test_standalone_server_without_change_streams_is_refused_only_when_tracking_is_forced(
@@ -376,22 +380,12 @@ def test_standalone_server_without_change_streams_is_refused_only_when_tracking_
 
 
 
-def test_a_lagging_change_stream_makes_the_next_restore_full(
-    secantus: Service, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    client: Any = pymongo.MongoClient(secantus.url)
-    clear_mongo(client)
-    seed(client)
-    adapter = MongoAdapter(secantus.url)
-    try:
-        cp = adapter.checkpoint("test")
-        before = Backend("tracking", secantus).state()
-        client.shop.products.update_many({}, {"$set": {"stock": 0}})
-        adapter.lag_limit = 0.2
-        monkeypatch.setattr(adapter._stream, "try_next", lambda: None)  # the barrier never shows up
-        report = adapter.rollback(cp)
-        assert report.mode == "full" and "lagged" in (report.reason or ""), report
-        assert Backend("tracking", secantus).state() == before
-    finally:
-        adapter.close()
-        client.close()
+def test_a_lagging_change_stream_makes_the_next_restore_full(tracked: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, adapter, cp, state = tracked
+    before = state()
+    client.shop.products.update_many({}, {"$set": {"stock": 0}})
+    adapter.lag_limit = 0.2
+    monkeypatch.setattr(adapter._stream, "try_next", lambda: None)  # the barrier never shows up
+    report = adapter.rollback(cp)
+    assert report.mode == "full" and "lagged" in (report.reason or ""), report
+    assert state() == before
