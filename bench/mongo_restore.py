@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -68,6 +69,17 @@ def per_test(adapter: object, products: object, reps: int) -> dict[int, float]:
     return out
 
 
+def reseed_times(products: Any, n: int) -> list[float]:
+    """The anchor: drop the collection and insert its n documents again, three times."""
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        products.drop()
+        products.insert_many(docs(n))
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def mongomock_table(reps: int) -> None:
     import mongomock
 
@@ -80,12 +92,7 @@ def mongomock_table(reps: int) -> None:
         products = client.shop.products
         products.insert_many(docs(n))
         cot = per_test(MongomockAdapter(client), products, max(3, reps // 4))
-        reseed = []
-        for _ in range(3):
-            t = time.perf_counter()
-            products.drop()
-            products.insert_many(docs(n))
-            reseed.append(time.perf_counter() - t)
+        reseed = reseed_times(products, n)
         for k, value in cot.items():
             print(f"{n:>7} {k:>5} | {value:>13.2f} | {median_ms(reseed):>9.1f} | {median_ms(reseed) / value:>9.1f}x")
     print("(a touched collection is copied whole: mongomock updates documents in place)")
@@ -114,12 +121,7 @@ def main() -> None:
             products.insert_many(docs(n))
             tracking = per_test(MongoAdapter(service.url, dbs=["shop"], strategy="tracking"), products, reps)
             counters = per_test(MongoAdapter(service.url, dbs=["shop"], strategy="counters"), products, reps)
-            reseed = []
-            for _ in range(3):
-                t = time.perf_counter()
-                products.drop()
-                products.insert_many(docs(n))
-                reseed.append(time.perf_counter() - t)
+            reseed = reseed_times(products, n)
             client.shop.products.aggregate([{"$match": {}}, {"$out": "products_snapshot"}])
             out = []
             for _ in range(3):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from ..api import Service, StoreUnavailable
 from ..options import StoreSettings
@@ -26,8 +27,8 @@ def engine_answers(timeout: float = 2.0) -> str | None:
     return None
 
 
-def redis(settings: StoreSettings) -> Service:
-    """Start ``settings.image`` (default pinned in options) and wait for Redis to answer."""
+def _start(settings: StoreSettings, inner_port: int, command: str) -> tuple[Any, str, int]:
+    """Start ``settings.image`` with ``command``; the container, and where ``inner_port`` is published."""
     reason = engine_answers()
     if reason is not None:
         raise StoreUnavailable(reason)
@@ -35,22 +36,30 @@ def redis(settings: StoreSettings) -> Service:
         from testcontainers.core.container import DockerContainer
     except ImportError:
         raise StoreUnavailable("testcontainers is not installed (pip install 'pytest-rollback[docker]')") from None
+    container = DockerContainer(settings.image).with_exposed_ports(inner_port)
+    container.with_command(command)
+    container.start()
+    try:
+        return container, container.get_container_host_ip(), int(container.get_exposed_port(inner_port))
+    except BaseException:
+        container.stop()
+        raise
+
+
+def redis(settings: StoreSettings) -> Service:
+    """Start ``settings.image`` (default pinned in options) and wait for Redis to answer."""
     import redis as redis_py
 
     from . import wait_until
 
     start = time.perf_counter()
-    container = DockerContainer(settings.image).with_exposed_ports(6379)
-    container.with_command("redis-server --save '' --appendonly no")
-    container.start()
+    container, host, port = _start(settings, 6379, "redis-server --save '' --appendonly no")
     try:
-        host = container.get_container_host_ip()
-        port = int(container.get_exposed_port(6379))
         client = redis_py.Redis(host=host, port=port, socket_connect_timeout=1)
 
         def logs() -> str:
             out, err = container.get_logs()
-            return (out + err).decode(errors="replace")
+            return str((out + err).decode(errors="replace"))
 
         wait_until(lambda: bool(client.ping()), 60, f"redis container {settings.image}", logs)
         version = str(client.info("server").get("redis_version", "?"))
@@ -79,31 +88,20 @@ def mongo(settings: StoreSettings) -> Service:
     worker starts its own container: testcontainers ties a container's life to
     the process that started it, so it cannot be shared between workers.
     """
-    reason = engine_answers()
-    if reason is not None:
-        raise StoreUnavailable(reason)
-    try:
-        from testcontainers.core.container import DockerContainer
-    except ImportError:
-        raise StoreUnavailable("testcontainers is not installed (pip install 'pytest-rollback[docker]')") from None
     import pymongo
 
     from .local import initiate_replica_set
     from .shared import worker_database
 
     start = time.perf_counter()
-    container = DockerContainer(settings.image).with_exposed_ports(27017)
-    container.with_command("--replSet rs0 --bind_ip_all --quiet --wiredTigerCacheSizeGB 0.25")
-    container.start()
+    container, host, port = _start(settings, 27017, "--replSet rs0 --bind_ip_all --quiet --wiredTigerCacheSizeGB 0.25")
     try:
-        host = container.get_container_host_ip()
-        port = int(container.get_exposed_port(27017))
         url = f"mongodb://{host}:{port}/?directConnection=true"
         client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(url, serverSelectionTimeoutMS=500)
 
         def logs() -> str:
             out, err = container.get_logs()
-            return (out + err).decode(errors="replace")
+            return str((out + err).decode(errors="replace"))
 
         try:
             # the member's address as the container sees itself; clients use directConnection

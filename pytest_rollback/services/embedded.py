@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -14,7 +13,7 @@ from typing import Any
 from ..api import Service, StoreUnavailable
 from ..options import StoreSettings
 from . import free_port, wait_until
-from .local import _Process
+from .local import spawn
 
 
 def redis(settings: StoreSettings) -> Service:
@@ -134,12 +133,9 @@ def _start_secantusdb(exe: str) -> Service:
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="pytest-rollback-secantusdb-")
     log = Path(workdir) / "secantusd.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [exe, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:", "--log-level", "WARNING"],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-        )
-    handle = _Process(proc, workdir, log)
+    cmd = [exe, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:", "--log-level", "WARNING"]
+    handle = spawn(cmd, workdir, log)
+    proc = handle.proc
     url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
     client: pymongo.MongoClient[Any] = pymongo.MongoClient(url, serverSelectionTimeoutMS=500)
 

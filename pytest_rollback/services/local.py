@@ -51,6 +51,13 @@ class _Process:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def spawn(cmd: list[str], workdir: str, log: Path) -> _Process:
+    """Start a server process, its output appended to ``log``; ``stop()`` ends it and removes ``workdir``."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    return _Process(proc, workdir, log)
+
+
 def redis(settings: StoreSettings) -> Service:
     """Start ``redis-server`` on 127.0.0.1 and a free port, without persistence."""
     exe = find_redis_server()
@@ -128,8 +135,8 @@ def _start_mongod(exe: str) -> Service:
         exe, "--bind_ip", "127.0.0.1", "--port", str(port), "--dbpath", str(data), "--replSet", "rs0",
         "--logpath", str(log), "--quiet", "--oplogSize", "64", "--wiredTigerCacheSizeGB", "0.25",
     ]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    handle = _Process(proc, workdir, log)
+    handle = spawn(cmd, workdir, log)
+    proc = handle.proc
     url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
     client: pymongo.MongoClient[Any] = pymongo.MongoClient(url, serverSelectionTimeoutMS=500)
     try:
