@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from .api import Changes, Observation, RestoreReport, Rollbackable, RollbackError, Service, StoreUnavailable
+from .api import (
+    Changes,
+    Observation,
+    RestoreReport,
+    Rollbackable,
+    RollbackError,
+    RollbackWarning,
+    Service,
+    StoreUnavailable,
+)
 from .engine import Checkpoint
 from .fixtures import RollbackHandle
 from .registry import Registry, Store
@@ -17,6 +26,7 @@ __all__ = [
     "RestoreReport",
     "RollbackError",
     "RollbackHandle",
+    "RollbackWarning",
     "Rollbackable",
     "Service",
     "Store",

@@ -118,3 +118,7 @@ class StoreUnavailable(Exception):
 
 class RollbackError(Exception):
     """A checkpoint or rollback failed; the message names the store and what to do."""
+
+
+class RollbackWarning(UserWarning):
+    """Something a store adapter could not put back exactly (shown in pytest's warnings summary)."""

@@ -1,0 +1,569 @@
+"""Elasticsearch: checkpoints made of server-side clones, restored only where a test wrote.
+
+How it works:
+
+* **Detecting what a test touched** costs two round trips whatever the data's
+  size: the cluster state's ``version`` (it moves when an index is created,
+  deleted, closed, or its mapping, settings or aliases change, and when a
+  template or cluster setting changes) and the index statistics' per-shard
+  ``max_seq_no`` with the index's uuid (every index, update and delete takes a
+  sequence number when it is written, refreshed or not). An index whose uuid
+  and sequence numbers are those of the checkpoint holds the same documents.
+* **A checkpoint** keeps, for each index, a *snapshot*: a clone made on the
+  server (``_clone`` needs the source write-blocked for a moment) under the
+  reserved prefix ``.pytest-rollback-``, hidden and write-blocked. A snapshot is
+  reused for as long as the index still matches it, so a test-level checkpoint
+  of untouched indices clones nothing.
+* **A rollback** deletes the indices the test created, and replaces each index
+  the test wrote to (or deleted, or whose mapping changed) with a clone of its
+  snapshot, then puts back its aliases and the settings the snapshot does not
+  carry (replicas, hidden, write block). Settings or aliases changed without a
+  write are put back in place. Index, component and legacy templates and
+  cluster settings are read again only when the cluster state moved.
+
+Where a server's wildcards include hidden indices (noida-db), snapshots are
+also closed, which takes them out of ``*`` searches; clones are made from the
+closed snapshot.
+
+What cannot be restored exactly is reported as a :class:`RollbackWarning`:
+an index that was closed at the checkpoint (a closed index cannot be cloned),
+a template or cluster setting the server refused to put back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+import uuid
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+from ..api import Changes, Observation, RestoreReport, RollbackError, RollbackWarning
+from ._http import Http, HttpError
+
+Fp = tuple[str, tuple[int, ...]]  # index uuid, max_seq_no per shard
+
+#: settings that change with every copy of an index and say nothing about its contents
+_VOLATILE = ("index.uuid", "index.creation_date", "index.provided_name", "index.history.uuid")
+_VOLATILE_PREFIXES = ("index.version.", "index.resize.", "index.routing.allocation.initial_recovery.", "index.shrink.")
+#: a setting with this value is the same as no setting
+_DEFAULTS = {"index.routing_partition_size": "1", "index.hidden": "false", "index.blocks.write": "false"}
+#: settings a snapshot has its own values for; a restore sets them back from the checkpoint
+_OVERRIDDEN = ("index.hidden", "index.blocks.write", "index.number_of_replicas", "index.auto_expand_replicas")
+
+
+def normalize_settings(flat: dict[str, Any]) -> dict[str, str]:
+    """An index's flat settings without what differs between equal copies (uuid, dates, defaults)."""
+    out: dict[str, str] = {}
+    for key, value in flat.items():
+        if key in _VOLATILE or key.startswith(_VOLATILE_PREFIXES) or value in ({}, None):
+            continue
+        text = str(value).lower() if isinstance(value, bool) else value if isinstance(value, str) else repr(value)
+        if _DEFAULTS.get(key) == text:
+            continue
+        out[key] = text
+    return out
+
+
+def _core(settings: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in settings.items() if k not in _OVERRIDDEN}
+
+
+def _overrides(settings: dict[str, str]) -> dict[str, str | None]:
+    return {k: settings.get(k) for k in _OVERRIDDEN}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Meta:
+    """An index's definition as the server reports it."""
+
+    mappings: Any
+    settings: dict[str, str]
+    aliases: dict[str, Any]
+    closed: bool
+    uuid: str
+
+
+@dataclasses.dataclass(eq=False)
+class _Snap:
+    """A hidden, write-blocked clone of an index, and the definition it was cloned with."""
+
+    index: str
+    of: str
+    mappings: Any
+    settings: dict[str, str]  # without the overridden settings
+
+
+@dataclasses.dataclass(frozen=True)
+class _State:
+    """One index at a checkpoint."""
+
+    snap: _Snap | None  # None: the index was closed, and a closed index cannot be cloned
+    aliases: dict[str, Any]
+    overrides: dict[str, str | None]
+    uuid: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Globals:
+    """Templates and cluster settings."""
+
+    templates: dict[tuple[str, str], Any]  # (kind, name) -> definition
+    cluster: dict[str, dict[str, Any]] | None  # persistent/transient flat settings; None: not owned
+
+
+class _Level:
+    __slots__ = ("label", "indices", "globals", "alive")
+
+    def __init__(self, label: str | None, indices: dict[str, _State], globals_: _Globals) -> None:
+        self.label, self.indices, self.globals, self.alive = label, indices, globals_, True
+
+
+_TEMPLATE_PATHS = {"index_template": "/_index_template/", "component_template": "/_component_template/",
+                   "template": "/_template/"}
+
+
+class ElasticsearchAdapter:
+    """Checkpoint and roll back the indices of an Elasticsearch cluster.
+
+    :param url: ``http://host:port`` of the cluster (credentials may be in the URL).
+    :param prefix: only indices and templates whose names start with it are
+        rolled back (a worker's share of a server shared under pytest-xdist);
+        ``""`` (the default) means every index and template not starting with
+        ``.``, and the cluster settings too.
+    :param reserved: the name prefix of this adapter's snapshots.
+    :param park: ``"hidden"`` (snapshots are hidden indices), ``"closed"`` (also
+        closed, for servers whose wildcards match hidden indices) or ``"auto"``
+        (find out with a probe index when the adapter starts).
+    """
+
+    name = "elasticsearch"
+
+    def __init__(self, url: str, *, prefix: str = "", reserved: str = ".pytest-rollback-", park: str = "auto") -> None:
+        if park not in ("auto", "hidden", "closed"):
+            raise ValueError(f"park must be auto, hidden or closed, not {park!r}")
+        self.url = url
+        self.http = Http(url)
+        self.prefix = prefix
+        self.reserved = reserved
+        self._id = uuid.uuid4().hex[:8]
+        self._numbers = itertools.count(1)
+        self.park = self._probe_park() if park == "auto" else park
+        self._levels: list[_Level] = []
+        #: the snapshot each live index equals, with the fingerprint it had when it did
+        self._current: dict[str, tuple[_Snap, Fp]] = {}
+        self._snaps: dict[str, _Snap] = {}
+        #: the live definitions as of cluster state version ``_csv`` (after this adapter's last change)
+        self._known: dict[str, _Meta] = {}
+        self._known_globals = _Globals({}, None)
+        self._csv: int | None = None
+        #: round trips of the last checkpoint or rollback (for the benchmark)
+        self.last_round_trips = 0
+
+    # -- what the server holds -------------------------------------------
+    @property
+    def _pattern(self) -> str:
+        return f"{self.prefix}*" if self.prefix else "*,-.*"
+
+    def owns(self, name: str) -> bool:
+        """True for the indices and templates this adapter rolls back."""
+        return not name.startswith(".") and name.startswith(self.prefix)
+
+    def _call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (), **params: Any) -> Any:
+        self.last_round_trips += 1
+        return self.http(method, path, body, ok, **params)
+
+    def _probe_park(self) -> str:
+        """``closed`` when a wildcard finds a hidden index (then hidden snapshots would show in searches)."""
+        probe = f"pytest-rollback-probe-{self._id}"
+        self.http("PUT", f"/{probe}", {"settings": {"index.hidden": True, "index.number_of_replicas": 0}})
+        try:
+            self.http("PUT", f"/{probe}/_doc/1", {}, refresh="true")
+            count = self.http("GET", f"/{probe}*/_count", allow_no_indices="true").get("count", 0)
+        finally:
+            self.http("DELETE", f"/{probe}", ok=(404,))
+        return "closed" if count else "hidden"
+
+    def _version(self) -> int:
+        return int(self._call("GET", "/_cluster/state/version")["version"])
+
+    def _fingerprints(self, pattern: str | None = None) -> dict[str, Fp]:
+        body = self._call(
+            "GET", f"/{pattern or self._pattern}/_stats", level="shards", expand_wildcards="open,hidden",
+            allow_no_indices="true", ignore_unavailable="true",
+            filter_path="indices.*.uuid,indices.*.shards.*.seq_no.max_seq_no,indices.*.shards.*.routing.primary",
+        ) or {}
+        out: dict[str, Fp] = {}
+        for name, data in (body.get("indices") or {}).items():
+            if not self.owns(name):
+                continue
+            seqs = []
+            for _shard, copies in sorted((data.get("shards") or {}).items(), key=lambda kv: int(kv[0])):
+                primary = [c for c in copies if (c.get("routing") or {}).get("primary")] or copies
+                seqs.append(max(int((c.get("seq_no") or {}).get("max_seq_no", -1)) for c in primary))
+            out[name] = (str(data.get("uuid", "")), tuple(seqs))
+        return out
+
+    def _look(self) -> tuple[int, dict[str, Fp]]:
+        """The cluster state version and every open index's fingerprint: two round trips."""
+        return self._version(), self._fingerprints()
+
+    def _read_meta(self, pattern: str | None = None) -> dict[str, _Meta]:
+        body = self._call("GET", f"/{pattern or self._pattern}", ok=(404,), expand_wildcards="all",
+                          flat_settings="true", allow_no_indices="true", ignore_unavailable="true") or {}
+        states = self._call("GET", "/_cluster/state/metadata", filter_path="metadata.indices.*.state") or {}
+        closed = {n for n, d in ((states.get("metadata") or {}).get("indices") or {}).items()
+                  if d.get("state") == "close"}
+        out: dict[str, _Meta] = {}
+        for name, data in body.items():
+            if not self.owns(name):
+                continue
+            flat = data.get("settings") or {}
+            out[name] = _Meta(
+                mappings=data.get("mappings") or {},
+                settings=normalize_settings(flat),
+                aliases=data.get("aliases") or {},
+                closed=name in closed,
+                uuid=str(flat.get("index.uuid", "")),
+            )
+        return out
+
+    def _read_globals(self) -> _Globals:
+        templates: dict[tuple[str, str], Any] = {}
+        got = self._call("GET", "/_index_template", ok=(404,)) or {}
+        for item in got.get("index_templates", []):
+            templates[("index_template", item["name"])] = item["index_template"]
+        got = self._call("GET", "/_component_template", ok=(404,)) or {}
+        for item in got.get("component_templates", []):
+            templates[("component_template", item["name"])] = item["component_template"]
+        got = self._call("GET", "/_template", ok=(404,)) or {}
+        for name, body in got.items():
+            templates[("template", name)] = body
+        templates = {
+            key: body for key, body in templates.items()
+            if self.owns(key[1]) and (body.get("_meta") or {}).get("managed") is not True
+        }
+        cluster = None
+        if not self.prefix:
+            got = self._call("GET", "/_cluster/settings", flat_settings="true") or {}
+            cluster = {"persistent": got.get("persistent") or {}, "transient": got.get("transient") or {}}
+        return _Globals(templates, cluster)
+
+    def _refresh_known(self) -> None:
+        csv = self._version()
+        self._known = self._read_meta()
+        self._known_globals = self._read_globals()
+        self._csv = csv
+
+    def _live_matches(self, csv: int, fps: dict[str, Fp]) -> bool:
+        """True when the known definitions still describe the server."""
+        return csv == self._csv and set(fps) == {n for n, m in self._known.items() if not m.closed}
+
+    # -- snapshots ---------------------------------------------------------
+    def _take(self, name: str, meta: _Meta) -> _Snap:
+        """Clone ``name`` into a new hidden, write-blocked snapshot."""
+        snap = _Snap(f"{self.reserved}{self._id}-{next(self._numbers)}", name, meta.mappings, _core(meta.settings))
+        blocked = meta.settings.get("index.blocks.write") == "true"
+        if not blocked:
+            self._call("PUT", f"/{name}/_block/write")
+        settings: dict[str, Any] = {"index.hidden": True, "index.blocks.write": True, "index.number_of_replicas": 0}
+        if "index.auto_expand_replicas" in meta.settings:
+            settings["index.auto_expand_replicas"] = "false"
+        try:
+            self._call("POST", f"/{name}/_clone/{snap.index}", {"settings": settings})
+        finally:
+            if not blocked:
+                self._call("PUT", f"/{name}/_settings", {"index.blocks.write": meta.settings.get("index.blocks.write")})
+        self._snaps[snap.index] = snap
+        if self.park == "closed":
+            self._call("POST", f"/{snap.index}/_close")
+        return snap
+
+    def _gc(self) -> None:
+        """Delete the snapshots no checkpoint and no live index needs any more."""
+        used = {st.snap.index for lvl in self._levels for st in lvl.indices.values() if st.snap is not None}
+        used |= {snap.index for snap, _ in self._current.values()}
+        dead = [name for name in self._snaps if name not in used]
+        self._delete(dead)
+        for name in dead:
+            del self._snaps[name]
+
+    def _delete(self, names: Iterable[str]) -> None:
+        batch: list[str] = []
+        for name in names:
+            batch.append(name)
+            if sum(len(n) + 1 for n in batch) > 3000:
+                self._call("DELETE", "/" + ",".join(batch), ok=(404,), expand_wildcards="all")
+                batch = []
+        if batch:
+            self._call("DELETE", "/" + ",".join(batch), ok=(404,), expand_wildcards="all")
+
+    # -- the adapter protocol --------------------------------------------------
+    def checkpoint(self, label: str | None = None) -> _Level:
+        """Mark the current state; clones only the indices that changed since their last snapshot."""
+        self.last_round_trips = 0
+        csv, fps = self._look()
+        if not self._live_matches(csv, fps):
+            self._refresh_known()
+        touched = [n for n, fp in fps.items() if n not in self._current or self._current[n][1] != fp]
+        if touched and self._csv == csv:  # a write can extend a mapping without moving the cluster state
+            fresh = self._read_meta(",".join(touched))
+            self._known.update(fresh)
+        indices: dict[str, _State] = {}
+        took = False
+        for name, meta in self._known.items():
+            if meta.closed or name not in fps:
+                self._current.pop(name, None)
+                indices[name] = _State(None, meta.aliases, _overrides(meta.settings), meta.uuid)
+                continue
+            cur = self._current.get(name)
+            if cur is None or cur[1] != fps[name] or cur[0].mappings != meta.mappings or cur[0].settings != _core(
+                meta.settings
+            ):
+                self._current[name] = (self._take(name, meta), fps[name])
+                took = True
+            indices[name] = _State(self._current[name][0], meta.aliases, _overrides(meta.settings), meta.uuid)
+        for name in [n for n in self._current if n not in self._known]:
+            del self._current[name]
+        if took:
+            self._csv = self._version()
+        level = _Level(label, indices, self._known_globals)
+        self._levels.append(level)
+        self._gc()
+        return level
+
+    def rollback(self, token: _Level) -> RestoreReport:
+        """Make the indices, templates and cluster settings what they were at ``token``."""
+        start = time.perf_counter()
+        self.last_round_trips = 0
+        if not token.alive or token not in self._levels:
+            raise RollbackError(f"elasticsearch: checkpoint {token.label!r} was released or rolled past")
+        idx = self._levels.index(token)
+        for level in self._levels[idx + 1 :]:
+            level.alive = False
+        del self._levels[idx + 1 :]
+        csv, fps = self._look()
+        moved = not self._live_matches(csv, fps)
+        if moved:
+            self._refresh_known()
+        restore: list[str] = []
+        fix_settings: dict[str, dict[str, str | None]] = {}
+        fix_aliases: list[str] = []
+        close: list[str] = []
+        delete = [n for n in self._known if n not in token.indices]
+        for name, st in token.indices.items():
+            live = self._known.get(name)
+            if st.snap is None:
+                self._closed_at_checkpoint(name, st, live, token, close)
+                continue
+            cur = self._current.get(name)
+            if live is None or live.closed or cur is None or cur[0] is not st.snap or fps.get(name) != cur[1]:
+                restore.append(name)
+                continue
+            if live.mappings != st.snap.mappings:
+                restore.append(name)
+                continue
+            wanted = {**st.snap.settings, **{k: v for k, v in st.overrides.items() if v is not None}}
+            diff = {k: wanted.get(k) for k in set(wanted) | set(live.settings) if wanted.get(k) != live.settings.get(k)}
+            if diff:
+                fix_settings[name] = diff
+            if live.aliases != st.aliases:
+                fix_aliases.append(name)
+        for name, diff in fix_settings.items():
+            try:
+                self._call("PUT", f"/{name}/_settings", diff)
+            except HttpError:  # a static setting: only a fresh copy brings it back
+                restore.append(name)
+                if name in fix_aliases:
+                    fix_aliases.remove(name)
+        self._delete([*delete, *(n for n in restore if n in self._known)])
+        for name in restore:
+            st = token.indices[name]
+            assert st.snap is not None
+            self._call("POST", f"/{st.snap.index}/_clone/{name}", {"settings": st.overrides})
+        actions: list[dict[str, Any]] = []
+        for name in fix_aliases:
+            live = self._known[name]
+            actions += [{"remove": {"index": name, "alias": alias}} for alias in live.aliases]
+        for name in [*fix_aliases, *restore]:
+            wanted = token.indices[name].aliases
+            actions += [{"add": {"index": name, "alias": alias, **spec}} for alias, spec in wanted.items()]
+        if actions:
+            self._call("POST", "/_aliases", {"actions": actions})
+        if close:
+            self._call("POST", f"/{','.join(close)}/_close")
+        fixed_globals = self._restore_globals(token.globals)
+        for name in [n for n in self._current if n not in token.indices or n in delete]:
+            del self._current[name]
+        if restore:
+            fresh = self._fingerprints(",".join(restore))
+            for name in restore:
+                snap = token.indices[name].snap
+                assert snap is not None
+                self._current[name] = (snap, fresh.get(name, ("", ())))
+        done = len(restore) + len(delete) + len(fix_settings) + len(fix_aliases) + len(close) + fixed_globals
+        if done:
+            self._refresh_known()
+        self._gc()
+        mode = "incremental" if done else "none"
+        return RestoreReport("elasticsearch", token.label, time.perf_counter() - start, mode, done)
+
+    def _closed_at_checkpoint(
+        self, name: str, st: _State, live: _Meta | None, token: _Level, close: list[str]
+    ) -> None:
+        if live is not None and live.uuid == st.uuid and live.closed:
+            return
+        if live is not None and live.uuid == st.uuid:
+            close.append(name)
+            what = "was opened by the test; it is closed again, but what was written to it while open stays"
+        else:
+            what = "was deleted or replaced by the test, and cannot be brought back"
+        warnings.warn(
+            RollbackWarning(
+                f"pytest-rollback: elasticsearch: index {name!r} was closed at checkpoint {token.label!r} "
+                f"(a closed index cannot be copied) and {what}; open it before the checkpoint to have it rolled back"
+            ),
+            stacklevel=2,
+        )
+
+    def _restore_globals(self, wanted: _Globals) -> int:
+        now = self._known_globals
+        fixed = 0
+        order = {"index_template": 0, "template": 1, "component_template": 2}
+        for key in sorted(set(now.templates) - set(wanted.templates), key=lambda k: order[k[0]]):
+            self._call("DELETE", _TEMPLATE_PATHS[key[0]] + key[1], ok=(404,))
+            fixed += 1
+        for key in sorted(wanted.templates, key=lambda k: -order[k[0]]):
+            if now.templates.get(key) != wanted.templates[key]:
+                try:
+                    self._call("PUT", _TEMPLATE_PATHS[key[0]] + key[1], wanted.templates[key])
+                except HttpError as exc:
+                    self._warn(f"{key[0].replace('_', ' ')} {key[1]!r} could not be put back ({exc})")
+                fixed += 1
+        if wanted.cluster is not None and now.cluster is not None and wanted.cluster != now.cluster:
+            body = {
+                kind: {k: wanted.cluster[kind].get(k) for k in set(wanted.cluster[kind]) | set(now.cluster[kind])
+                       if wanted.cluster[kind].get(k) != now.cluster[kind].get(k)}
+                for kind in ("persistent", "transient")
+            }
+            try:
+                self._call("PUT", "/_cluster/settings", body)
+            except HttpError as exc:
+                keys = sorted(k for d in body.values() for k in d)
+                self._warn(f"cluster settings {keys} could not be put back ({exc})")
+            fixed += 1
+        return fixed
+
+    def _warn(self, what: str) -> None:
+        warnings.warn(RollbackWarning(f"pytest-rollback: elasticsearch: {what}"), stacklevel=3)
+
+    def release(self, token: _Level) -> None:
+        """Forget ``token``; snapshots nothing else needs are deleted."""
+        token.alive = False
+        if token in self._levels:
+            self._levels.remove(token)
+            self._gc()
+
+    def close(self) -> None:
+        """Delete every snapshot of this adapter and drop the connections."""
+        self._levels.clear()
+        self._current.clear()
+        try:
+            self._gc()
+        finally:
+            self.http.close()
+
+    # -- reports ---------------------------------------------------------------
+    def _documents(self, index: str, snapshot: bool = False) -> dict[str, Any]:
+        """Every document of ``index``: id -> (source, routing). Refreshes it first."""
+        reopen = snapshot and self.park == "closed"
+        if reopen:
+            self.http("POST", f"/{index}/_open")
+        try:
+            self.http("POST", f"/{index}/_refresh", ok=(403,), expand_wildcards="all")
+            docs: dict[str, Any] = {}
+            page = self.http("POST", f"/{index}/_search", {"size": 1000, "sort": ["_doc"]}, scroll="1m",
+                             expand_wildcards="all")
+            scroll_id = page.get("_scroll_id")
+            try:
+                while page["hits"]["hits"]:
+                    for hit in page["hits"]["hits"]:
+                        docs[hit["_id"]] = (hit.get("_source"), hit.get("_routing"))
+                    page = self.http("POST", "/_search/scroll", {"scroll": "1m", "scroll_id": scroll_id})
+                    scroll_id = page.get("_scroll_id", scroll_id)
+            finally:
+                if scroll_id:
+                    self.http("DELETE", "/_search/scroll", {"scroll_id": scroll_id}, ok=(404,))
+            return docs
+        finally:
+            if reopen:
+                self.http("POST", f"/{index}/_close")
+
+    def changes(self, token: _Level) -> Changes:
+        """Indices and documents added, modified and removed since ``token``.
+
+        Names: ``index`` for an index, ``index/<id>`` for a document,
+        ``index (mapping)``, ``index (settings)``, ``index (aliases)`` for a
+        definition, ``index_template <name>`` (and ``component_template``,
+        ``template``) for a template, ``cluster settings``. Only indices whose
+        sequence numbers moved are read document by document.
+        """
+        csv, fps = self._look()
+        if not self._live_matches(csv, fps):
+            self._refresh_known()
+        added: set[str] = {n for n in self._known if n not in token.indices}
+        modified: set[str] = set()
+        removed: set[str] = set()
+        for name, st in token.indices.items():
+            live = self._known.get(name)
+            if live is None:
+                removed.add(name)
+                continue
+            if st.snap is None:
+                if live.uuid != st.uuid or not live.closed:
+                    modified.add(name)
+                continue
+            if live.mappings != st.snap.mappings:
+                modified.add(f"{name} (mapping)")
+            if _core(live.settings) != st.snap.settings or _overrides(live.settings) != st.overrides:
+                modified.add(f"{name} (settings)")
+            if live.aliases != st.aliases:
+                modified.add(f"{name} (aliases)")
+            cur = self._current.get(name)
+            if cur is not None and cur[0] is st.snap and fps.get(name) == cur[1]:
+                continue
+            then, now = self._documents(st.snap.index, snapshot=True), self._documents(name)
+            added |= {f"{name}/{i}" for i in now.keys() - then.keys()}
+            removed |= {f"{name}/{i}" for i in then.keys() - now.keys()}
+            modified |= {f"{name}/{i}" for i in now.keys() & then.keys() if now[i] != then[i]}
+        now_globals = self._known_globals
+        for key in set(token.globals.templates) | set(now_globals.templates):
+            a, b = token.globals.templates.get(key), now_globals.templates.get(key)
+            label = f"{key[0]} {key[1]}"
+            if a is None and b is not None:
+                added.add(label)
+            elif b is None and a is not None:
+                removed.add(label)
+            elif a != b:
+                modified.add(label)
+        if token.globals.cluster != now_globals.cluster:
+            modified.add("cluster settings")
+        return Changes("elasticsearch", frozenset(added), frozenset(modified), frozenset(removed))
+
+    def observe(self) -> Observation:
+        """The whole state: every owned index's definition and documents, templates, cluster settings."""
+        meta = self._read_meta()
+        state: dict[Any, Any] = {}
+        for name, m in meta.items():
+            state[("index", name)] = (m.mappings, m.settings, m.aliases, m.closed)
+            if not m.closed:
+                for doc_id, doc in self._documents(name).items():
+                    state[("doc", name, doc_id)] = doc
+        glob = self._read_globals()
+        for key, body in glob.templates.items():
+            state[key] = body
+        if glob.cluster is not None:
+            state[("cluster",)] = glob.cluster
+        return Observation("elasticsearch", state)
