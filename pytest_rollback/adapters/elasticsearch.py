@@ -388,8 +388,8 @@ class ElasticsearchAdapter:
             live = self._known[name]
             actions += [{"remove": {"index": name, "alias": alias}} for alias in live.aliases]
         for name in [*fix_aliases, *restore]:
-            wanted = token.indices[name].aliases
-            actions += [{"add": {"index": name, "alias": alias, **spec}} for alias, spec in wanted.items()]
+            kept = token.indices[name].aliases
+            actions += [{"add": {"index": name, "alias": alias, **spec}} for alias, spec in kept.items()]
         if actions:
             self._call("POST", "/_aliases", {"actions": actions})
         if close:
