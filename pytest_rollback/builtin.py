@@ -63,6 +63,33 @@ def mongo_store() -> Store:
     )
 
 
+def _elasticsearch_adapter(service: Service, settings: StoreSettings) -> Rollbackable:
+    from .adapters.elasticsearch import ElasticsearchAdapter
+
+    return ElasticsearchAdapter(service.url, prefix=str(service.extra.get("prefix") or ""))
+
+
+def elasticsearch_store() -> Store:
+    from .services import docker, embedded, external, local
+
+    return Store(
+        name="elasticsearch",
+        make_adapter=_elasticsearch_adapter,
+        providers={
+            "external": external.elasticsearch,
+            "docker": docker.elasticsearch,
+            "local": local.elasticsearch,
+            "embedded": embedded.elasticsearch,
+        },
+        default_image="docker.elastic.co/elasticsearch/elasticsearch:8.15.3",
+        how_to_get=(
+            "pip install 'pytest-rollback[all]' (noida-db, an Elasticsearch-compatible server), "
+            "or put elasticsearch on PATH, or pass --rollback-elasticsearch-url"
+        ),
+    )
+
+
 def pytest_rollback_register(registry: Registry) -> None:
     registry.add_store(redis_store())
     registry.add_store(mongo_store())
+    registry.add_store(elasticsearch_store())

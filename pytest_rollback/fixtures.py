@@ -13,6 +13,7 @@ from .engine import Checkpoint
 from .markers import parse_rollback_marker
 
 if TYPE_CHECKING:
+    import elasticsearch
     import pymongo
     import pymongo.database
     import redis
@@ -146,6 +147,72 @@ def async_mongo_client(mongo_service: Service) -> Iterator[pymongo.AsyncMongoCli
             asyncio.run(client.close())
         elif not loop.is_closed() and not loop.is_running():
             loop.run_until_complete(client.close())
+
+
+@pytest.fixture(scope="session")
+def elasticsearch_service(request: pytest.FixtureRequest) -> Service:
+    """The session's Elasticsearch server: ``.provider``, ``.url``, ``.host``, ``.port``, ``.version``.
+
+    Started on first use (Docker, else a local ``elasticsearch``, else noida-db,
+    an Elasticsearch-compatible server from a pip package) or taken from
+    ``--rollback-elasticsearch-url``. ``.extra["prefix"]`` is the index-name
+    prefix this worker owns on a shared external server under xdist (``""``
+    otherwise). Every test that runs after it started is rolled back.
+    """
+    return _service(request, "elasticsearch")
+
+
+@pytest.fixture(scope="session")
+def es_client(elasticsearch_service: Service) -> Iterator[elasticsearch.Elasticsearch]:
+    """An ``elasticsearch.Elasticsearch`` client of the session's server (elasticsearch-py 8 or 9).
+
+    Session-scoped, so fixtures of every scope can create indices and seed
+    documents with it.
+    """
+    from elasticsearch import Elasticsearch
+
+    client = Elasticsearch(elasticsearch_service.url, request_timeout=60)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def async_es_client(elasticsearch_service: Service) -> Iterator[elasticsearch.AsyncElasticsearch]:
+    """An ``elasticsearch.AsyncElasticsearch`` client of the same server as ``es_client``.
+
+    Function-scoped: its connections belong to the event loop of the test that
+    uses it (pytest-asyncio or anyio), and are closed on that loop afterwards.
+    Needs aiohttp (in ``pytest-rollback[all]``).
+    """
+    import asyncio
+
+    from elasticsearch import AsyncElasticsearch
+
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError:
+        pytest.fail(
+            "pytest-rollback: async_es_client needs aiohttp (pip install 'pytest-rollback[all]' or aiohttp)",
+            pytrace=False,
+        )
+    client = AsyncElasticsearch(elasticsearch_service.url, request_timeout=60)
+    yield client
+    loop = _loop_of(client)
+    with contextlib.suppress(Exception):
+        if loop is None:
+            asyncio.run(client.close())
+        elif not loop.is_closed() and not loop.is_running():
+            loop.run_until_complete(client.close())
+
+
+def _loop_of(client: Any) -> Any:
+    """The event loop an async Elasticsearch client's connections were opened on (None if unused)."""
+    pool = getattr(getattr(client, "transport", None), "node_pool", None)
+    for node in pool.all() if pool is not None else []:
+        loop = getattr(node, "_loop", None) or getattr(getattr(node, "session", None), "_loop", None)
+        if loop is not None:
+            return loop
+    return None
 
 
 class RollbackHandle:

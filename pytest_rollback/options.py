@@ -11,11 +11,22 @@ import pytest
 from .api import PROVIDERS
 
 #: Stores that have URL and image options.
-STORES = ("redis", "mongo")
+STORES = ("redis", "mongo", "elasticsearch")
 #: Pinned Docker images.
-DEFAULT_IMAGES = {"redis": "redis:7.4.1-alpine", "mongo": "mongo:7.0.14"}
+DEFAULT_IMAGES = {
+    "redis": "redis:7.4.1-alpine",
+    "mongo": "mongo:7.0.14",
+    "elasticsearch": "docker.elastic.co/elasticsearch/elasticsearch:8.15.3",
+}
+#: The image the Docker provider runs instead of the default when the installed
+#: elasticsearch client is 9.x (a 9.x client refuses an 8.x server).
+ELASTICSEARCH_9_IMAGE = "docker.elastic.co/elasticsearch/elasticsearch:9.0.0"
 #: An example URL per store, for the help text.
-EXAMPLE_URLS = {"redis": "redis://127.0.0.1:6379/0", "mongo": "mongodb://127.0.0.1:27017/test"}
+EXAMPLE_URLS = {
+    "redis": "redis://127.0.0.1:6379/0",
+    "mongo": "mongodb://127.0.0.1:27017/test",
+    "elasticsearch": "http://127.0.0.1:9200",
+}
 #: What the embedded MongoDB provider may use.
 MONGO_EMBEDDED = ("auto", "secantusdb", "mongomock")
 

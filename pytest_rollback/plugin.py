@@ -299,8 +299,11 @@ class RollbackSession:
 
 from .fixtures import (  # noqa: E402  (fixtures are found in the plugin module)
     _rollback_test,
+    async_es_client,
     async_mongo_client,
     async_redis_client,
+    elasticsearch_service,
+    es_client,
     mongo_client,
     mongo_db,
     mongo_service,
@@ -311,8 +314,11 @@ from .fixtures import (  # noqa: E402  (fixtures are found in the plugin module)
 
 __all__ = [
     "_rollback_test",
+    "async_es_client",
     "async_mongo_client",
     "async_redis_client",
+    "elasticsearch_service",
+    "es_client",
     "mongo_client",
     "mongo_db",
     "mongo_service",

@@ -151,6 +151,7 @@ class ElasticsearchAdapter:
         self._id = uuid.uuid4().hex[:8]
         self._numbers = itertools.count(1)
         self.park = self._probe_park() if park == "auto" else park
+        self.strategy = "clone" if self.park == "hidden" else "clone (closed snapshots)"
         self._levels: list[_Level] = []
         #: the snapshot each live index equals, with the fingerprint it had when it did
         self._current: dict[str, tuple[_Snap, Fp]] = {}

@@ -27,8 +27,10 @@ def engine_answers(timeout: float = 2.0) -> str | None:
     return None
 
 
-def _start(settings: StoreSettings, inner_port: int, command: str) -> tuple[Any, str, int]:
-    """Start ``settings.image`` with ``command``; the container, and where ``inner_port`` is published."""
+def _start(
+    settings: StoreSettings, inner_port: int, command: str | None, env: dict[str, str] | None = None, image: str = ""
+) -> tuple[Any, str, int]:
+    """Start ``image`` (default ``settings.image``) with ``command`` and ``env``; the container and its port."""
     reason = engine_answers()
     if reason is not None:
         raise StoreUnavailable(reason)
@@ -36,8 +38,11 @@ def _start(settings: StoreSettings, inner_port: int, command: str) -> tuple[Any,
         from testcontainers.core.container import DockerContainer
     except ImportError:
         raise StoreUnavailable("testcontainers is not installed (pip install 'pytest-rollback[docker]')") from None
-    container = DockerContainer(settings.image).with_exposed_ports(inner_port)
-    container.with_command(command)
+    container = DockerContainer(image or settings.image).with_exposed_ports(inner_port)
+    if command:
+        container.with_command(command)
+    for key, value in (env or {}).items():
+        container.with_env(key, value)
     container.start()
     try:
         return container, container.get_container_host_ip(), int(container.get_exposed_port(inner_port))
@@ -121,5 +126,64 @@ def mongo(settings: StoreSettings) -> Service:
         startup_ms=(time.perf_counter() - start) * 1000,
         owned=True,
         extra={"db": worker_database(settings), "dbs": None, "image": settings.image},
+        stop=container.stop,
+    )
+
+
+def elasticsearch_image(settings: StoreSettings) -> str:
+    """The configured image; when left at the default, one the installed client can talk to."""
+    from ..options import DEFAULT_IMAGES, ELASTICSEARCH_9_IMAGE
+
+    if settings.image != DEFAULT_IMAGES["elasticsearch"]:
+        return settings.image
+    try:
+        from importlib.metadata import version
+
+        major = int(version("elasticsearch").split(".")[0])
+    except Exception:
+        return settings.image
+    return ELASTICSEARCH_9_IMAGE if major >= 9 else settings.image
+
+
+def elasticsearch(settings: StoreSettings) -> Service:
+    """Start a single Elasticsearch node: security off, a 512 MB heap, no built-in templates.
+
+    Ready when the cluster's health is yellow or green. Each xdist worker starts
+    its own container.
+    """
+    from .local import wait_for_elasticsearch
+
+    start = time.perf_counter()
+    image = elasticsearch_image(settings)
+    env = {
+        "discovery.type": "single-node",
+        "xpack.security.enabled": "false",
+        "ES_JAVA_OPTS": "-Xms512m -Xmx512m",
+        "stack.templates.enabled": "false",
+        "ingest.geoip.downloader.enabled": "false",
+        "cluster.routing.allocation.disk.threshold_enabled": "false",
+    }
+    container, host, port = _start(settings, 9200, None, env, image)
+    try:
+
+        def logs() -> str:
+            out, err = container.get_logs()
+            return str((out + err).decode(errors="replace"))
+
+        url = f"http://{host}:{port}"
+        version = wait_for_elasticsearch(url, f"elasticsearch container {image}", logs, timeout=180)
+    except BaseException:
+        container.stop()
+        raise
+    return Service(
+        name="elasticsearch",
+        provider="docker",
+        url=url,
+        host=host,
+        port=port,
+        version=version,
+        startup_ms=(time.perf_counter() - start) * 1000,
+        owned=True,
+        extra={"prefix": "", "image": image},
         stop=container.stop,
     )

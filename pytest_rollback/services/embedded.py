@@ -165,3 +165,60 @@ def _start_secantusdb(exe: str) -> Service:
         extra={"pid": proc.pid, "workdir": workdir},
         stop=handle.stop,
     )
+
+
+def find_noida() -> str | None:
+    """``noida-db`` (an Elasticsearch-compatible server from the ``noida-db`` package) on PATH or beside Python."""
+    beside = Path(sys.executable).with_name("noida-db")
+    if beside.exists():
+        return str(beside)
+    return shutil.which("noida-db")
+
+
+def elasticsearch(settings: StoreSettings) -> Service:
+    """Start noida-db, an Elasticsearch-compatible server from a pip package, on 127.0.0.1.
+
+    It answers the Elasticsearch 8 REST API (index, bulk, search,
+    delete_by_query, clone, settings, aliases, templates, stats). Each
+    pytest-xdist worker starts its own (it starts in tens of milliseconds).
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .local import wait_for_elasticsearch
+
+    exe = find_noida()
+    if exe is None:
+        raise StoreUnavailable("noida-db is not installed (pip install 'pytest-rollback[all]')")
+    try:
+        package = version("noida-db")
+    except PackageNotFoundError:
+        package = "?"
+    start = time.perf_counter()
+    last: Exception | None = None
+    for _ in range(3):  # a free port can be taken between choosing it and binding it
+        port = free_port()
+        workdir = tempfile.mkdtemp(prefix="pytest-rollback-noida-")
+        log = Path(workdir) / "noida.log"
+        cmd = [exe, "start", "--data-dir", str(Path(workdir) / "data"), "--only", "elasticsearch",
+               "--host", "127.0.0.1", "--elasticsearch-port", str(port)]
+        handle = spawn(cmd, workdir, log)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            number = wait_for_elasticsearch(url, f"noida-db ({exe}) on port {port}", handle.logs, handle.proc.poll, 30)
+        except StoreUnavailable as exc:
+            last = exc
+            handle.stop()
+            continue
+        return Service(
+            name="elasticsearch",
+            provider="embedded",
+            url=url,
+            host="127.0.0.1",
+            port=port,
+            version=f"noida-db {package} (as Elasticsearch {number})",
+            startup_ms=(time.perf_counter() - start) * 1000,
+            owned=True,
+            extra={"prefix": "", "pid": handle.proc.pid, "workdir": workdir},
+            stop=handle.stop,
+        )
+    raise StoreUnavailable(f"could not start noida-db: {last}")

@@ -134,3 +134,56 @@ def mongo(settings: StoreSettings) -> Service:
         owned=False,
         extra={"db": db, "dbs": dbs},
     )
+
+
+def elasticsearch(settings: StoreSettings) -> Service:
+    """Connect to the Elasticsearch cluster of ``--rollback-elasticsearch-url``.
+
+    Without xdist the rollback covers every index and template whose name does
+    not start with ``.``, and the cluster settings; what was there before the
+    session is put back at its end. Under xdist each worker owns only the
+    indices and templates named with its prefix (``gw0-``, ...), given in
+    ``elasticsearch_service.extra["prefix"]``.
+    """
+    from urllib.parse import urlsplit
+
+    from ..adapters._http import Http
+
+    assert settings.url is not None
+    try:
+        parts = urlsplit(settings.url)
+        host, port = parts.hostname, parts.port or 9200
+    except ValueError as exc:
+        raise StoreUnavailable(f"pytest-rollback: elasticsearch: bad URL {settings.url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise StoreUnavailable(
+            f"pytest-rollback: elasticsearch: bad URL {settings.url!r}: expected http://host:port "
+            f"(e.g. {EXAMPLE_URL})"
+        )
+    check_address(settings, host)
+    start = time.perf_counter()
+    http = Http(settings.url, timeout=10)
+    try:
+        info = http("GET", "/")
+    except Exception as exc:
+        raise StoreUnavailable(
+            f"pytest-rollback: elasticsearch: cannot reach {host}:{port} from the configured URL "
+            f"({exc.__class__.__name__}); start the server or fix --rollback-elasticsearch-url"
+        ) from None
+    finally:
+        http.close()
+    prefix = f"{settings.worker}-" if settings.worker is not None else ""
+    return Service(
+        name="elasticsearch",
+        provider="external",
+        url=settings.url,
+        host=host,
+        port=int(port),
+        version=str((info.get("version") or {}).get("number", "?")) if isinstance(info, dict) else "?",
+        startup_ms=(time.perf_counter() - start) * 1000,
+        owned=False,
+        extra={"prefix": prefix},
+    )
+
+
+EXAMPLE_URL = "http://127.0.0.1:9200"

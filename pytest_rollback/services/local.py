@@ -188,3 +188,74 @@ def initiate_replica_set(
     wait_until(lambda: bool(client.admin.command("hello").get("isWritablePrimary")), timeout,
                f"{what} becoming primary", logs)
     return str(client.server_info().get("version", "?"))
+
+
+def wait_for_elasticsearch(url: str, what: str, logs: Any, exited: Any = lambda: None, timeout: float = 120) -> str:
+    """Wait until the cluster's health is yellow or green; return its version number."""
+    from ..adapters._http import Http
+
+    http = Http(url, timeout=5)
+
+    def healthy() -> bool:
+        code = exited()
+        if code is not None:
+            raise StoreUnavailable(f"{what} exited with code {code}")
+        health = http("GET", "/_cluster/health", wait_for_status="yellow", timeout="1s")
+        return isinstance(health, dict) and health.get("status") in ("yellow", "green")
+
+    try:
+        wait_until(healthy, timeout, what, logs)
+        info = http("GET", "/")
+        return str((info.get("version") or {}).get("number", "?"))
+    finally:
+        http.close()
+
+
+def find_elasticsearch() -> str | None:
+    """``elasticsearch`` (the server's start script) on PATH."""
+    return shutil.which("elasticsearch")
+
+
+def elasticsearch(settings: StoreSettings) -> Service:
+    """Start ``elasticsearch`` from PATH: one node on 127.0.0.1, security off, a 512 MB heap.
+
+    Under pytest-xdist each worker starts its own node, so every worker's tests
+    can use the same index names.
+    """
+    exe = find_elasticsearch()
+    if exe is None:
+        raise StoreUnavailable("no elasticsearch on PATH")
+    start = time.perf_counter()
+    port, transport = free_port(), free_port()
+    workdir = tempfile.mkdtemp(prefix="pytest-rollback-elasticsearch-")
+    log = Path(workdir) / "elasticsearch.out"
+    cmd = [exe]
+    for setting in (
+        f"http.port={port}", "http.host=127.0.0.1", f"transport.port={transport}", "transport.host=127.0.0.1",
+        "discovery.type=single-node", "xpack.security.enabled=false", f"path.data={workdir}/data",
+        f"path.logs={workdir}/logs", "stack.templates.enabled=false", "ingest.geoip.downloader.enabled=false",
+        "cluster.routing.allocation.disk.threshold_enabled=false",
+    ):
+        cmd += ["-E", setting]
+    env = {**os.environ, "ES_JAVA_OPTS": os.environ.get("ES_JAVA_OPTS", "-Xms512m -Xmx512m")}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+    handle = _Process(proc, workdir, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        version = wait_for_elasticsearch(url, f"elasticsearch ({exe}) on port {port}", handle.logs, proc.poll)
+    except BaseException:
+        handle.stop()
+        raise
+    return Service(
+        name="elasticsearch",
+        provider="local",
+        url=url,
+        host="127.0.0.1",
+        port=port,
+        version=version,
+        startup_ms=(time.perf_counter() - start) * 1000,
+        owned=True,
+        extra={"prefix": "", "pid": proc.pid, "binary": exe, "workdir": workdir},
+        stop=handle.stop,
+    )
