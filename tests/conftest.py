@@ -86,3 +86,37 @@ def clear_mongo(client: Any) -> None:
     for db in client.list_database_names():
         if db not in ("admin", "local", "config"):
             client.drop_database(db)
+
+
+@pytest.fixture(scope="session")
+def noida() -> Iterator[Service]:
+    """noida-db (an Elasticsearch-compatible server from a pip package) on a free loopback port."""
+    from pytest_rollback.services import embedded
+
+    settings = StoreSettings("elasticsearch", "embedded", None, "", False, None, None)  # type: ignore[arg-type]
+    try:
+        service = embedded.elasticsearch(settings)
+    except StoreUnavailable as exc:  # pragma: no cover - the [test] extra installs it
+        pytest.fail(f"these tests need noida-db (pip install -e '.[test]'): {exc}", pytrace=False)
+    yield service
+    service.stop()
+
+
+def clear_elasticsearch(client: Any) -> None:
+    """Delete every index, template and cluster setting a test could have left."""
+    names = [
+        n for n in client.indices.get(index="*", expand_wildcards="all")
+        if not n.startswith(".") or n.startswith(".pytest-rollback-")
+    ]
+    if names:
+        client.indices.delete(index=",".join(names), expand_wildcards="all")
+    for item in client.indices.get_index_template().get("index_templates", []):
+        client.indices.delete_index_template(name=item["name"])
+    for item in client.cluster.get_component_template().get("component_templates", []):
+        client.cluster.delete_component_template(name=item["name"])
+    for name in client.indices.get_template():
+        client.indices.delete_template(name=name)
+    current = client.cluster.get_settings(flat_settings=True)
+    reset = {kind: dict.fromkeys(current[kind]) for kind in ("persistent", "transient") if current[kind]}
+    if reset:
+        client.cluster.put_settings(**reset)
