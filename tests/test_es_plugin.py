@@ -36,7 +36,9 @@ def products(es_client):
         settings={"number_of_replicas": 0},
         aliases={"catalogue": {}},
     )
-    docs = ({"_index": "products", "_id": str(i), "_source": {"name": f"p{i}", "tag": "ab"[i % 2]}} for i in range(1000))
+    docs = (
+        {"_index": "products", "_id": str(i), "_source": {"name": f"p{i}", "tag": "ab"[i % 2]}} for i in range(1000)
+    )
     helpers.bulk(es_client, docs, refresh=True)
 
 def fresh(es, extra=0):
@@ -184,7 +186,7 @@ def test_unreachable_url_is_one_line(pytester: pytest.Pytester) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("http://192.0.2.7:9200", "*elasticsearch: refusing '192.0.2.7' from the configured URL: it is not a loopback*"),
+        ("http://192.0.2.7:9200", "*elasticsearch: refusing '192.0.2.7' from the configured URL: it is not a loop*"),
         ("127.0.0.1:9200", "*elasticsearch: bad URL '127.0.0.1:9200': expected http://host:port*"),
     ],
 )
