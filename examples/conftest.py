@@ -59,3 +59,35 @@ def reviews(mongo_db):
     )
     mongo_db.ratings.insert_many([{"_id": f"sku-{p}", "count": 10, "total": 30} for p in range(100)])
     return store
+
+
+CATEGORIES = ("garden", "kitchen", "toys", "books")
+
+
+@pytest.fixture(scope="session")
+def search(es_client):
+    """The Elasticsearch-backed product search (``search.py``), indexed once: 2,000 products.
+
+    Product ``sku-<n>`` is in category ``CATEGORIES[n % 4]`` (500 per category);
+    every name contains "Product", and names of products 0-9 also say "lamp".
+    """
+    from elasticsearch import helpers
+    from search import INDEX, Search
+
+    store = Search(es_client)
+    store.create_index()
+    docs = (
+        {
+            "_index": INDEX,
+            "_id": f"sku-{i}",
+            "_source": {
+                "sku": f"sku-{i}",
+                "name": f"Product {i}" + (" lamp" if i < 10 else ""),
+                "category": CATEGORIES[i % 4],
+                "price": 100 + i,
+            },
+        }
+        for i in range(PRODUCTS)
+    )
+    helpers.bulk(es_client, docs, refresh=True)
+    return store
