@@ -94,6 +94,8 @@ class _Snap:
     of: str
     mappings: Any
     settings: dict[str, str]  # without the overridden settings
+    #: the source's max_seq_no per shard (a clone keeps them, so a restored index has them too)
+    seqs: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,9 +265,10 @@ class ElasticsearchAdapter:
         return csv == self._csv and set(fps) == {n for n, m in self._known.items() if not m.closed}
 
     # -- snapshots ---------------------------------------------------------
-    def _take(self, name: str, meta: _Meta) -> _Snap:
+    def _take(self, name: str, meta: _Meta, fp: Fp) -> _Snap:
         """Clone ``name`` into a new hidden, write-blocked snapshot."""
-        snap = _Snap(f"{self.reserved}{self._id}-{next(self._numbers)}", name, meta.mappings, _core(meta.settings))
+        number = next(self._numbers)
+        snap = _Snap(f"{self.reserved}{self._id}-{number}", name, meta.mappings, _core(meta.settings), fp[1])
         blocked = meta.settings.get("index.blocks.write") == "true"
         if not blocked:
             self._call("PUT", f"/{name}/_block/write")
@@ -323,7 +326,7 @@ class ElasticsearchAdapter:
             if cur is None or cur[1] != fps[name] or cur[0].mappings != meta.mappings or cur[0].settings != _core(
                 meta.settings
             ):
-                self._current[name] = (self._take(name, meta), fps[name])
+                self._current[name] = (self._take(name, meta, fps[name]), fps[name])
                 took = True
             indices[name] = _State(self._current[name][0], meta.aliases, _overrides(meta.settings), meta.uuid)
         for name in [n for n in self._current if n not in self._known]:
@@ -398,15 +401,14 @@ class ElasticsearchAdapter:
         fixed_globals = self._restore_globals(token.globals)
         for name in [n for n in self._current if n not in token.indices or n in delete]:
             del self._current[name]
-        if restore:
-            fresh = self._fingerprints(",".join(restore))
-            for name in restore:
-                snap = token.indices[name].snap
-                assert snap is not None
-                self._current[name] = (snap, fresh.get(name, ("", ())))
         done = len(restore) + len(delete) + len(fix_settings) + len(fix_aliases) + len(close) + fixed_globals
         if done:
             self._refresh_known()
+        for name in restore:  # a clone has its snapshot's sequence numbers and a new uuid
+            snap = token.indices[name].snap
+            assert snap is not None
+            restored = self._known.get(name)
+            self._current[name] = (snap, (restored.uuid if restored else "", snap.seqs))
         self._gc()
         mode = "incremental" if done else "none"
         return RestoreReport("elasticsearch", token.label, time.perf_counter() - start, mode, done)
