@@ -103,7 +103,8 @@ def test_bad_marker_arguments_fail_that_test_at_setup_with_one_line(
     )
     result = run("-v")
     result.assert_outcomes(passed=1, errors=1)
-    line = f"test_bad.py::test_marked: @pytest.mark.rollback: {problem}; " + ACCEPTED.format(names="'elasticsearch', 'mongo', 'redis'")
+    accepted = ACCEPTED.format(names="'elasticsearch', 'mongo', 'redis'")
+    line = f"test_bad.py::test_marked: @pytest.mark.rollback: {problem}; " + accepted
     result.stdout.fnmatch_lines(["*ERROR at setup of test_marked*", line])
     # one line: no traceback, no source lines of the plugin
     assert "Traceback" not in result.stdout.str()
