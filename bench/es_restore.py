@@ -100,6 +100,14 @@ def time_clone(es: Elasticsearch, adapter: ElasticsearchAdapter, test: Callable[
     return median_ms(samples), statistics.median(trips)
 
 
+def keep_aside(es: Elasticsearch, keep: str) -> None:
+    """A hidden clone of the index, as it is now."""
+    es.options(ignore_status=404).indices.delete(index=keep)
+    es.indices.add_block(index=INDEX, block="write")
+    es.indices.clone(index=INDEX, target=keep, settings={"index.hidden": True})
+    es.indices.put_settings(index=INDEX, settings={"index.blocks.write": None})
+
+
 def max_seq_no(es: Elasticsearch) -> int:
     shards = es.indices.stats(index=INDEX, level="shards")["indices"][INDEX]["shards"]
     return max(copy["seq_no"]["max_seq_no"] for copies in shards.values() for copy in copies)
@@ -111,10 +119,7 @@ def time_doc_level(es: Elasticsearch, reps: int) -> float | None:
     None when the server does not find the moved documents by ``_seq_no``.
     """
     keep = ".bench-doc-level"
-    es.options(ignore_status=404).indices.delete(index=keep)
-    es.indices.add_block(index=INDEX, block="write")
-    es.indices.clone(index=INDEX, target=keep, settings={"index.hidden": True})
-    es.indices.put_settings(index=INDEX, settings={"index.blocks.write": None})
+    keep_aside(es, keep)
     samples = []
     for _ in range(reps):
         mark = max_seq_no(es)
@@ -141,10 +146,7 @@ def time_doc_level(es: Elasticsearch, reps: int) -> float | None:
 
 def time_snapshot(es: Elasticsearch, test: Callable[[Elasticsearch], None], reps: int) -> float:
     keep = ".bench-full-snapshot"
-    es.options(ignore_status=404).indices.delete(index=keep)
-    es.indices.add_block(index=INDEX, block="write")
-    es.indices.clone(index=INDEX, target=keep, settings={"index.hidden": True})
-    es.indices.put_settings(index=INDEX, settings={"index.blocks.write": None})
+    keep_aside(es, keep)
     samples = []
     for _ in range(reps):
         test(es)

@@ -120,3 +120,12 @@ def clear_elasticsearch(client: Any) -> None:
     reset = {kind: dict.fromkeys(current[kind]) for kind in ("persistent", "transient") if current[kind]}
     if reset:
         client.cluster.put_settings(**reset)
+
+
+def workers_log(pytester: pytest.Pytester) -> dict[str, set[tuple[str, ...]]]:
+    """What each xdist worker of an inner run wrote to ``workers.log``: worker id -> set of its lines' fields."""
+    seen: dict[str, set[tuple[str, ...]]] = {}
+    for line in (pytester.path / "workers.log").read_text().splitlines():
+        worker, *rest = line.split()
+        seen.setdefault(worker, set()).add(tuple(rest))
+    return seen

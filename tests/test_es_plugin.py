@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import INNER, clear_elasticsearch
+from conftest import INNER, clear_elasticsearch, workers_log
 from elasticsearch import Elasticsearch
 
 from pytest_rollback.api import Service
@@ -265,20 +265,12 @@ def test_isolated(seeded, es_client, elasticsearch_service, i):
 """
 
 
-def _workers(pytester: pytest.Pytester) -> dict[str, set[tuple[str, ...]]]:
-    seen: dict[str, set[tuple[str, ...]]] = {}
-    for line in (pytester.path / "workers.log").read_text().splitlines():
-        worker, *rest = line.split()
-        seen.setdefault(worker, set()).add(tuple(rest))
-    return seen
-
-
 def test_xdist_workers_get_a_server_each_when_embedded(pytester: pytest.Pytester) -> None:
     pytester.makeini(INI)
     pytester.makepyfile(test_par=PARALLEL)
     result = pytester.runpytest_subprocess(*INNER, "-n", "2", "--rollback-provider=embedded", timeout=180)
     result.assert_outcomes(passed=N_PAR)
-    seen = _workers(pytester)
+    seen = workers_log(pytester)
     assert set(seen) == {"gw0", "gw1"}, "both workers should have run tests"
     (w0,), (w1,) = seen["gw0"], seen["gw1"]
     assert w0[0] == w1[0] == "embedded" and w0[1] != w1[1], "each worker should have its own server"
@@ -295,7 +287,7 @@ def test_xdist_workers_get_a_prefix_each_on_a_configured_server(pytester: pytest
     )
     result.assert_outcomes(passed=N_PAR)
     port = str(server.port)
-    assert _workers(pytester) == {
+    assert workers_log(pytester) == {
         "gw0": {("external", port, "gw0-items")},
         "gw1": {("external", port, "gw1-items")},
     }

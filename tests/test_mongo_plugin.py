@@ -16,7 +16,7 @@ from typing import Any
 
 import pymongo
 import pytest
-from conftest import INNER, clear_mongo
+from conftest import INNER, clear_mongo, workers_log
 
 from pytest_rollback.api import Service
 
@@ -297,14 +297,6 @@ def test_isolated(seeded, mongo_db, mongo_service, i):
 """
 
 
-def _workers(pytester: pytest.Pytester) -> dict[str, set[tuple[str, ...]]]:
-    seen: dict[str, set[tuple[str, ...]]] = {}
-    for line in (pytester.path / "workers.log").read_text().splitlines():
-        worker, *rest = line.split()
-        seen.setdefault(worker, set()).add(tuple(rest))
-    return seen
-
-
 def test_xdist_workers_share_one_embedded_server_with_a_database_each(pytester: pytest.Pytester) -> None:
     pytester.makeini(INI)
     pytester.makepyfile(test_par=PARALLEL)
@@ -312,7 +304,7 @@ def test_xdist_workers_share_one_embedded_server_with_a_database_each(pytester: 
         *INNER, "-n", "2", "--rollback-provider=embedded", "--rollback-mongo-embedded=secantusdb", timeout=180
     )
     result.assert_outcomes(passed=N_PAR)
-    seen = _workers(pytester)
+    seen = workers_log(pytester)
     assert set(seen) == {"gw0", "gw1"}, "both workers should have run tests"
     (w0,), (w1,) = seen["gw0"], seen["gw1"]
     assert w0[0] == w1[0] == "embedded"
@@ -331,7 +323,7 @@ def test_xdist_workers_get_a_database_each_on_a_configured_server(pytester: pyte
     result = pytester.runpytest_subprocess(*INNER, "-n", "2", f"--rollback-mongo-url={url}", timeout=180)
     result.assert_outcomes(passed=N_PAR)
     port = str(server.port)
-    assert _workers(pytester) == {"gw0": {("external", port, "app_gw0")}, "gw1": {("external", port, "app_gw1")}}
+    assert workers_log(pytester) == {"gw0": {("external", port, "app_gw0")}, "gw1": {("external", port, "app_gw1")}}
     assert set(client.list_database_names()) - {"admin", "local", "config"} == {"app_gw5"}  # no trace either
     client.close()
 

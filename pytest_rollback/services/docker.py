@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..api import Service, StoreUnavailable
@@ -51,6 +52,16 @@ def _start(
         raise
 
 
+def _logs(container: Any) -> Callable[[], str]:
+    """A function that returns the container's output so far (for start-up errors)."""
+
+    def logs() -> str:
+        out, err = container.get_logs()
+        return str((out + err).decode(errors="replace"))
+
+    return logs
+
+
 def redis(settings: StoreSettings) -> Service:
     """Start ``settings.image`` (default pinned in options) and wait for Redis to answer."""
     import redis as redis_py
@@ -62,9 +73,7 @@ def redis(settings: StoreSettings) -> Service:
     try:
         client = redis_py.Redis(host=host, port=port, socket_connect_timeout=1)
 
-        def logs() -> str:
-            out, err = container.get_logs()
-            return str((out + err).decode(errors="replace"))
+        logs = _logs(container)
 
         wait_until(lambda: bool(client.ping()), 60, f"redis container {settings.image}", logs)
         version = str(client.info("server").get("redis_version", "?"))
@@ -104,9 +113,7 @@ def mongo(settings: StoreSettings) -> Service:
         url = f"mongodb://{host}:{port}/?directConnection=true"
         client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(url, serverSelectionTimeoutMS=500)
 
-        def logs() -> str:
-            out, err = container.get_logs()
-            return str((out + err).decode(errors="replace"))
+        logs = _logs(container)
 
         try:
             # the member's address as the container sees itself; clients use directConnection
@@ -166,9 +173,7 @@ def elasticsearch(settings: StoreSettings) -> Service:
     container, host, port = _start(settings, 9200, None, env, image)
     try:
 
-        def logs() -> str:
-            out, err = container.get_logs()
-            return str((out + err).decode(errors="replace"))
+        logs = _logs(container)
 
         url = f"http://{host}:{port}"
         version = wait_for_elasticsearch(url, f"elasticsearch container {image}", logs, timeout=180)
