@@ -119,6 +119,39 @@ def test_every_scope_keeps_its_data_and_the_servers_data_survives(pytester: pyte
     client.close()
 
 
+def test_verify_compares_the_whole_state_after_every_restore(pytester: pytest.Pytester, server: Service) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(test_a=SCOPES, test_b=OTHER_MODULE)
+    result = pytester.runpytest(
+        *INNER, f"--rollback-elasticsearch-url={server.url}", "--rollback-verify", "-p", "no:randomly"
+    )
+    result.assert_outcomes(passed=8)
+
+
+def test_verify_catches_a_restore_that_leaves_a_write_behind(pytester: pytest.Pytester, server: Service) -> None:
+    pytester.makeini(INI)
+    pytester.makeconftest(
+        """
+        import pytest
+        from pytest_rollback import RestoreReport
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_rollback_rollback(adapter, checkpoint):
+            if adapter.name == "elasticsearch" and checkpoint.label.startswith("test "):
+                return RestoreReport("elasticsearch", checkpoint.label, 0.0, "none")  # restores nothing
+        """
+    )
+    pytester.makepyfile(
+        """
+        def test_writes(es_client):
+            es_client.index(index="orders", id="1", document={"n": 1}, refresh=True)
+        """
+    )
+    result = pytester.runpytest(*INNER, f"--rollback-elasticsearch-url={server.url}", "--rollback-verify")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*verify: elasticsearch differs from the checkpoint after restore*orders*"])
+
+
 def test_embedded_is_the_default_without_docker_or_elasticsearch(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
