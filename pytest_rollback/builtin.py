@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .api import Rollbackable, Service
-from .options import StoreSettings
+from .options import DEFAULT_IMAGES, StoreSettings
 from .registry import Registry, Store
 
 
@@ -25,7 +25,7 @@ def redis_store() -> Store:
             "local": local.redis,
             "embedded": embedded.redis,
         },
-        default_image="redis:7.4.1-alpine",
+        default_image=DEFAULT_IMAGES["redis"],
         how_to_get=(
             "pip install 'pytest-rollback[all]' (ships a redis-server and fakeredis), "
             "or apt-get install redis-server, or pass --rollback-redis-url"
@@ -55,7 +55,7 @@ def mongo_store() -> Store:
             "local": local.mongo,
             "embedded": embedded.mongo,
         },
-        default_image="mongo:7.0.14",
+        default_image=DEFAULT_IMAGES["mongo"],
         how_to_get=(
             "pip install 'pytest-rollback[all]' (mongomock, in process) or 'pytest-rollback[secantusdb]' "
             "(a MongoDB-compatible server), or put mongod on PATH, or pass --rollback-mongo-url"
@@ -81,7 +81,7 @@ def elasticsearch_store() -> Store:
             "local": local.elasticsearch,
             "embedded": embedded.elasticsearch,
         },
-        default_image="docker.elastic.co/elasticsearch/elasticsearch:8.15.3",
+        default_image=DEFAULT_IMAGES["elasticsearch"],
         how_to_get=(
             "pip install 'pytest-rollback[all]' (noida-db, an Elasticsearch-compatible server), "
             "or put elasticsearch on PATH, or pass --rollback-elasticsearch-url"

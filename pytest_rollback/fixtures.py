@@ -135,18 +135,23 @@ def async_mongo_client(mongo_service: Service) -> Iterator[pymongo.AsyncMongoCli
             "install 'pytest-rollback[secantusdb]' or pass --rollback-mongo-url",
             pytrace=False,
         )
-    import asyncio
 
     import pymongo as pm
 
     client: pm.AsyncMongoClient[Any] = pm.AsyncMongoClient(mongo_service.url)
     yield client
-    loop = getattr(client, "_loop", None)
+    _close_on_its_loop(getattr(client, "_loop", None), client.close)
+
+
+def _close_on_its_loop(loop: Any, close: Any) -> None:
+    """Run ``close()`` on the event loop the client was used on (a fresh one if it never was)."""
+    import asyncio
+
     with contextlib.suppress(Exception):
         if loop is None:  # never used: nothing is bound to a loop yet
-            asyncio.run(client.close())
+            asyncio.run(close())
         elif not loop.is_closed() and not loop.is_running():
-            loop.run_until_complete(client.close())
+            loop.run_until_complete(close())
 
 
 @pytest.fixture(scope="session")
@@ -184,8 +189,6 @@ def async_es_client(elasticsearch_service: Service) -> Iterator[elasticsearch.As
     uses it (pytest-asyncio or anyio), and are closed on that loop afterwards.
     Needs aiohttp (in ``pytest-rollback[all]``).
     """
-    import asyncio
-
     from elasticsearch import AsyncElasticsearch
 
     try:
@@ -197,12 +200,7 @@ def async_es_client(elasticsearch_service: Service) -> Iterator[elasticsearch.As
         )
     client = AsyncElasticsearch(elasticsearch_service.url, request_timeout=60)
     yield client
-    loop = _loop_of(client)
-    with contextlib.suppress(Exception):
-        if loop is None:
-            asyncio.run(client.close())
-        elif not loop.is_closed() and not loop.is_running():
-            loop.run_until_complete(client.close())
+    _close_on_its_loop(_loop_of(client), client.close)
 
 
 def _loop_of(client: Any) -> Any:

@@ -67,18 +67,39 @@ def absolute_expiry_ms(client: Any, key: str) -> int:
         return int(sec * 1000 + usec // 1000 + client.pttl(key))
 
 
+def _embedded(store: str, start: Callable[[StoreSettings], Service], what: str) -> Iterator[Service]:
+    """A server the [test] extra installs, started by the embedded provider ``start``; stopped after."""
+    settings = StoreSettings(store, "embedded", None, "", False, None, None)  # type: ignore[arg-type]
+    try:
+        service = start(settings)
+    except StoreUnavailable as exc:  # pragma: no cover - the [test] extra installs it
+        pytest.fail(f"these tests need {what} (pip install -e '.[test]'): {exc}", pytrace=False)
+    yield service
+    service.stop()
+
+
+def real_server(store: str, image: str, starts: tuple[Callable[[StoreSettings], Service], ...]) -> Iterator[Service]:
+    """The first of ``starts`` (Docker, PATH...) that can run here; skipped with every reason when none can."""
+    settings = StoreSettings(store, "auto", None, image, False, None, None)  # type: ignore[arg-type]
+    reasons = []
+    for start in starts:
+        try:
+            service = start(settings)
+        except StoreUnavailable as exc:
+            reasons.append(str(exc))
+            continue
+        yield service
+        service.stop()
+        return
+    pytest.skip(f"no real {store} server can run on this machine: {'; '.join(reasons)}")
+
+
 @pytest.fixture(scope="session")
 def secantus() -> Iterator[Service]:
     """SecantusDB (a MongoDB-compatible replica set of one, with change streams) on a free loopback port."""
     from pytest_rollback.services import embedded
 
-    settings = StoreSettings("mongo", "embedded", None, "", False, None, None)  # type: ignore[arg-type]
-    try:
-        service = embedded.secantusdb(settings)
-    except StoreUnavailable as exc:  # pragma: no cover - the [test] extra installs it
-        pytest.fail(f"these tests need SecantusDB (pip install -e '.[test]'): {exc}", pytrace=False)
-    yield service
-    service.stop()
+    yield from _embedded("mongo", embedded.secantusdb, "SecantusDB")
 
 
 def clear_mongo(client: Any) -> None:
@@ -93,13 +114,7 @@ def noida() -> Iterator[Service]:
     """noida-db (an Elasticsearch-compatible server from a pip package) on a free loopback port."""
     from pytest_rollback.services import embedded
 
-    settings = StoreSettings("elasticsearch", "embedded", None, "", False, None, None)  # type: ignore[arg-type]
-    try:
-        service = embedded.elasticsearch(settings)
-    except StoreUnavailable as exc:  # pragma: no cover - the [test] extra installs it
-        pytest.fail(f"these tests need noida-db (pip install -e '.[test]'): {exc}", pytrace=False)
-    yield service
-    service.stop()
+    yield from _embedded("elasticsearch", embedded.elasticsearch, "noida-db")
 
 
 def clear_elasticsearch(client: Any) -> None:

@@ -12,14 +12,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import clear_elasticsearch
+from conftest import clear_elasticsearch, real_server
 from elasticsearch import Elasticsearch, helpers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pytest_rollback.adapters.elasticsearch import ElasticsearchAdapter
-from pytest_rollback.api import RollbackWarning, Service, StoreUnavailable
-from pytest_rollback.options import StoreSettings
+from pytest_rollback.api import RollbackWarning, Service
 
 MAPPINGS = {"properties": {"name": {"type": "text"}, "tag": {"type": "keyword"}, "n": {"type": "long"}}}
 
@@ -29,19 +28,8 @@ def _real_node() -> Iterator[Service]:
     from pytest_rollback.options import DEFAULT_IMAGES
     from pytest_rollback.services import docker, local
 
-    image = DEFAULT_IMAGES["elasticsearch"]
-    settings_ = StoreSettings("elasticsearch", "docker", None, image, False, None, None)  # type: ignore[arg-type]
-    reasons = []
-    for start in (docker.elasticsearch, local.elasticsearch):
-        try:
-            service = start(settings_)
-        except StoreUnavailable as exc:
-            reasons.append(str(exc))
-            continue
-        yield service
-        service.stop()
-        return
-    pytest.skip("no real Elasticsearch can run here: " + "; ".join(reasons))
+    starts = (docker.elasticsearch, local.elasticsearch)
+    yield from real_server("elasticsearch", DEFAULT_IMAGES["elasticsearch"], starts)
 
 
 @pytest.fixture(scope="module", params=["noida-db", "elasticsearch"])

@@ -30,13 +30,13 @@ import pymongo
 import pytest
 from bson import Binary, Code, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
 from bson.raw_bson import RawBSONDocument
-from conftest import clear_mongo
+from conftest import clear_mongo, real_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pytest_rollback.adapters.mongo import MongoAdapter
 from pytest_rollback.adapters.mongomock import MongomockAdapter
-from pytest_rollback.api import RollbackError, Service, StoreUnavailable
+from pytest_rollback.api import RollbackError, Service
 
 SYSTEM = ("admin", "local", "config", "__pytest_rollback__")
 RAW = bson.CodecOptions(document_class=RawBSONDocument)
@@ -116,21 +116,10 @@ class Backend:
 @pytest.fixture(scope="module")
 def real_mongod() -> Iterator[Service]:
     """A real mongod (replica set of one) from Docker or PATH, where this machine has either."""
-    from pytest_rollback.options import StoreSettings
+    from pytest_rollback.options import DEFAULT_IMAGES
     from pytest_rollback.services import docker, local
 
-    settings = StoreSettings("mongo", "auto", None, "mongo:7.0.14", False, None, None)  # type: ignore[arg-type]
-    reasons = []
-    for provider in (docker.mongo, local.mongo):
-        try:
-            service = provider(settings)
-        except StoreUnavailable as exc:
-            reasons.append(str(exc))
-            continue
-        yield service
-        service.stop()
-        return
-    pytest.skip(f"no real mongod can run on this machine: {'; '.join(reasons)}")
+    yield from real_server("mongo", DEFAULT_IMAGES["mongo"], (docker.mongo, local.mongo))
 
 
 @pytest.fixture(params=[*BACKENDS, "mongod"])

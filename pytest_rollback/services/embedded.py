@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -12,8 +11,8 @@ from typing import Any
 
 from ..api import Service, StoreUnavailable
 from ..options import StoreSettings
-from . import free_port, wait_until
-from .local import spawn
+from . import wait_until
+from .local import launch
 
 
 def redis(settings: StoreSettings) -> Service:
@@ -130,11 +129,12 @@ def _start_secantusdb(exe: str) -> Service:
     import pymongo
 
     start = time.perf_counter()
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="pytest-rollback-secantusdb-")
-    log = Path(workdir) / "secantusd.log"
-    cmd = [exe, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:", "--log-level", "WARNING"]
-    handle = spawn(cmd, workdir, log)
+    handle, port = launch(
+        "secantusdb",
+        lambda port, workdir, log: [
+            exe, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:", "--log-level", "WARNING"
+        ],
+    )
     proc = handle.proc
     url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
     client: pymongo.MongoClient[Any] = pymongo.MongoClient(url, serverSelectionTimeoutMS=500)
@@ -162,7 +162,7 @@ def _start_secantusdb(exe: str) -> Service:
         version=f"SecantusDB {version_of_secantusdb()} (as MongoDB {version})",
         startup_ms=(time.perf_counter() - start) * 1000,
         owned=True,
-        extra={"pid": proc.pid, "workdir": workdir},
+        extra={"pid": proc.pid, "workdir": handle.workdir},
         stop=handle.stop,
     )
 
@@ -196,12 +196,13 @@ def elasticsearch(settings: StoreSettings) -> Service:
     start = time.perf_counter()
     last: Exception | None = None
     for _ in range(3):  # a free port can be taken between choosing it and binding it
-        port = free_port()
-        workdir = tempfile.mkdtemp(prefix="pytest-rollback-noida-")
-        log = Path(workdir) / "noida.log"
-        cmd = [exe, "start", "--data-dir", str(Path(workdir) / "data"), "--only", "elasticsearch",
-               "--host", "127.0.0.1", "--elasticsearch-port", str(port)]
-        handle = spawn(cmd, workdir, log)
+        handle, port = launch(
+            "noida",
+            lambda port, workdir, log: [
+                exe, "start", "--data-dir", str(workdir / "data"), "--only", "elasticsearch",
+                "--host", "127.0.0.1", "--elasticsearch-port", str(port),
+            ],
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             number = wait_for_elasticsearch(url, f"noida-db ({exe}) on port {port}", handle.logs, handle.proc.poll, 30)
@@ -218,7 +219,7 @@ def elasticsearch(settings: StoreSettings) -> Service:
             version=f"noida-db {package} (as Elasticsearch {number})",
             startup_ms=(time.perf_counter() - start) * 1000,
             owned=True,
-            extra={"prefix": "", "pid": handle.proc.pid, "workdir": workdir},
+            extra={"prefix": "", "pid": handle.proc.pid, "workdir": handle.workdir},
             stop=handle.stop,
         )
     raise StoreUnavailable(f"could not start noida-db: {last}")

@@ -7,7 +7,7 @@ import socket
 import time
 
 from ..api import Service, StoreUnavailable
-from ..options import StoreSettings
+from ..options import EXAMPLE_URLS, StoreSettings
 
 REMOTE_REFUSED = (
     "pytest-rollback: {store}: refusing {host!r} from the configured URL: it is not a loopback "
@@ -158,7 +158,7 @@ def elasticsearch(settings: StoreSettings) -> Service:
     if parts.scheme not in ("http", "https") or not host:
         raise StoreUnavailable(
             f"pytest-rollback: elasticsearch: bad URL {settings.url!r}: expected http://host:port "
-            f"(e.g. {EXAMPLE_URL})"
+            f"(e.g. {EXAMPLE_URLS['elasticsearch']})"
         )
     check_address(settings, host)
     start = time.perf_counter()
@@ -185,5 +185,3 @@ def elasticsearch(settings: StoreSettings) -> Service:
         extra={"prefix": prefix},
     )
 
-
-EXAMPLE_URL = "http://127.0.0.1:9200"

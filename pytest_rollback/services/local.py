@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +52,24 @@ class _Process:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def spawn(cmd: list[str], workdir: str, log: Path) -> _Process:
-    """Start a server process, its output appended to ``log``; ``stop()`` ends it and removes ``workdir``."""
+def launch(
+    name: str, build: Callable[[int, Path, Path], list[str]], env: dict[str, str] | None = None
+) -> tuple[_Process, int]:
+    """Start a server on a free port with a working directory of its own.
+
+    ``build(port, workdir, log)`` gives the command line; the process's output is
+    appended to ``log`` (``<workdir>/<name>.log``). ``stop()`` of the returned
+    handle ends it and removes the working directory.
+    """
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix=f"pytest-rollback-{name}-")
+    log = Path(workdir) / f"{name}.log"
+    cmd = build(port, Path(workdir), log)
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-    return _Process(proc, workdir, log)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    return _Process(proc, workdir, log), port
 
 
 def redis(settings: StoreSettings) -> Service:
@@ -126,16 +140,16 @@ def _start_mongod(exe: str) -> Service:
     import pymongo
 
     start = time.perf_counter()
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="pytest-rollback-mongod-")
-    log = Path(workdir) / "mongod.log"
-    data = Path(workdir) / "data"
-    data.mkdir()
-    cmd = [
-        exe, "--bind_ip", "127.0.0.1", "--port", str(port), "--dbpath", str(data), "--replSet", "rs0",
-        "--logpath", str(log), "--quiet", "--oplogSize", "64", "--wiredTigerCacheSizeGB", "0.25",
-    ]
-    handle = spawn(cmd, workdir, log)
+
+    def build(port: int, workdir: Path, log: Path) -> list[str]:
+        (workdir / "data").mkdir()
+        return [
+            exe, "--bind_ip", "127.0.0.1", "--port", str(port), "--dbpath", str(workdir / "data"),
+            "--replSet", "rs0", "--logpath", str(log), "--quiet", "--oplogSize", "64",
+            "--wiredTigerCacheSizeGB", "0.25",
+        ]
+
+    handle, port = launch("mongod", build)
     proc = handle.proc
     url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
     client: pymongo.MongoClient[Any] = pymongo.MongoClient(url, serverSelectionTimeoutMS=500)
@@ -156,7 +170,7 @@ def _start_mongod(exe: str) -> Service:
         version=version,
         startup_ms=(time.perf_counter() - start) * 1000,
         owned=True,
-        extra={"pid": proc.pid, "binary": exe, "workdir": workdir},
+        extra={"pid": proc.pid, "binary": exe, "workdir": handle.workdir},
         stop=handle.stop,
     )
 
@@ -226,21 +240,21 @@ def elasticsearch(settings: StoreSettings) -> Service:
     if exe is None:
         raise StoreUnavailable("no elasticsearch on PATH")
     start = time.perf_counter()
-    port, transport = free_port(), free_port()
-    workdir = tempfile.mkdtemp(prefix="pytest-rollback-elasticsearch-")
-    log = Path(workdir) / "elasticsearch.out"
-    cmd = [exe]
-    for setting in (
-        f"http.port={port}", "http.host=127.0.0.1", f"transport.port={transport}", "transport.host=127.0.0.1",
-        "discovery.type=single-node", "xpack.security.enabled=false", f"path.data={workdir}/data",
-        f"path.logs={workdir}/logs", "stack.templates.enabled=false", "ingest.geoip.downloader.enabled=false",
-        "cluster.routing.allocation.disk.threshold_enabled=false",
-    ):
-        cmd += ["-E", setting]
+
+    def build(port: int, workdir: Path, log: Path) -> list[str]:
+        cmd = [exe]
+        for setting in (
+            f"http.port={port}", "http.host=127.0.0.1", f"transport.port={free_port()}",
+            "transport.host=127.0.0.1", "discovery.type=single-node", "xpack.security.enabled=false",
+            f"path.data={workdir}/data", f"path.logs={workdir}/logs", "stack.templates.enabled=false",
+            "ingest.geoip.downloader.enabled=false", "cluster.routing.allocation.disk.threshold_enabled=false",
+        ):
+            cmd += ["-E", setting]
+        return cmd
+
     env = {**os.environ, "ES_JAVA_OPTS": os.environ.get("ES_JAVA_OPTS", "-Xms512m -Xmx512m")}
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
-    handle = _Process(proc, workdir, log)
+    handle, port = launch("elasticsearch", build, env)
+    proc = handle.proc
     url = f"http://127.0.0.1:{port}"
     try:
         version = wait_for_elasticsearch(url, f"elasticsearch ({exe}) on port {port}", handle.logs, proc.poll)
@@ -256,6 +270,6 @@ def elasticsearch(settings: StoreSettings) -> Service:
         version=version,
         startup_ms=(time.perf_counter() - start) * 1000,
         owned=True,
-        extra={"prefix": "", "pid": proc.pid, "binary": exe, "workdir": workdir},
+        extra={"prefix": "", "pid": proc.pid, "binary": exe, "workdir": handle.workdir},
         stop=handle.stop,
     )
