@@ -17,6 +17,7 @@ from .engine import Checkpoint, Engine
 from .markers import ROLLBACK_MARKER_HELP
 from .options import Options, StoreSettings, addoption
 from .registry import RegistrationError, Registry
+from .reporting import Reporter
 from .services import shared
 
 SESSION_KEY = pytest.StashKey["RollbackSession"]()
@@ -44,6 +45,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(builtin, "rollback-builtin")
     config.pluginmanager.register(session, "rollback-session")
+    config.pluginmanager.register(Reporter(session), "rollback-reporter")
 
 
 def get_session(config: pytest.Config) -> RollbackSession:
