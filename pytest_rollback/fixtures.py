@@ -213,10 +213,17 @@ def _loop_of(client: Any) -> Any:
     return None
 
 
+NO_SUBTESTS = (
+    "pytest-rollback: rollback.branch(subtest=True) needs pytest's subtests fixture: "
+    "use pytest>=9 or install pytest-subtests"
+)
+
+
 class RollbackHandle:
     """What the ``rollback`` fixture gives a test: checkpoints, restores, branches and changes."""
 
     def __init__(self, request: pytest.FixtureRequest) -> None:
+        self._request = request
         self._session = _session(request)
         self._engine = self._session.engine
         self._test_level: Checkpoint | None = getattr(request.node, "_rollback_checkpoint", None)
@@ -239,14 +246,38 @@ class RollbackHandle:
             raise RollbackError("; ".join(problems))
 
     @contextlib.contextmanager
-    def branch(self, label: str | None = None) -> Generator[Checkpoint, None, None]:
-        """``with rollback.branch():`` — whatever the block writes is undone when it exits."""
+    def branch(self, label: str | None = None, *, subtest: bool = False) -> Generator[Checkpoint, None, None]:
+        """``with rollback.branch():`` — whatever the block writes is undone when it exits.
+
+        With ``subtest=True`` the block is also a subtest of pytest's ``subtests``
+        fixture (pytest 9, or the pytest-subtests plugin): a failure inside it is
+        reported as that subtest's, named by ``label``, and the test goes on with
+        its next branch, from the same state.
+        """
+        if not subtest:
+            with self._branch(label) as cp:
+                yield cp
+            return
+        with self._subtests().test(msg=label), self._branch(label) as cp:
+            yield cp
+
+    @contextlib.contextmanager
+    def _branch(self, label: str | None) -> Generator[Checkpoint, None, None]:
         cp = self.checkpoint(label or "branch")
         try:
             yield cp
         finally:
             if cp.alive:
-                self._engine.pop(cp)
+                problems = self._engine.pop(cp)
+                if problems:
+                    raise RollbackError("; ".join(problems))
+
+    def _subtests(self) -> Any:
+        try:
+            return self._request.getfixturevalue("subtests")
+        except pytest.FixtureLookupError:
+            pass
+        pytest.fail(NO_SUBTESTS, pytrace=False)  # outside the except: no "During handling of ..." chain
 
     def changes(self, since: Checkpoint | None = None) -> dict[str, Changes]:
         """Per store: what was added, modified and removed since ``since`` (default: the test's start)."""
@@ -279,10 +310,12 @@ def _rollback_test(request: pytest.FixtureRequest) -> Iterator[None]:
     session = _session(request)
     engine = session.engine
     if not engine.enabled:
+        session.branches.start(request.node)
         yield
         return
     session.register()
     marker = parse_rollback_marker(request.node, session.registry.names())
+    session.branches.start(request.node)  # a branch that cannot start fails or skips here
     if not marker.enabled or marker.stores:
         _hold_module_level(request)
     if not marker.enabled:
@@ -294,7 +327,7 @@ def _rollback_test(request: pytest.FixtureRequest) -> Iterator[None]:
     try:
         yield
     finally:
-        problems = engine.pop(cp, stores=marker.stores or None)
+        problems = session.branches.end(request.node, cp, marker.stores, engine)
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from . import builtin, hookspecs
+from . import builtin, hookspecs, xdist_groups
 from .api import PROVIDERS, Rollbackable, RollbackError, Service, StoreUnavailable
+from .branching import BRANCH_MARKER_HELP, Branches
 from .engine import Checkpoint, Engine
 from .markers import ROLLBACK_MARKER_HELP
 from .options import Options, StoreSettings, addoption
@@ -40,12 +41,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", ROLLBACK_MARKER_HELP)
+    config.addinivalue_line("markers", BRANCH_MARKER_HELP)
     options = Options.from_config(config)
     session = RollbackSession(config, options)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(builtin, "rollback-builtin")
     config.pluginmanager.register(session, "rollback-session")
     config.pluginmanager.register(Reporter(session), "rollback-reporter")
+    config.pluginmanager.register(session.branches, "rollback-branches")
 
 
 def get_session(config: pytest.Config) -> RollbackSession:
@@ -71,6 +74,7 @@ class RollbackSession:
         self.options = options
         self.engine = Engine(config.hook, enabled=not options.disabled)
         self.engine.finish_owner = self._finish_owner
+        self.branches = Branches(config)
         self.registry = Registry()
         self.services: dict[str, Service] = {}
         self.failures: dict[str, str] = {}
@@ -228,10 +232,19 @@ class RollbackSession:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
-        """xdist controller: tell each worker where shared servers (MongoDB) are recorded."""
+        """xdist controller: tell each worker where shared servers and branch trees are recorded."""
         if self.shared_dir is None:
             self.shared_dir = shared.make_dir()
         node.workerinput[shared.WORKER_INPUT_KEY] = self.shared_dir
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        """xdist controller: under ``--dist load``, keep every ``branch_from`` tree on one worker."""
+        if getattr(config.option, "dist", "no") != "load":
+            return None
+        if self.shared_dir is None:
+            self.shared_dir = shared.make_dir()
+        return xdist_groups.make_scheduler(config, log, self.shared_dir)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

@@ -48,6 +48,18 @@ def redis_url(real_redis: Service) -> Iterator[str]:
 
 
 @pytest.fixture
+def server(real_redis: Service) -> Iterator[Service]:
+    """``real_redis``, emptied; the inner run must leave every database empty (modules may override)."""
+    import redis
+
+    client = redis.Redis.from_url(real_redis.url)
+    client.flushall()
+    yield real_redis
+    assert client.info("keyspace") == {}, "the inner run left keys on the external server"
+    client.close()
+
+
+@pytest.fixture
 def run(pytester: pytest.Pytester, server: Service) -> Callable[..., pytest.RunResult]:
     """Run an inner pytest against the module's ``server`` (an external URL)."""
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")

@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-import redis
 
 from pytest_rollback.api import Service
 
 INNER = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
 INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
-
-
-@pytest.fixture
-def server(real_redis: Service) -> Iterator[Service]:
-    """``real_redis``, emptied; the inner run must leave it empty."""
-    client = redis.Redis.from_url(real_redis.url)
-    client.flushall()
-    yield real_redis
-    assert client.info("keyspace") == {}, "the inner run left keys on the external server"
-    client.close()
 
 
 @pytest.fixture(autouse=True)

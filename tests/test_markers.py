@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
-import redis
-
-from pytest_rollback.api import Service
 
 INNER = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
 ACCEPTED = "accepted: @pytest.mark.rollback(*stores, enabled=True, verify=False) with stores among {names}"
@@ -41,17 +38,6 @@ def pytest_rollback_register(registry):
     registry.add_adapter(DictAdapter("mem", MEM))
     registry.add_adapter(BrokenAdapter())
 """
-
-
-@pytest.fixture
-def server(real_redis: Service) -> Iterator[Service]:
-    """``real_redis``, emptied; the inner run must leave it empty."""
-    client = redis.Redis.from_url(real_redis.url)
-    client.flushall()
-    yield real_redis
-    assert client.dbsize() == 0, "the inner run left keys on the external server"
-    assert client.info("keyspace") == {}
-    client.close()
 
 
 def test_strict_markers_accepts_the_rollback_marker(

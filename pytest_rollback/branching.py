@@ -1,0 +1,351 @@
+"""``@pytest.mark.branch_from(test)``: tests that start from the state another test left.
+
+The trees are resolved once per collection (``Branches``, registered as a plugin):
+each child is put right after its parent's subtree position, so a parent's end
+state is a level of the engine's stack that stays until the next test to run is
+no longer in its subtree. A child whose parent did not pass, was not selected,
+or whose state is no longer held is skipped with a reason naming the parent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Generator, Iterable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from . import xdist_groups
+from .services import shared
+
+if TYPE_CHECKING:
+    from .engine import Checkpoint, Engine
+
+BRANCH_MARKER_HELP = (
+    "branch_from(test): start this test from the state `test` left at its end instead of from its "
+    "scope's state; `test` is a test function name in this module (test_x, test_x[case], "
+    "TestClass::test_x) or a node id (tests/test_a.py::test_x[case])"
+)
+BRANCH_ACCEPTED = (
+    "accepted: @pytest.mark.branch_from(test) with test a test function name in this module "
+    "(test_x, test_x[case], TestClass::test_x) or a node id (path/to/test_a.py::test_x[case])"
+)
+BAD_BRANCH = "{nodeid}: @pytest.mark.branch_from: {problem}; " + BRANCH_ACCEPTED
+UNKNOWN_PARENT = "no test {name!r} in {where}"
+AMBIGUOUS_PARENT = "{name!r} names {count} tests ({some}); name one of them"
+CYCLE = "{nodeid}: @pytest.mark.branch_from: the branches form a cycle (each branches from the next): {path}"
+SELF_PARENT = "a test cannot branch from itself"
+
+SKIP_FAILED = "branch_from: parent {parent} failed"
+SKIP_ERRORED = "branch_from: parent {parent} errored"
+SKIP_SKIPPED = "branch_from: parent {parent} was skipped"
+SKIP_NOT_SELECTED = "branch_from: parent {parent} was not selected in this run (-k, -m, --deselect or a narrower path)"
+SKIP_OTHER_WORKER = (
+    "branch_from: parent {parent} did not run in this process (another pytest-xdist worker); "
+    "run with --dist load (pytest-rollback keeps each tree on one worker) or loadfile"
+)
+SKIP_NOT_HELD = (
+    "branch_from: the end state of parent {parent} is no longer held: other tests ran in between "
+    "(a plugin reordered the run, or the parent's module or class fixtures ended)"
+)
+
+
+@dataclasses.dataclass
+class _Node:
+    """What the run knows about one test of a branch tree."""
+
+    item: pytest.Item
+    parent: pytest.Item | None = None
+    #: the test's one-line error (bad marker, unknown parent, cycle), raised at set-up
+    error: str | None = None
+    #: why the parent cannot be used, when it is known at collection (not selected)
+    skip: str | None = None
+    #: outcome per phase ("setup", "call", "teardown") -> "passed" | "failed" | "skipped"
+    outcome: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: the test's own level, kept at its end while the next test is in its subtree
+    held: Checkpoint | None = None
+    stores: tuple[str, ...] = ()
+    #: whether the test had a level of its own (rollback enabled for it)
+    had_level: bool = False
+
+
+class Branches:
+    """The branch trees of the run; holds each parent's end state while its subtree runs."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.nodes: dict[pytest.Item, _Node] = {}
+        self.nextitem: pytest.Item | None = None
+        self.held: list[_Node] = []
+
+    # -- collection ----------------------------------------------------------
+    @pytest.hookimpl(wrapper=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> Generator[None, Any, Any]:
+        """Resolve the trees among all collected tests, then order what remains after deselection."""
+        self.resolve_all(items)  # before -k, -m and --deselect remove anything
+        result = yield
+        if self.nodes:
+            items[:] = self.order(items)
+        return result
+
+    def resolve_all(self, items: list[pytest.Item]) -> None:
+        """Resolve every ``branch_from`` against ``items``; find cycles; group trees for xdist."""
+        self.nodes = {}
+        for item in items:
+            if item.get_closest_marker("branch_from") is None:
+                continue
+            node = self._node(item)
+            try:
+                node.parent = resolve(item, items)
+            except _NotSelected as exc:
+                node.skip = SKIP_NOT_SELECTED.format(parent=exc.name)
+            except _BadBranch as exc:
+                node.error = BAD_BRANCH.format(nodeid=item.nodeid, problem=exc)
+            if node.parent is not None:
+                self._node(node.parent)
+        self._find_cycles()
+        if self.nodes:
+            self._group_trees()
+
+    def _node(self, item: pytest.Item) -> _Node:
+        node = self.nodes.get(item)
+        if node is None:
+            node = self.nodes[item] = _Node(item)
+        return node
+
+    def _find_cycles(self) -> None:
+        for start in list(self.nodes.values()):
+            path: list[_Node] = []
+            node: _Node | None = start
+            while node is not None and node.error is None and node not in path:
+                path.append(node)
+                node = self.nodes.get(node.parent) if node.parent is not None else None
+            if node is not None and node in path:  # back to a test already on the path: a cycle
+                loop = path[path.index(node):]
+                names = " -> ".join(n.item.nodeid for n in [*loop, node])
+                for member in loop:
+                    member.error = CYCLE.format(nodeid=member.item.nodeid, path=names)
+
+    def _root(self, node: _Node) -> _Node:
+        seen = {node.item}
+        while node.parent is not None and node.error is None:
+            parent = self.nodes[node.parent]
+            if parent.item in seen:
+                break
+            seen.add(parent.item)
+            node = parent
+        return node
+
+    def _group_trees(self) -> None:
+        """Under pytest-xdist, tell the controller's scheduler which tests form one tree.
+
+        Under ``--dist loadgroup`` each tree also gets an ``xdist_group`` marker.
+        """
+        workerinput = getattr(self.config, "workerinput", None)
+        if workerinput is None:
+            return
+        groups = {}
+        loadgroup = getattr(self.config.option, "loadgroup", False)
+        for node in self.nodes.values():
+            root = self._root(node).item.nodeid
+            name = "rollback-branch-" + hashlib.sha1(root.encode()).hexdigest()[:12]
+            groups[node.item.nodeid] = name
+            if loadgroup:
+                node.item.add_marker(pytest.mark.xdist_group(name=name))
+        shared_dir = workerinput.get(shared.WORKER_INPUT_KEY)
+        if shared_dir:
+            xdist_groups.write_groups(shared_dir, str(workerinput.get("workerid")), groups)
+
+    def order(self, items: list[pytest.Item]) -> list[pytest.Item]:
+        """``items`` with every child moved right after its parent (siblings in order, each with its subtree)."""
+        selected = set(items)
+        children: dict[pytest.Item, list[pytest.Item]] = {}
+        for item in items:
+            node = self.nodes.get(item)
+            if node is not None and node.parent in selected and node.error is None:
+                children.setdefault(node.parent, []).append(item)
+            elif node is not None and node.parent is not None and node.parent not in selected and not node.skip:
+                node.skip = SKIP_NOT_SELECTED.format(parent=node.parent.nodeid)
+        out: list[pytest.Item] = []
+        placed: set[pytest.Item] = set()
+
+        def place(item: pytest.Item) -> None:
+            stack = [item]
+            while stack:
+                current = stack.pop()
+                if current in placed:
+                    continue
+                placed.add(current)
+                out.append(current)
+                stack.extend(reversed(children.get(current, [])))
+
+        for item in items:
+            node = self.nodes.get(item)
+            if node is not None and node.parent in selected and node.error is None:
+                continue  # placed after its parent
+            place(item)
+        out += [item for item in items if item not in placed]  # cycles: they error at set-up
+        return out
+
+    # -- running -------------------------------------------------------------
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+        report: pytest.TestReport = yield
+        node = self.nodes.get(item)
+        if node is not None:
+            outcome = report.outcome
+            if hasattr(report, "wasxfail"):
+                outcome = "failed" if report.skipped else "passed"  # xfailed: the state is a failure's
+            node.outcome[report.when] = outcome
+        return report
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
+        self.nextitem = nextitem
+        try:
+            return (yield)
+        finally:
+            self.release_unneeded(self._engine())  # a safety net: normally done by the test's teardown
+
+    def _engine(self) -> Engine:
+        from .plugin import get_session
+
+        return get_session(self.config).engine
+
+    def start(self, item: pytest.Item) -> None:
+        """At a test's set-up: fail or skip it when its branch cannot start from its parent."""
+        node = self.nodes.get(item)
+        if node is None or node.parent is None and node.error is None and node.skip is None:
+            return
+        if node.error is not None:
+            pytest.fail(node.error, pytrace=False)
+        if node.skip is not None:
+            pytest.skip(node.skip)
+        parent = self.nodes[node.parent]  # type: ignore[index]
+        name = parent.item.nodeid
+        if not parent.outcome:
+            pytest.skip(SKIP_OTHER_WORKER.format(parent=name))
+        phases = [parent.outcome.get(w) for w in ("setup", "call", "teardown")]
+        if parent.outcome.get("setup") == "failed" or parent.outcome.get("teardown") == "failed":
+            pytest.skip(SKIP_ERRORED.format(parent=name))
+        if "failed" in phases:
+            pytest.skip(SKIP_FAILED.format(parent=name))
+        if "skipped" in phases:
+            pytest.skip(SKIP_SKIPPED.format(parent=name))
+        if self._engine().enabled and parent.had_level and (parent.held is None or not parent.held.alive):
+            pytest.skip(SKIP_NOT_HELD.format(parent=name))
+
+    def end(self, item: pytest.Item, cp: Checkpoint, stores: tuple[str, ...], engine: Engine) -> list[str]:
+        """At a test's teardown: keep its level for a child that runs next, else restore it.
+
+        Returns the lines of any verification failure of the levels restored.
+        """
+        node = self.nodes.get(item)
+        problems: list[str] = []
+        if node is not None:
+            node.had_level = True
+            passed = node.outcome.get("setup") == "passed" and node.outcome.get("call") == "passed"
+            if passed and self._in_subtree(self.nextitem, node):
+                node.held, node.stores = cp, stores
+                self.held.append(node)
+                return self.release_unneeded(engine)
+        problems += engine.pop(cp, stores=stores or None)
+        problems += self.release_unneeded(engine)
+        return problems
+
+    def release_unneeded(self, engine: Engine) -> list[str]:
+        """Restore (innermost first) every held parent state the next test does not branch from."""
+        problems: list[str] = []
+        while self.held and not self._in_subtree(self.nextitem, self.held[-1]):
+            node = self.held.pop()
+            cp, node.held = node.held, None
+            if cp is not None and cp.alive:
+                problems += engine.pop(cp, stores=node.stores or None)
+        return problems
+
+    def _in_subtree(self, item: pytest.Item | None, ancestor: _Node) -> bool:
+        """Whether ``item`` descends from ``ancestor`` through ``branch_from`` links."""
+        seen: set[pytest.Item] = set()
+        node = self.nodes.get(item) if item is not None else None
+        while node is not None and node.parent is not None and node.item not in seen:
+            seen.add(node.item)
+            if node.parent is ancestor.item:
+                return True
+            node = self.nodes.get(node.parent)
+        return False
+
+
+class _BadBranch(Exception):
+    """The marker cannot be resolved: the message is the problem, without the test's name."""
+
+
+class _NotSelected(Exception):
+    """The parent exists but was not collected in this run."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _signature(test: object) -> object:
+    return test
+
+
+def resolve(item: pytest.Item, items: Iterable[pytest.Item]) -> pytest.Item:
+    """The test that ``item``'s ``branch_from`` names, among the collected ``items``."""
+    mark = item.get_closest_marker("branch_from")
+    assert mark is not None
+    try:
+        name = _signature(*mark.args, **mark.kwargs)
+    except TypeError as exc:
+        raise _BadBranch(str(exc).replace("_signature()", "branch_from()")) from None
+    if not isinstance(name, str) or not name.strip():
+        raise _BadBranch(f"{name!r} is not a test name or node id")
+    items = list(items)
+    if "::" in name and name.split("::", 1)[0].endswith(".py"):  # a node id
+        found = [other for other in items if other.nodeid == name]
+        if not found:
+            path = name.split("::", 1)[0]
+            if not any(other.nodeid.split("::", 1)[0] == path for other in items):
+                raise _NotSelected(name)  # its file was not collected in this run
+            raise _BadBranch(UNKNOWN_PARENT.format(name=name, where="the collected tests"))
+    else:
+        module = item.nodeid.split("::", 1)[0]
+        found = [
+            other for other in items
+            if other.nodeid.split("::", 1)[0] == module and (other.nodeid.endswith("::" + name))
+        ]
+        if len(found) > 1:  # prefer the child's own class
+            own = item.nodeid.rsplit("::", 1)[0]
+            same_class = [other for other in found if other.nodeid.rsplit("::", 1)[0] == own]
+            found = same_class or found
+        if not found:
+            found = [
+                other for other in items
+                if other.nodeid.split("::", 1)[0] == module
+                and other.nodeid.rsplit("::", 1)[-1].split("[", 1)[0] == name
+            ]
+            if len(found) > 1:
+                some = ", ".join(other.nodeid.rsplit("::", 1)[-1] for other in found[:3])
+                raise _BadBranch(AMBIGUOUS_PARENT.format(name=name, count=len(found), some=some))
+        if not found:
+            base = name.rsplit("::", 1)[-1].split("[", 1)[0]
+            if hasattr(getattr(item, "module", None), base) or _in_class(item, name):
+                raise _NotSelected(f"{module}::{name}")
+            raise _BadBranch(UNKNOWN_PARENT.format(name=name, where=module))
+    if len(found) > 1:
+        some = ", ".join(other.nodeid for other in found[:3])
+        raise _BadBranch(AMBIGUOUS_PARENT.format(name=name, count=len(found), some=some))
+    if found[0] is item:
+        raise _BadBranch(SELF_PARENT)
+    return found[0]
+
+
+def _in_class(item: pytest.Item, name: str) -> bool:
+    """Whether ``Class::test`` names a method of a class in the item's module."""
+    if "::" not in name:
+        return False
+    cls_name, _, method = name.rpartition("::")
+    cls = getattr(getattr(item, "module", None), cls_name, None)
+    return cls is not None and hasattr(cls, method.split("[", 1)[0])
