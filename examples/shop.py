@@ -70,11 +70,36 @@ class Shop:
         with self.r.pipeline(transaction=True) as pipe:
             for sku, qty in cart.items():
                 pipe.hincrby(f"product:{sku}", "stock", -qty)
-            pipe.hset(order_id, mapping={"user": user, "total": self.cart_total(user), "shipping": shipping})
+            pipe.hset(
+                order_id,
+                mapping={"user": user, "total": self.cart_total(user), "shipping": shipping, "status": "placed"},
+            )
+            pipe.hset(f"{order_id}:items", mapping=cart)
             pipe.rpush(f"orders:{user}", order_id)
             pipe.delete(f"cart:{user}")
             pipe.execute()
         return order_id
+
+    def pay(self, order_id: str) -> None:
+        self._move(order_id, "placed", "paid")
+
+    def ship(self, order_id: str) -> None:
+        self._move(order_id, "paid", "shipped")
+
+    def cancel(self, order_id: str) -> None:
+        """Cancel a placed or paid order: its items go back to stock."""
+        status = self.order(order_id)["status"]
+        if status not in ("placed", "paid"):
+            raise ValueError(f"{order_id} is {status}: too late to cancel")
+        for sku, qty in self.r.hgetall(f"{order_id}:items").items():
+            self.r.hincrby(f"product:{sku.decode()}", "stock", int(qty))
+        self.r.hset(order_id, "status", "cancelled")
+
+    def _move(self, order_id: str, before: str, after: str) -> None:
+        status = self.order(order_id)["status"]
+        if status != before:
+            raise ValueError(f"{order_id} is {status}, not {before}")
+        self.r.hset(order_id, "status", after)
 
     def orders(self, user: str) -> list[str]:
         return [o.decode() for o in self.r.lrange(f"orders:{user}", 0, -1)]
