@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from . import xdist_groups
+from .api import RollbackError
 from .services import shared
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ SKIP_OTHER_WORKER = (
     "branch_from: parent {parent} did not run in this process (another pytest-xdist worker); "
     "run with --dist load (pytest-rollback keeps each tree on one worker) or loadfile"
 )
+SKIP_NOT_RUN = "branch_from: parent {parent} has not run before it (a plugin reordered the run after pytest-rollback)"
 SKIP_NOT_HELD = (
     "branch_from: the end state of parent {parent} is no longer held: other tests ran in between "
     "(a plugin reordered the run, or the parent's module or class fixtures ended)"
@@ -201,12 +203,15 @@ class Branches:
         return report
 
     @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
+        """Know the next test before the fixtures end; after them, restore held states it does not need."""
         self.nextitem = nextitem
-        try:
-            return (yield)
-        finally:
-            self.release_unneeded(self._engine())  # a safety net: normally done by the test's teardown
+        result = yield
+        # Normally done in the test's own teardown; here for tests that never started (skipped children).
+        problems = self.release_unneeded(self._engine())
+        if problems:
+            raise RollbackError("; ".join(problems))
+        return result
 
     def _engine(self) -> Engine:
         from .plugin import get_session
@@ -225,7 +230,8 @@ class Branches:
         parent = self.nodes[node.parent]  # type: ignore[index]
         name = parent.item.nodeid
         if not parent.outcome:
-            pytest.skip(SKIP_OTHER_WORKER.format(parent=name))
+            worker = getattr(self.config, "workerinput", None) is not None
+            pytest.skip((SKIP_OTHER_WORKER if worker else SKIP_NOT_RUN).format(parent=name))
         phases = [parent.outcome.get(w) for w in ("setup", "call", "teardown")]
         if parent.outcome.get("setup") == "failed" or parent.outcome.get("teardown") == "failed":
             pytest.skip(SKIP_ERRORED.format(parent=name))

@@ -533,3 +533,30 @@ def test_branches_cover_every_store(
     result.assert_outcomes(passed=4)
     mongo.close()
     es.close()
+
+
+def test_a_parents_state_is_released_when_its_last_child_is_skipped_by_a_marker(
+    pytester: pytest.Pytester, run: Callable[..., pytest.RunResult]
+) -> None:
+    """A child skipped before any fixture runs (``skip``, ``skipif``) still ends its parent's hold."""
+    pytester.makepyfile(
+        test_skip="""
+        import pytest
+
+        def test_parent(redis_client):
+            redis_client.set("parent", "end")
+
+        @pytest.mark.branch_from("test_parent")
+        def test_child(redis_client):
+            assert redis_client.get("parent") == b"end"
+
+        @pytest.mark.skip(reason="later")
+        @pytest.mark.branch_from("test_parent")
+        def test_skipped_child():
+            pass
+
+        def test_clean(redis_client):
+            assert redis_client.keys() == []
+        """
+    )
+    run().assert_outcomes(passed=3, skipped=1)
