@@ -1,0 +1,430 @@
+"""The built-in adapters pass the conformance suite (``pytest_rollback.testing``) on real servers.
+
+One store driver per kind of store writes the suite's keys as the code under
+test would (a Redis string, a Mongo document, an Elasticsearch document) and
+reads the whole visible state back. Then two inner runs show what an adapter
+author sees: a correct adapter passes every test, a broken one fails with the
+guarantee it broke and what differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import INNER, _settings, clear_elasticsearch, clear_mongo
+
+from pytest_rollback.adapters.memory import DictAdapter
+from pytest_rollback.api import Service
+from pytest_rollback.testing import AdapterConformance, MappingStore
+
+# -- store drivers ----------------------------------------------------------------
+
+
+class RedisStore:
+    """Strings in database 0; the state is every key of every database (type, value, expiry)."""
+
+    def __init__(self, url: str) -> None:
+        from pytest_rollback.adapters.redis import parse_url
+
+        p = parse_url(url)
+        self.host, self.port = p["host"], p["port"]
+        self.clients: dict[int, Any] = {}
+
+    def client(self, db: int) -> Any:
+        import redis
+
+        if db not in self.clients:
+            self.clients[db] = redis.Redis(host=self.host, port=self.port, db=db)
+        return self.clients[db]
+
+    def write(self, key: str, value: str) -> None:
+        self.client(0).set(key, value)
+
+    def delete(self, key: str) -> None:
+        self.client(0).delete(key)
+
+    def read_all(self) -> dict[Any, Any]:
+        from pytest_rollback.adapters.redis import redis_state
+
+        return redis_state(self.client)  # every database that has keys (INFO keyspace)
+
+    def change_name(self, key: str) -> str:
+        return f"0:{key}"
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
+
+
+class MongoStore:
+    """Documents ``{_id: key, value}`` in ``conformance.items``; the state is every user collection."""
+
+    DB, COLL = "conformance", "items"
+    HIDDEN = ("admin", "local", "config", "__pytest_rollback__")
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.items = client[self.DB][self.COLL]
+
+    def write(self, key: str, value: str) -> None:
+        self.items.replace_one({"_id": key}, {"_id": key, "value": value}, upsert=True)
+
+    def delete(self, key: str) -> None:
+        self.items.delete_one({"_id": key})
+
+    def read_all(self) -> dict[Any, Any]:
+        state: dict[Any, Any] = {}
+        for db in self.client.list_database_names():
+            if db in self.HIDDEN:
+                continue
+            for name in self.client[db].list_collection_names():
+                coll = self.client[db][name]
+                state[("collection", db, name)] = sorted(repr(sorted(i.items())) for i in coll.list_indexes())
+                for doc in coll.find({}):
+                    state[("doc", db, name, repr(doc["_id"]))] = {k: v for k, v in doc.items() if k != "_id"}
+        return state
+
+    def change_name(self, key: str) -> str:
+        return f"{self.DB}.{self.COLL}:{key!r}"
+
+
+class ElasticsearchStore:
+    """Documents ``{value}`` in the index ``conformance``; the state is every visible index and document."""
+
+    INDEX = "conformance"
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def write(self, key: str, value: str) -> None:
+        self.client.index(index=self.INDEX, id=key, document={"value": value})
+
+    def delete(self, key: str) -> None:
+        self.client.delete(index=self.INDEX, id=key)
+
+    def read_all(self) -> dict[Any, Any]:
+        state: dict[Any, Any] = {}
+        indices = self.client.indices.get(index="*")  # what code under test sees: no hidden index
+        for name, body in indices.items():
+            state[("index", name)] = (body.get("mappings"), body.get("aliases"))
+        if indices:
+            self.client.indices.refresh(index=",".join(indices))
+            hits = self.client.search(index=",".join(indices), size=10_000, sort=["_doc"])["hits"]["hits"]
+            for hit in hits:
+                state[("doc", hit["_index"], hit["_id"])] = hit["_source"]
+        return state
+
+    def change_name(self, key: str) -> str:
+        return f"{self.INDEX}/{key}"
+
+
+# -- the built-in adapters -------------------------------------------------------------
+
+
+class TestDictAdapter(AdapterConformance):
+    @pytest.fixture
+    def store(self) -> MappingStore:
+        return MappingStore({})
+
+    @pytest.fixture
+    def adapter(self, store: MappingStore) -> DictAdapter:
+        return DictAdapter("memory", store.data)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def fake_redis() -> Iterator[Service]:
+    """fakeredis over TCP, as the ``embedded`` provider serves it (the adapter then snapshots)."""
+    from pytest_rollback.services import embedded
+
+    service = embedded.redis(_settings())
+    yield service
+    service.stop()
+
+
+class TestRedisAdapter(AdapterConformance):
+    """Tracking (keyspace events) and snapshot on redis-server; snapshot on fakeredis."""
+
+    @pytest.fixture(params=["tracking", "snapshot", "fakeredis"])
+    def server(self, request: pytest.FixtureRequest) -> tuple[str, str]:
+        if request.param == "fakeredis":
+            url = request.getfixturevalue("fake_redis").url
+            import redis
+
+            with redis.Redis.from_url(url) as client:
+                client.flushall()
+            return url, "auto"
+        return request.getfixturevalue("redis_url"), request.param
+
+    @pytest.fixture
+    def store(self, server: tuple[str, str]) -> Iterator[RedisStore]:
+        driver = RedisStore(server[0])
+        yield driver
+        driver.close()
+
+    @pytest.fixture
+    def adapter(self, server: tuple[str, str], store: RedisStore) -> Iterator[Any]:
+        from pytest_rollback.adapters.redis import RedisAdapter
+
+        adapter = RedisAdapter(server[0], strategy=server[1])
+        if server[1] == "auto":
+            assert adapter.strategy == "snapshot", "fakeredis has no keyspace events: the adapter snapshots"
+        yield adapter
+        adapter.close()
+
+
+class TestMongoAdapter(AdapterConformance):
+    """Both strategies on SecantusDB (a MongoDB-compatible server)."""
+
+    @pytest.fixture(params=["tracking", "counters"])
+    def strategy(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    @pytest.fixture
+    def store(self, secantus: Service) -> Iterator[MongoStore]:
+        import pymongo
+
+        client: Any = pymongo.MongoClient(secantus.url)
+        clear_mongo(client)
+        yield MongoStore(client)
+        clear_mongo(client)
+        client.close()
+
+    @pytest.fixture
+    def adapter(self, secantus: Service, store: MongoStore, strategy: str) -> Iterator[Any]:
+        from pytest_rollback.adapters.mongo import MongoAdapter
+
+        adapter = MongoAdapter(secantus.url, strategy=strategy)
+        yield adapter
+        adapter.close()
+
+
+class TestMongomockAdapter(AdapterConformance):
+    @pytest.fixture
+    def store(self) -> MongoStore:
+        import mongomock
+
+        return MongoStore(mongomock.MongoClient())
+
+    @pytest.fixture
+    def adapter(self, store: MongoStore) -> Any:
+        from pytest_rollback.adapters.mongomock import MongomockAdapter
+
+        adapter = MongomockAdapter(store.client)
+        yield adapter
+        adapter.close()
+
+
+class TestElasticsearchAdapter(AdapterConformance):
+    """On noida-db (an Elasticsearch-compatible server); one HTTP request per write."""
+
+    many_writes = 500
+
+    @pytest.fixture
+    def store(self, noida: Service) -> Iterator[ElasticsearchStore]:
+        from elasticsearch import Elasticsearch
+
+        client = Elasticsearch(noida.url, request_timeout=60)
+        clear_elasticsearch(client)
+        yield ElasticsearchStore(client)
+        clear_elasticsearch(client)
+        client.close()
+
+    @pytest.fixture
+    def adapter(self, noida: Service, store: ElasticsearchStore) -> Iterator[Any]:
+        from pytest_rollback.adapters.elasticsearch import ElasticsearchAdapter
+
+        adapter = ElasticsearchAdapter(noida.url)
+        yield adapter
+        adapter.close()
+
+
+# -- what an adapter author sees ----------------------------------------------------------
+
+#: An in-memory adapter with every optional method, as an author would write it.
+MEMORY_ADAPTER = '''
+import copy
+
+import pytest
+
+from pytest_rollback import Changes, Observation, RollbackError
+from pytest_rollback.testing import AdapterConformance, MappingStore
+
+
+class Memory:
+    def __init__(self, name, data):
+        self.name = name
+        self.data = data
+        self.closed = False
+
+    def checkpoint(self, label):
+        return {"state": copy.deepcopy(self.data)}
+
+    def rollback(self, token):
+        self.data.clear()
+        self.data.update(copy.deepcopy(token["state"]))
+
+    def release(self, token):
+        token.clear()
+
+    def observe(self):
+        return Observation(self.name, copy.deepcopy(self.data))
+
+    def changes(self, token):
+        then, now = token["state"], self.data
+        return Changes(
+            self.name,
+            added=frozenset(now.keys() - then.keys()),
+            modified=frozenset(k for k in now.keys() & then.keys() if now[k] != then[k]),
+            removed=frozenset(then.keys() - now.keys()),
+        )
+
+    def close(self):
+        self.closed = True
+
+
+class Broken(Memory):
+    pass  # BROKEN
+
+
+class TestMemory(AdapterConformance):
+    @pytest.fixture
+    def store(self):
+        return MappingStore({})
+
+    @pytest.fixture
+    def adapter(self, store):
+        return Broken("memory", store.data)
+'''
+
+def run_inner(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
+    """Run the inner module ``source`` (``test_memory.py``) with pytest in this process."""
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_memory=source)
+    return pytester.runpytest(*INNER, *args)
+
+
+SUITE_SIZE = len([name for name in dir(AdapterConformance) if name.startswith("test_")])
+
+
+def test_a_correct_adapter_passes_every_test(pytester: pytest.Pytester) -> None:
+    result = run_inner(pytester, MEMORY_ADAPTER)
+    assert SUITE_SIZE == 15
+    result.assert_outcomes(passed=SUITE_SIZE)
+
+
+def test_only_what_the_adapter_has_is_checked(pytester: pytest.Pytester) -> None:
+    """An adapter with only the required members: the optional methods' tests are skipped, saying why."""
+    minimal = MEMORY_ADAPTER.replace("    pass  # BROKEN", "    release = observe = changes = close = None")
+    result = run_inner(pytester, minimal, "-rs")
+    result.assert_outcomes(passed=SUITE_SIZE - 4, skipped=4)
+    result.stdout.fnmatch_lines(["SKIPPED * the adapter has no changes()"])
+
+
+BROKEN = {
+    "rollback forgets what was added": (
+        """
+    def rollback(self, token):
+        self.data.update(copy.deepcopy(token["state"]))
+        """,
+        ["test_exact_restore", "test_exact_restore_of_the_initial_state", "test_many_writes"],
+        [
+            "*exact restore: after rollback(token) the store differs from the checkpoint (2 differences):",
+            "*  key 'newtesta': absent at checkpoint, now 'added by test'",
+            "*  key 'newtestb': absent at checkpoint, now ''",
+        ],
+    ),
+    "checkpoint keeps the live dict, not a copy": (
+        """
+    def checkpoint(self, label):
+        return {"state": self.data}
+        """,
+        ["test_untouched_restore", "test_exact_restore", "test_same_token_again_and_again"],
+        [
+            "*untouched store: rollback(token) after no writes changed the store (12 differences):",
+            "*  key 'k000': 'value 0' at checkpoint, now absent",
+            "*  key 'k002': 'värde ☃' at checkpoint, now absent",
+            "*  ... and 2 more",
+        ],
+    ),
+    "a token is used up by its first rollback": (
+        """
+    def rollback(self, token):
+        super().rollback(token)
+        token["state"] = {}
+        """,
+        ["test_same_token_again_and_again", "test_nested_checkpoints"],
+        ["*same token: after rollback number 2 to the same token the store differs from the checkpoint (12 diff*"],
+    ),
+    "a token refuses a second rollback": (
+        """
+    def rollback(self, token):
+        if token.get("used"):
+            raise RollbackError("that checkpoint was used already")
+        super().rollback(token)
+        token["used"] = True
+        """,
+        ["test_same_token_again_and_again", "test_untouched_restore"],
+        [
+            "*same token: rollback number 2 to the same token raised RollbackError('that checkpoint was used already')",
+        ],
+    ),
+    "bookkeeping kept in the store": (
+        """
+    def checkpoint(self, label):
+        self.data["__checkpoints__"] = self.data.get("__checkpoints__", 0) + 1
+        return super().checkpoint(label)
+        """,
+        ["test_no_trace", "test_adapter_protocol"],
+        [
+            "*no trace: checkpoint() left something in the store (1 difference):",
+            "*  key '__checkpoints__': absent before, now 1",
+        ],
+    ),
+    "an empty store gives a None token": (
+        """
+    def checkpoint(self, label):
+        return super().checkpoint(label) if self.data else None
+        """,
+        ["test_exact_restore_of_the_initial_state", "test_plugin_call_sequence"],
+        ["*adapter protocol: checkpoint(None) returned None; the plugin takes None for 'no checkpoint'*"],
+    ),
+    "changes compares with the newest checkpoint, not the token": (
+        """
+    def checkpoint(self, label):
+        self.newest = token = super().checkpoint(label)
+        return token
+
+    def changes(self, token):
+        return super().changes(self.newest)
+        """,
+        ["test_changes"],
+        [
+            "*changes: changes(outer), with writes before and after a newer one does not match the writes (*",
+            "*  key 'added1' (named 'added1') was added, but changes lists it in no set",
+        ],
+    ),
+    "release restores the token": (
+        """
+    def release(self, token):
+        self.rollback(token)
+        """,
+        ["test_release"],
+        [
+            "*release: release(token) undid writes: it must keep them (a test marked rollback('other') *",
+            "*  key 'k010': 'written after rollback(later)' before, now 'value 10'",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("bug", list(BROKEN))
+def test_a_broken_adapter_fails_with_the_guarantee_and_the_difference(pytester: pytest.Pytester, bug: str) -> None:
+    code, failing, lines = BROKEN[bug]
+    result = run_inner(pytester, MEMORY_ADAPTER.replace("    pass  # BROKEN", code.strip("\n")), "-q")
+    failed = {r.nodeid.split("::")[-1] for r in result.reprec.getreports("pytest_runtest_logreport") if r.failed}
+    assert set(failing) <= failed, result.stdout.str()
+    assert "test_store_fixture_sees_writes" not in failed
+    result.stdout.fnmatch_lines(lines)
+    assert "Traceback" not in result.stdout.str()
