@@ -125,12 +125,16 @@ class ElasticsearchStore:
 
 class TestDictAdapter(AdapterConformance):
     @pytest.fixture
-    def store(self) -> MappingStore:
-        return MappingStore({})
+    def data(self) -> dict[Any, Any]:
+        return {}
 
     @pytest.fixture
-    def adapter(self, store: MappingStore) -> DictAdapter:
-        return DictAdapter("memory", store.data)  # type: ignore[arg-type]
+    def store(self, data: dict[Any, Any]) -> MappingStore:
+        return MappingStore(data)
+
+    @pytest.fixture
+    def adapter(self, data: dict[Any, Any]) -> DictAdapter:
+        return DictAdapter("memory", data)
 
 
 @pytest.fixture(scope="module")
