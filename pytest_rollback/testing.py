@@ -13,13 +13,16 @@ that, against your store, with the plugin's own call patterns::
 
     class TestMemoryAdapter(AdapterConformance):
         @pytest.fixture
-        def store(self):
-            self.data = {}
-            return MappingStore(self.data)
+        def data(self):
+            return {}
 
         @pytest.fixture
-        def adapter(self, store):
-            return MemoryAdapter("memory", self.data)
+        def store(self, data):
+            return MappingStore(data)
+
+        @pytest.fixture
+        def adapter(self, data):
+            return MemoryAdapter("memory", data)
 
 The base class is not named ``Test...``, so pytest collects its tests only in
 your subclass. Your subclass (or a ``conftest.py`` it can see) provides two
@@ -28,7 +31,8 @@ function-scoped fixtures:
 ``adapter``
     A new adapter under test, over a clean store (empty, or at a fixed state),
     for every test. Tear it down as you need (``close()`` it, empty the store);
-    ``test_close`` has already closed it once by then.
+    ``test_close`` calls ``close()`` itself, so a teardown that closes the
+    adapter again must find a second call harmless.
 ``store``
     A :class:`StoreDriver`: how the suite writes to the same store the adapter
     rolls back, and reads the store's whole logical state back.
