@@ -239,7 +239,7 @@ def test_after_rollback_hook_sees_every_restore(pytester: pytest.Pytester, serve
         """
     )
     pytester.makepyfile(
-        test_reports="""
+        test_restores="""
         def test_writes_one_key(redis_client):
             redis_client.set("k", "v")
 
@@ -251,12 +251,12 @@ def test_after_rollback_hook_sees_every_restore(pytester: pytest.Pytester, serve
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
         [
-            "REPORT redis test test_reports.py::test_writes_one_key incremental 1",
-            "REPORT redis test test_reports.py::test_writes_nothing none 0",
+            "REPORT redis test test_restores.py::test_writes_one_key incremental 1",
+            "REPORT redis test test_restores.py::test_writes_nothing none 0",
         ],
         consecutive=False,
     )
-    result.stdout.fnmatch_lines(["REPORT mem test test_reports.py::test_writes_one_key restored 0"])
+    result.stdout.fnmatch_lines(["REPORT mem test test_restores.py::test_writes_one_key restored 0"])
     result.stdout.fnmatch_lines(["REPORT redis redis start *", "REPORT mem mem start *"])
 
 

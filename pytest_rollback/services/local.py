@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -32,8 +34,17 @@ def find_redis_server() -> str | None:
 class _Process:
     """A server process this plugin started, with its working directory (removed by ``stop``)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], workdir: str, log: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], workdir: str, log: Path, group: bool = False) -> None:
         self.proc, self.workdir, self.log = proc, workdir, log
+        #: whether the process leads a process group of its own (launch()): stop() ends the group
+        self.group = group
+
+    def _signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if self.group:  # its children too, after the process itself has exited
+                os.killpg(self.proc.pid, sig)
+            elif self.proc.poll() is None:
+                self.proc.send_signal(sig)
 
     def logs(self) -> str:
         try:
@@ -42,13 +53,13 @@ class _Process:
             return ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        """End the server, and whatever it started when it leads a process group of its own (launch())."""
+        self._signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        self._signal(signal.SIGKILL)  # what is left: a child that outlived its launcher, or a stuck server
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -66,10 +77,11 @@ def launch(
     log = Path(workdir) / f"{name}.log"
     cmd = build(port, Path(workdir), log)
     with open(log, "ab") as out:
+        # A session of its own: stop() ends the whole group, so a launcher script's server goes too.
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-    return _Process(proc, workdir, log), port
+    return _Process(proc, workdir, log, group=True), port
 
 
 def redis(settings: StoreSettings) -> Service:

@@ -9,7 +9,6 @@ server, by the process id recorded there, when the session ends.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -104,17 +103,25 @@ def stop_all(where: str) -> list[str]:
             continue
         pid = data.get("pid")
         if isinstance(pid, int):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-                deadline = time.monotonic() + 5
-                while time.monotonic() < deadline and _alive(pid):
-                    time.sleep(0.02)
-                if _alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+            _end(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.02)
+            _end(pid, signal.SIGKILL)  # what is left: a launcher's server, or a stuck one
         if data.get("workdir"):
             shutil.rmtree(data["workdir"], ignore_errors=True)
     shutil.rmtree(where, ignore_errors=True)
     return problems
+
+
+def _end(pid: int, sig: signal.Signals) -> None:
+    """Signal the process group ``pid`` leads (launch() gives each server one), else the process."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, sig)
+            return
+        except ProcessLookupError:
+            continue
 
 
 def _alive(pid: int) -> bool:
