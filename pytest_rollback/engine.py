@@ -100,7 +100,7 @@ class Engine:
         problems: list[str] = []
         for name in names:
             adapter = self.adapters[name]
-            token = cp.tokens.get(name, self.roots.get(name))
+            token = self.token(cp, name)
             if token is None:
                 continue
             self._rollback(adapter, token, cp.label)
@@ -151,6 +151,10 @@ class Engine:
         if not cp.alive or cp not in self.stack:
             raise RollbackError(f"pytest-rollback: checkpoint {cp.label!r} was already released or rolled past")
 
+    def token(self, cp: Checkpoint, name: str) -> Any:
+        """``name``'s token at ``cp``: its own, else (the store was activated later) the store's start."""
+        return cp.tokens.get(name, self.roots.get(name))
+
     def find_owner(self, owner: Any) -> Checkpoint | None:
         for cp in reversed(self.stack):
             if cp.owner is owner:
@@ -162,7 +166,7 @@ class Engine:
         out: dict[str, Changes] = {}
         for name, adapter in self.adapters.items():
             fn = getattr(adapter, "changes", None)
-            token = since.tokens.get(name, self.roots.get(name))
+            token = self.token(since, name)
             if fn is not None and token is not None:
                 out[name] = fn(token)
         return out

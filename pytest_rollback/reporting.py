@@ -135,7 +135,7 @@ class Reporter:
         lines: list[str] = []
         changed = False
         for name, adapter in sorted(engine.adapters.items()):
-            token = cp.tokens.get(name, engine.roots.get(name))
+            token = engine.token(cp, name)
             if token is None:
                 continue
             block, differs = _store_block(name, adapter, token)
