@@ -124,6 +124,11 @@ class ElasticsearchStore:
 
 
 class TestDictAdapter(AdapterConformance):
+    # DictAdapter has neither release() nor close() (nothing to free): those checks do not apply,
+    # rather than being skipped in this suite, whose skips mean "no such server here".
+    test_release = None  # type: ignore[assignment]
+    test_close = None  # type: ignore[assignment]
+
     @pytest.fixture
     def data(self) -> dict[Any, Any]:
         return {}

@@ -131,6 +131,50 @@ def test_every_scope_keeps_its_data_and_the_servers_data_survives(pytester: pyte
     client.close()
 
 
+def _where(request: pytest.FixtureRequest, kind: str) -> list[str]:
+    """The inner run's options for ``kind``: SecantusDB by URL (tracking), or mongomock in process."""
+    if kind == "mongomock":
+        return ["--rollback-provider=embedded", "--rollback-mongo-embedded=mongomock"]
+    return [f"--rollback-mongo-url={request.getfixturevalue('server').url}"]
+
+
+@pytest.mark.parametrize("kind", ["secantusdb", "mongomock"])
+def test_verify_compares_the_whole_state_after_every_restore(
+    pytester: pytest.Pytester, request: pytest.FixtureRequest, kind: str
+) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(test_a=SCOPES, test_b=OTHER_MODULE)
+    result = pytester.runpytest(*INNER, *_where(request, kind), "--rollback-verify", "-p", "no:randomly")
+    result.assert_outcomes(passed=8)
+
+
+@pytest.mark.parametrize("kind", ["secantusdb", "mongomock"])
+def test_verify_catches_a_restore_that_leaves_a_write_behind(
+    pytester: pytest.Pytester, request: pytest.FixtureRequest, kind: str
+) -> None:
+    pytester.makeini(INI)
+    pytester.makeconftest(
+        """
+        import pytest
+        from pytest_rollback import RestoreReport
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_rollback_rollback(adapter, checkpoint):
+            if adapter.name == "mongo" and checkpoint.label.startswith("test "):
+                return RestoreReport("mongo", checkpoint.label, 0.0, "none")  # restores nothing
+        """
+    )
+    pytester.makepyfile(
+        """
+        def test_writes(mongo_db):
+            mongo_db.orders.insert_one({"_id": 7, "status": "new"})
+        """
+    )
+    result = pytester.runpytest(*INNER, *_where(request, kind), "--rollback-verify")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*verify: mongo differs from the checkpoint after restore*orders*7*absent at checkpoint*"])
+
+
 @pytest.mark.parametrize("embedded", ["secantusdb", "mongomock"])
 def test_embedded_providers_run_the_same_suite(pytester: pytest.Pytester, embedded: str) -> None:
     pytester.makeini(INI)

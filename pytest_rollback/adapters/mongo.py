@@ -40,12 +40,13 @@ from bson.raw_bson import RawBSONDocument
 from pymongo import DeleteOne, IndexModel, MongoClient, ReplaceOne
 from pymongo.errors import PyMongoError
 
-from ..api import Changes, RestoreReport, RollbackError
+from ..api import Changes, Observation, RestoreReport, RollbackError
 
 NS = tuple[str, str]
 Meta = tuple[dict[str, Any], list[dict[str, Any]]]  # collection options, index specs
 SYSTEM_DBS = frozenset({"admin", "local", "config"})
 _RAW = bson.CodecOptions(document_class=RawBSONDocument)
+_SON = bson.CodecOptions(document_class=bson.SON)
 
 
 def _idkey(doc_id: Any) -> bytes:
@@ -464,6 +465,30 @@ class MongoAdapter:
         mode = "full" if full else ("incremental" if restored else "none")
         report = RestoreReport("mongo", token.label, time.perf_counter() - start, mode, restored, full)
         return report
+
+    def observe(self) -> Observation:
+        """The whole state of the databases this adapter owns (for ``verify``).
+
+        Per collection its options and index specifications, and every document
+        (field order included), keyed by ``("db.coll", repr(_id))``. It reads
+        everything: a check, not a strategy.
+        """
+        state: dict[Any, Any] = {}
+        if self.strategy == "counters":
+            self._collect_counters()  # the writes so far are marked before our reads move the counters
+        for ns in sorted(self._namespaces()):
+            read = self._read_coll(ns)
+            if read is None:
+                continue
+            meta, docs = read
+            name = ".".join(ns)
+            state[(name, "(options and indexes)")] = _meta_key(meta)
+            for doc in docs.values():
+                son = bson.decode(doc.raw, codec_options=_SON)
+                state[(name, repr(son["_id"]))] = son
+        if self.strategy == "counters":
+            self._settle_counters()  # our reads are not the test's writes
+        return Observation(self.name, state)
 
     def changes(self, token: _Level) -> Changes:
         """Documents and collections added, modified and removed since ``token``.

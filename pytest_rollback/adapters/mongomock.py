@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from ..api import Changes, RestoreReport, RollbackError
+from ..api import Changes, Observation, RestoreReport, RollbackError
 
 NS = tuple[str, str]
 #: documents, indexes, TTL indexes, force-created flag
@@ -240,6 +240,26 @@ class MongomockAdapter:
             finally:
                 self._busy = False
         return Changes("mongo", frozenset(added), frozenset(modified), frozenset(removed))
+
+    def observe(self) -> Observation:
+        """The whole state of the databases this adapter owns (for ``verify``).
+
+        Per collection its indexes, and every document (field order included),
+        keyed by ``("db.coll", repr(_id))``; read without counting as a touch.
+        """
+        state: dict[Any, Any] = {}
+        with self._lock:
+            for db_name, db in sorted(self._server._databases.items()):
+                if not self._owns(db_name):
+                    continue
+                for coll_name, coll in sorted(db._collections.items()):
+                    if not coll.is_created:
+                        continue
+                    name = f"{db_name}.{coll_name}"
+                    state[(name, "(indexes)")] = repr(sorted(coll.indexes.items()))
+                    for doc_id, doc in coll._documents.items():
+                        state[(name, repr(doc_id))] = list(copy.deepcopy(doc).items())
+        return Observation(self.name, state)
 
     def close(self) -> None:
         """Stop tracking this store (other adapters on it keep theirs)."""
