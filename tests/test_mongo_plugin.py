@@ -172,7 +172,9 @@ def test_verify_catches_a_restore_that_leaves_a_write_behind(
     )
     result = pytester.runpytest(*INNER, *_where(request, kind), "--rollback-verify")
     result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(["*verify: mongo differs from the checkpoint after restore*orders*7*absent at checkpoint*"])
+    result.stdout.fnmatch_lines(
+        ["*verify: mongo differs from the checkpoint after restore*orders*7*absent at checkpoint*"]
+    )
 
 
 @pytest.mark.parametrize("embedded", ["secantusdb", "mongomock"])
