@@ -156,3 +156,20 @@ def workers_log(pytester: pytest.Pytester) -> dict[str, set[tuple[str, ...]]]:
         worker, *rest = line.split()
         seen.setdefault(worker, set()).add(tuple(rest))
     return seen
+
+
+def restores_nothing(store: str) -> str:
+    """An inner conftest whose ``pytest_rollback_rollback`` claims ``store``'s test restores and does nothing.
+
+    What ``--rollback-verify`` must catch: a restore that leaves the test's writes behind.
+    """
+    return f"""
+import pytest
+from pytest_rollback import RestoreReport
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_rollback_rollback(adapter, checkpoint):
+    if adapter.name == {store!r} and checkpoint.label.startswith("test "):
+        return RestoreReport({store!r}, checkpoint.label, 0.0, "none")  # restores nothing
+"""
+

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import INNER, clear_elasticsearch, workers_log
+from conftest import INNER, clear_elasticsearch, restores_nothing, workers_log
 from elasticsearch import Elasticsearch
 
 from pytest_rollback.api import Service
@@ -130,17 +130,7 @@ def test_verify_compares_the_whole_state_after_every_restore(pytester: pytest.Py
 
 def test_verify_catches_a_restore_that_leaves_a_write_behind(pytester: pytest.Pytester, server: Service) -> None:
     pytester.makeini(INI)
-    pytester.makeconftest(
-        """
-        import pytest
-        from pytest_rollback import RestoreReport
-
-        @pytest.hookimpl(tryfirst=True)
-        def pytest_rollback_rollback(adapter, checkpoint):
-            if adapter.name == "elasticsearch" and checkpoint.label.startswith("test "):
-                return RestoreReport("elasticsearch", checkpoint.label, 0.0, "none")  # restores nothing
-        """
-    )
+    pytester.makeconftest(restores_nothing("elasticsearch"))
     pytester.makepyfile(
         """
         def test_writes(es_client):

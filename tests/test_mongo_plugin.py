@@ -16,7 +16,7 @@ from typing import Any
 
 import pymongo
 import pytest
-from conftest import INNER, clear_mongo, workers_log
+from conftest import INNER, clear_mongo, restores_nothing, workers_log
 
 from pytest_rollback.api import Service
 
@@ -153,17 +153,7 @@ def test_verify_catches_a_restore_that_leaves_a_write_behind(
     pytester: pytest.Pytester, request: pytest.FixtureRequest, kind: str
 ) -> None:
     pytester.makeini(INI)
-    pytester.makeconftest(
-        """
-        import pytest
-        from pytest_rollback import RestoreReport
-
-        @pytest.hookimpl(tryfirst=True)
-        def pytest_rollback_rollback(adapter, checkpoint):
-            if adapter.name == "mongo" and checkpoint.label.startswith("test "):
-                return RestoreReport("mongo", checkpoint.label, 0.0, "none")  # restores nothing
-        """
-    )
+    pytester.makeconftest(restores_nothing("mongo"))
     pytester.makepyfile(
         """
         def test_writes(mongo_db):
