@@ -44,7 +44,7 @@ SKIP_SKIPPED = "branch_from: parent {parent} was skipped"
 SKIP_NOT_SELECTED = "branch_from: parent {parent} was not selected in this run (-k, -m, --deselect or a narrower path)"
 SKIP_OTHER_WORKER = (
     "branch_from: parent {parent} did not run in this process (another pytest-xdist worker); "
-    "run with --dist load (pytest-rollback keeps each tree on one worker) or loadfile"
+    "run with --dist load, loadscope or loadfile (pytest-rollback keeps each tree on one worker)"
 )
 SKIP_NOT_RUN = "branch_from: parent {parent} has not run before it (a plugin reordered the run after pytest-rollback)"
 SKIP_NOT_HELD = (
@@ -140,24 +140,24 @@ class Branches:
         return node
 
     def _group_trees(self) -> None:
-        """Under pytest-xdist, tell the controller's scheduler which tests form one tree.
+        """Under pytest-xdist, tell the controller's scheduler the root of every test's tree.
 
         Under ``--dist loadgroup`` each tree also gets an ``xdist_group`` marker.
         """
         workerinput = getattr(self.config, "workerinput", None)
         if workerinput is None:
             return
-        groups = {}
+        roots = {}
         loadgroup = getattr(self.config.option, "loadgroup", False)
         for node in self.nodes.values():
             root = self._root(node).item.nodeid
-            name = "rollback-branch-" + hashlib.sha1(root.encode()).hexdigest()[:12]
-            groups[node.item.nodeid] = name
+            roots[node.item.nodeid] = root
             if loadgroup:
+                name = "rollback-branch-" + hashlib.sha1(root.encode()).hexdigest()[:12]
                 node.item.add_marker(pytest.mark.xdist_group(name=name))
         shared_dir = workerinput.get(shared.WORKER_INPUT_KEY)
         if shared_dir:
-            xdist_groups.write_groups(shared_dir, str(workerinput.get("workerid")), groups)
+            xdist_groups.write_groups(shared_dir, str(workerinput.get("workerid")), roots)
 
     def order(self, items: list[pytest.Item]) -> list[pytest.Item]:
         """``items`` with every child moved right after its parent (siblings in order, each with its subtree)."""

@@ -239,12 +239,13 @@ class RollbackSession:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
-        """xdist controller: under ``--dist load``, keep every ``branch_from`` tree on one worker."""
-        if getattr(config.option, "dist", "no") != "load":
+        """xdist controller: under ``--dist load``, ``loadscope`` or ``loadfile``, keep every tree on one worker."""
+        dist = getattr(config.option, "dist", "no")
+        if dist not in ("load", "loadscope", "loadfile"):
             return None
         if self.shared_dir is None:
             self.shared_dir = shared.make_dir()
-        return xdist_groups.make_scheduler(config, log, self.shared_dir)
+        return xdist_groups.make_scheduler(config, log, self.shared_dir, dist)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

@@ -1,10 +1,15 @@
 """Keeping each ``branch_from`` tree on one pytest-xdist worker.
 
 Workers resolve the trees at collection and write, to the run's shared
-directory, which node ids belong to which tree. Under ``--dist load`` (what
-``-n`` uses by default) the controller schedules with ``LoadBranchScheduling``:
-xdist's scope scheduling where a tree is one unit of work and every other test
-is a unit of its own, so it distributes like ``load`` otherwise.
+directory, the root of the tree of every test in one. The controller then
+schedules with a subclass of xdist's own scheduling whose units of work keep a
+tree whole:
+
+* ``--dist load`` (what ``-n`` uses by default): xdist's scope scheduling where
+  a tree is one unit and every other test is a unit of its own, so it
+  distributes like ``load`` otherwise;
+* ``--dist loadscope`` and ``--dist loadfile``: a tree joins the unit (class or
+  module, file) of its root, so a child in another class or module goes with it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ GROUPS_FILE = "branch-groups-{worker}.json"
 
 
 def write_groups(shared_dir: str, worker: str, groups: dict[str, str]) -> None:
-    """Record (atomically) which node ids of this worker's collection form which tree."""
+    """Record (atomically) the root of the tree of every test of this worker's collection in one."""
     path = Path(shared_dir) / GROUPS_FILE.format(worker=worker)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(groups))
@@ -26,25 +31,30 @@ def write_groups(shared_dir: str, worker: str, groups: dict[str, str]) -> None:
 
 
 def read_groups(shared_dir: str) -> dict[str, str]:
-    """Every worker's recorded trees (they collect the same tests, so they agree)."""
+    """Every worker's recorded trees, node id -> root node id (they collect the same tests, so they agree)."""
     groups: dict[str, str] = {}
     for path in sorted(Path(shared_dir).glob(GROUPS_FILE.format(worker="*"))):
         groups.update(json.loads(path.read_text()))
     return groups
 
 
-def make_scheduler(config: Any, log: Any, shared_dir: str) -> Any:
-    """xdist's scope scheduling, with a ``branch_from`` tree as the only multi-test unit."""
-    from xdist.scheduler import LoadScopeScheduling
+def make_scheduler(config: Any, log: Any, shared_dir: str, dist: str) -> Any:
+    """xdist's scheduling for ``dist`` (load, loadscope, loadfile), with every ``branch_from`` tree in one unit."""
+    from xdist.scheduler import LoadFileScheduling, LoadScopeScheduling
 
-    class LoadBranchScheduling(LoadScopeScheduling):  # type: ignore[misc]
-        """``--dist load``, except that each ``branch_from`` tree goes whole to one worker."""
+    base = LoadFileScheduling if dist == "loadfile" else LoadScopeScheduling
 
-        groups: dict[str, str] | None = None
+    class BranchScheduling(base):  # type: ignore[misc, valid-type]
+        """xdist's own scheduling, except that each ``branch_from`` tree goes whole to one worker."""
+
+        roots: dict[str, str] | None = None
 
         def _split_scope(self, nodeid: str) -> str:
-            if self.groups is None:  # workers wrote their files before reporting their collection
-                self.groups = read_groups(shared_dir)
-            return self.groups.get(nodeid, nodeid)
+            if self.roots is None:  # workers wrote their files before reporting their collection
+                self.roots = read_groups(shared_dir)
+            root = self.roots.get(nodeid)
+            if dist == "load":
+                return f"{root} (branch tree)" if root is not None else nodeid
+            return str(super()._split_scope(root if root is not None else nodeid))
 
-    return LoadBranchScheduling(config, log)
+    return BranchScheduling(config, log)

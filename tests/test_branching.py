@@ -386,7 +386,9 @@ def test_markers_are_registered(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["@pytest.mark.branch_from(test): start this test from the state *"])
 
 
-def test_under_xdist_each_tree_runs_on_one_worker(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize("dist", ["load", "loadscope", "loadfile"])
+def test_under_xdist_each_tree_runs_on_one_worker(pytester: pytest.Pytester, dist: str) -> None:
+    """Trees whose children are in another module and another class stay whole under each --dist mode."""
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     pytester.makeconftest(
         """
@@ -403,25 +405,39 @@ def test_under_xdist_each_tree_runs_on_one_worker(pytester: pytest.Pytester) -> 
                 f.write(f"{os.environ['PYTEST_XDIST_WORKER']} {request.node.nodeid}\\n")
         """
     )
-    trees = "\n".join(
-        f"""
+    def roots(file: int) -> str:
+        return "import pytest\n" + "\n".join(
+            f"""
 def test_root_{t}(redis_client):
     redis_client.set("root", {t})
-
-@pytest.mark.branch_from("test_root_{t}")
-@pytest.mark.parametrize("i", range(4))
-def test_leaf_{t}(redis_client, i):
-    assert redis_client.get("root") == b"{t}"
-    redis_client.set("leaf", i)
 
 @pytest.mark.parametrize("i", range(3))
 def test_plain_{t}(redis_client, i):
     assert redis_client.keys() == []
 """
+            for t in range(6)
+            if t % 3 == file
+        )
+
+    leaves = "\n".join(
+        f"""
+@pytest.mark.branch_from("test_roots{t % 3}.py::test_root_{t}")
+@pytest.mark.parametrize("i", range(3))
+def test_leaf_{t}(redis_client, i):
+    assert redis_client.get("root") == b"{t}"
+    redis_client.set("leaf", i)
+
+class TestLeaves{t}:
+    @pytest.mark.branch_from("test_roots{t % 3}.py::test_root_{t}")
+    def test_in_class_{t}(self, redis_client):
+        assert redis_client.get("root") == b"{t}"
+"""
         for t in range(6)
     )
-    pytester.makepyfile(test_trees="import pytest\n" + trees)
-    result = pytester.runpytest_subprocess(*INNER, "-n", "3", "-rs", timeout=120)
+    pytester.makepyfile(
+        test_roots0=roots(0), test_roots1=roots(1), test_roots2=roots(2), test_leaves="import pytest\n" + leaves
+    )
+    result = pytester.runpytest_subprocess(*INNER, "-n", "3", f"--dist={dist}", "-rs", timeout=120)
     result.assert_outcomes(passed=6 * 8)
     ran = workers_log(pytester)
     assert len(ran) > 1, "the run should have used several workers"
