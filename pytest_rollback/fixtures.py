@@ -298,7 +298,8 @@ def rollback(request: pytest.FixtureRequest) -> RollbackHandle:
 
     ``rollback.checkpoint(label=None)`` marks the state of every active store,
     ``rollback.restore(checkpoint)`` goes back to it, ``with rollback.branch(): ...``
-    undoes the block's writes on exit, and ``rollback.changes(since=None)`` tells
+    undoes the block's writes on exit (``branch(label, subtest=True)`` also
+    reports the block as a subtest), and ``rollback.changes(since=None)`` tells
     per store what was added, modified or removed since the test began.
     """
     return RollbackHandle(request)
