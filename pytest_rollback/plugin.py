@@ -81,6 +81,8 @@ class RollbackSession:
         self.registered = False
         self._header_done = False
         self._early_lines: list[str] = []
+        #: the test being run (its service lines are followed by its file's progress prefix again)
+        self._running: str | None = None
         worker = getattr(config, "workerinput", None)
         self.worker: str | None = worker.get("workerid") if worker else None
         #: xdist controller: the directory where workers record the servers they share
@@ -168,8 +170,22 @@ class RollbackSession:
             return
         capman = self.config.pluginmanager.get_plugin("capturemanager")
         with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+            if self._running is not None and not reporter.showfspath:
+                reporter.currentfspath = -2  # -q shows dots without a file name: end their line first
             reporter.ensure_newline()
-            reporter.write_line(line)
+            if self._running is not None and reporter.showfspath and self.config.get_verbosity() <= 0:
+                # the test's result goes on a fresh progress line that names its file, not on a bare "."
+                reporter.write(line)
+                reporter.currentfspath = None
+                reporter.write_fspath_result(self._running, "")
+            else:
+                reporter.write_line(line)
+
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        self._running = nodeid
+
+    def pytest_runtest_logfinish(self, nodeid: str) -> None:
+        self._running = None
 
     @pytest.hookimpl(trylast=True)
     def pytest_rollback_make_service(self, store: str, config: pytest.Config) -> Service | None:

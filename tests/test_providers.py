@@ -96,6 +96,10 @@ def test_local_provider_prints_one_service_line(pytester: pytest.Pytester) -> No
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines([SERVICE_LINE.format(provider="local")])
     assert len(_service_lines(result)) == 1
+    # printed on a line of its own, and the progress goes on under its file's name
+    result.stdout.fnmatch_lines(["", "test_one.py ", SERVICE_LINE.format(provider="local"), "test_one.py .*"])
+    result = pytester.runpytest(*INNER, "--rollback-provider=local", "-q")
+    result.stdout.fnmatch_lines(["", SERVICE_LINE.format(provider="local"), "... *[[]100%[]]"])
 
 
 def test_no_service_line_when_no_test_needs_a_server(pytester: pytest.Pytester) -> None:
