@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-GROUPS_FILE = "branch-groups-{worker}.json"
+GROUPS_FILE = "branch-roots-{worker}.tree"  # JSON; not *.json, which the controller reads as servers
 
 
 def write_groups(shared_dir: str, worker: str, groups: dict[str, str]) -> None:

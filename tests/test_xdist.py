@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import redis
 
@@ -80,3 +82,42 @@ def test_external_url_gives_each_worker_its_own_database(pytester: pytest.Pytest
     client.flushall()
     client.close()
     other.close()
+
+
+def _processes_on(port: int) -> list[int]:
+    """PIDs of processes whose command line names 127.0.0.1:``port`` (redis-server shows its address there)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    line = fh.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if f"127.0.0.1:{port}" in line and "redis-server" in line:
+                found.append(int(entry))
+    return found
+
+
+def test_a_crashed_workers_redis_server_is_ended_by_the_controller(pytester: pytest.Pytester) -> None:
+    """A worker that dies never stops its redis-server; the controller ends it after the run."""
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        test_crash="""
+        import os
+        import pathlib
+
+        def test_crash(redis_service):
+            pathlib.Path(__file__).with_name("port").write_text(str(redis_service.port))
+            os._exit(1)  # the worker dies without any teardown
+
+        def test_fine():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        *INNER, "-n", "2", "--max-worker-restart=0", "--rollback-provider=local", timeout=120
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    port = int((pytester.path / "port").read_text())
+    assert _processes_on(port) == [], "the crashed worker's redis-server outlived the run"

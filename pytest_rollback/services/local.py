@@ -16,6 +16,7 @@ from typing import Any
 from ..api import Service, StoreUnavailable
 from ..options import StoreSettings
 from . import free_port, wait_until
+from .shared import watch
 
 
 def find_redis_server() -> str | None:
@@ -61,6 +62,16 @@ class _Process:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _then(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        try:
+            first()
+        finally:
+            second()
+
+    return both
 
 
 def launch(
@@ -128,7 +139,7 @@ def redis(settings: StoreSettings) -> Service:
             startup_ms=(time.perf_counter() - start) * 1000,
             owned=True,
             extra={"db": 0, "dbs": None, "pid": proc.pid, "binary": exe},
-            stop=handle.stop,
+            stop=_then(handle.stop, watch(settings, proc.pid, "redis-server")),
         )
     raise StoreUnavailable(f"could not start redis-server: {last}")
 

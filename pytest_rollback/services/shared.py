@@ -9,6 +9,7 @@ server, by the process id recorded there, when the session ends.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -92,6 +93,21 @@ def make_dir() -> str:
     return tempfile.mkdtemp(prefix="pytest-rollback-shared-")
 
 
+def watch(settings: StoreSettings, pid: int, program: str) -> Callable[[], None]:
+    """In an xdist worker, record a server it started for itself, so the controller can end it.
+
+    A worker that crashes never stops its servers; the controller ends those
+    still recorded when the run is over (checking that the process is still
+    ``program``). Returns the function that drops the record, for a normal stop.
+    """
+    where = _shared_dir(settings)
+    if settings.worker is None or where is None:
+        return lambda: None
+    record = where / f"{settings.worker}-{pid}.worker-server"
+    record.write_text(json.dumps({"pid": pid, "program": program}))
+    return lambda: record.unlink(missing_ok=True)
+
+
 def stop_all(where: str) -> list[str]:
     """Stop the servers the workers started (by their recorded process id); return problems."""
     problems: list[str] = []
@@ -103,25 +119,47 @@ def stop_all(where: str) -> list[str]:
             continue
         pid = data.get("pid")
         if isinstance(pid, int):
-            _end(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.02)
-            _end(pid, signal.SIGKILL)  # what is left: a launcher's server, or a stuck one
+            _stop(pid)
         if data.get("workdir"):
             shutil.rmtree(data["workdir"], ignore_errors=True)
+    for record in sorted(Path(where).glob("*.worker-server")):  # left by a worker that crashed
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(record.read_text())
+            pid, program = data.get("pid"), str(data.get("program") or "")
+            if isinstance(pid, int) and program and program in _command_line(pid):
+                _stop(pid)
     shutil.rmtree(where, ignore_errors=True)
     return problems
 
 
-def _end(pid: int, sig: signal.Signals) -> None:
-    """Signal the process group ``pid`` leads (launch() gives each server one), else the process."""
+def _stop(pid: int) -> None:
+    """SIGTERM, a moment to exit, then SIGKILL for what is left of its process group (launch() makes one)."""
+    _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)  # a launcher's server outliving it
+    if _alive(pid):
+        _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    """Signal the process group ``pid`` leads, else the process alone."""
     for kill in (os.killpg, os.kill):
         try:
             kill(pid, sig)
             return
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):
             continue
+
+
+def _command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _alive(pid: int) -> bool:
