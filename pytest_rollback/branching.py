@@ -75,8 +75,9 @@ class _Node:
 class Branches:
     """The branch trees of the run; holds each parent's end state while its subtree runs."""
 
-    def __init__(self, config: pytest.Config) -> None:
+    def __init__(self, config: pytest.Config, engine: Engine) -> None:
         self.config = config
+        self.engine = engine
         self.nodes: dict[pytest.Item, _Node] = {}
         self.nextitem: pytest.Item | None = None
         self.held: list[_Node] = []
@@ -157,7 +158,7 @@ class Branches:
                 node.item.add_marker(pytest.mark.xdist_group(name=name))
         shared_dir = workerinput.get(shared.WORKER_INPUT_KEY)
         if shared_dir:
-            xdist_groups.write_groups(shared_dir, str(workerinput.get("workerid")), roots)
+            xdist_groups.write_roots(shared_dir, str(workerinput.get("workerid")), roots)
 
     def order(self, items: list[pytest.Item]) -> list[pytest.Item]:
         """``items`` with every child moved right after its parent (siblings in order, each with its subtree)."""
@@ -208,15 +209,10 @@ class Branches:
         self.nextitem = nextitem
         result = yield
         # Normally done in the test's own teardown; here for tests that never started (skipped children).
-        problems = self.release_unneeded(self._engine())
+        problems = self.release_unneeded()
         if problems:
             raise RollbackError("; ".join(problems))
         return result
-
-    def _engine(self) -> Engine:
-        from .plugin import get_session
-
-        return get_session(self.config).engine
 
     def start(self, item: pytest.Item) -> None:
         """At a test's set-up: fail or skip it when its branch cannot start from its parent."""
@@ -239,10 +235,10 @@ class Branches:
             pytest.skip(SKIP_FAILED.format(parent=name))
         if "skipped" in phases:
             pytest.skip(SKIP_SKIPPED.format(parent=name))
-        if self._engine().enabled and parent.had_level and (parent.held is None or not parent.held.alive):
+        if self.engine.enabled and parent.had_level and (parent.held is None or not parent.held.alive):
             pytest.skip(SKIP_NOT_HELD.format(parent=name))
 
-    def end(self, item: pytest.Item, cp: Checkpoint, stores: tuple[str, ...], engine: Engine) -> list[str]:
+    def end(self, item: pytest.Item, cp: Checkpoint, stores: tuple[str, ...]) -> list[str]:
         """At a test's teardown: keep its level for a child that runs next, else restore it.
 
         Returns the lines of any verification failure of the levels restored.
@@ -255,19 +251,19 @@ class Branches:
             if passed and self._in_subtree(self.nextitem, node):
                 node.held, node.stores = cp, stores
                 self.held.append(node)
-                return self.release_unneeded(engine)
-        problems += engine.pop(cp, stores=stores or None)
-        problems += self.release_unneeded(engine)
+                return self.release_unneeded()
+        problems += self.engine.pop(cp, stores=stores or None)
+        problems += self.release_unneeded()
         return problems
 
-    def release_unneeded(self, engine: Engine) -> list[str]:
+    def release_unneeded(self) -> list[str]:
         """Restore (innermost first) every held parent state the next test does not branch from."""
         problems: list[str] = []
         while self.held and not self._in_subtree(self.nextitem, self.held[-1]):
             node = self.held.pop()
             cp, node.held = node.held, None
             if cp is not None and cp.alive:
-                problems += engine.pop(cp, stores=node.stores or None)
+                problems += self.engine.pop(cp, stores=node.stores or None)
         return problems
 
     def _in_subtree(self, item: pytest.Item | None, ancestor: _Node) -> bool:

@@ -328,7 +328,7 @@ def _rollback_test(request: pytest.FixtureRequest) -> Iterator[None]:
     try:
         yield
     finally:
-        problems = session.branches.end(request.node, cp, marker.stores, engine)
+        problems = session.branches.end(request.node, cp, marker.stores)
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
 

@@ -74,15 +74,16 @@ class RollbackSession:
         self.options = options
         self.engine = Engine(config.hook, enabled=not options.disabled)
         self.engine.finish_owner = self._finish_owner
-        self.branches = Branches(config)
+        self.branches = Branches(config, self.engine)
         self.registry = Registry()
         self.services: dict[str, Service] = {}
         self.failures: dict[str, str] = {}
         self.registered = False
         self._header_done = False
         self._early_lines: list[str] = []
-        #: the test being run (its service lines are followed by its file's progress prefix again)
-        self._running: str | None = None
+        #: the node id of the test being run (None between tests): its service lines are followed
+        #: by its file's progress prefix again, and the reporter puts restores down to it
+        self.running: str | None = None
         worker = getattr(config, "workerinput", None)
         self.worker: str | None = worker.get("workerid") if worker else None
         #: xdist controller: the directory where workers record the servers they share
@@ -170,22 +171,24 @@ class RollbackSession:
             return
         capman = self.config.pluginmanager.get_plugin("capturemanager")
         with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
-            if self._running is not None and not reporter.showfspath:
+            if self.running is not None and not reporter.showfspath:
                 reporter.currentfspath = -2  # -q shows dots without a file name: end their line first
             reporter.ensure_newline()
-            if self._running is not None and reporter.showfspath and self.config.get_verbosity() <= 0:
+            if self.running is not None and reporter.showfspath and self.config.get_verbosity() <= 0:
                 # the test's result goes on a fresh progress line that names its file, not on a bare "."
                 reporter.write(line)
                 reporter.currentfspath = None
-                reporter.write_fspath_result(self._running, "")
+                reporter.write_fspath_result(self.running, "")
             else:
                 reporter.write_line(line)
 
     def pytest_runtest_logstart(self, nodeid: str) -> None:
-        self._running = nodeid
+        """Remember the running test (for service lines and the summary's causes)."""
+        self.running = nodeid
 
     def pytest_runtest_logfinish(self, nodeid: str) -> None:
-        self._running = None
+        """No test is running any more."""
+        self.running = None
 
     @pytest.hookimpl(trylast=True)
     def pytest_rollback_make_service(self, store: str, config: pytest.Config) -> Service | None:

@@ -105,7 +105,6 @@ class Reporter:
         self.workers: dict[str, dict[str, StoreStats]] = {}
         #: xdist controller: workers that went down without sending figures.
         self.missing: list[str] = []
-        self._running: str | None = None
 
     # -- what a test changed -------------------------------------------------
     @pytest.hookimpl(wrapper=True)
@@ -146,14 +145,6 @@ class Reporter:
         return "\n".join(lines) if changed or keep_empty else ""
 
     # -- restores ------------------------------------------------------------
-    def pytest_runtest_logstart(self, nodeid: str) -> None:
-        """Remember the running test: restores of other levels made now are put down to it."""
-        self._running = nodeid
-
-    def pytest_runtest_logfinish(self, nodeid: str) -> None:
-        """No test is running any more."""
-        self._running = None
-
     def pytest_rollback_after_rollback(self, adapter: Rollbackable, report: RestoreReport) -> None:
         """Count one restore of ``adapter``'s store."""
         name = adapter.name
@@ -161,7 +152,7 @@ class Reporter:
         if stats is None:
             service = self.session.services.get(name)
             stats = self.stats[name] = StoreStats(providers={service.provider if service else "adapter"})
-        stats.add(report.seconds, report.mode, report.reason, _cause(report.label, self._running))
+        stats.add(report.seconds, report.mode, report.reason, _cause(report.label, self.session.running))
 
     # -- xdist ---------------------------------------------------------------
     @pytest.hookimpl(wrapper=True, trylast=True)

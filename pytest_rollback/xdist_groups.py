@@ -19,23 +19,23 @@ import os
 from pathlib import Path
 from typing import Any
 
-GROUPS_FILE = "branch-roots-{worker}.tree"  # JSON; not *.json, which the controller reads as servers
+ROOTS_FILE = "branch-roots-{worker}.tree"  # JSON; not *.json, which the controller reads as servers
 
 
-def write_groups(shared_dir: str, worker: str, groups: dict[str, str]) -> None:
+def write_roots(shared_dir: str, worker: str, roots: dict[str, str]) -> None:
     """Record (atomically) the root of the tree of every test of this worker's collection in one."""
-    path = Path(shared_dir) / GROUPS_FILE.format(worker=worker)
+    path = Path(shared_dir) / ROOTS_FILE.format(worker=worker)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(groups))
+    tmp.write_text(json.dumps(roots))
     os.replace(tmp, path)
 
 
-def read_groups(shared_dir: str) -> dict[str, str]:
+def read_roots(shared_dir: str) -> dict[str, str]:
     """Every worker's recorded trees, node id -> root node id (they collect the same tests, so they agree)."""
-    groups: dict[str, str] = {}
-    for path in sorted(Path(shared_dir).glob(GROUPS_FILE.format(worker="*"))):
-        groups.update(json.loads(path.read_text()))
-    return groups
+    roots: dict[str, str] = {}
+    for path in sorted(Path(shared_dir).glob(ROOTS_FILE.format(worker="*"))):
+        roots.update(json.loads(path.read_text()))
+    return roots
 
 
 def make_scheduler(config: Any, log: Any, shared_dir: str, dist: str) -> Any:
@@ -51,7 +51,7 @@ def make_scheduler(config: Any, log: Any, shared_dir: str, dist: str) -> Any:
 
         def _split_scope(self, nodeid: str) -> str:
             if self.roots is None:  # workers wrote their files before reporting their collection
-                self.roots = read_groups(shared_dir)
+                self.roots = read_roots(shared_dir)
             root = self.roots.get(nodeid)
             if dist == "load":
                 return f"{root} (branch tree)" if root is not None else nodeid

@@ -129,6 +129,18 @@ def noida() -> Iterator[Service]:
     yield from _embedded("elasticsearch", embedded.elasticsearch, "noida-db")
 
 
+@pytest.fixture
+def cleared_noida(noida: Service) -> Iterator[Service]:
+    """``noida``, with no index, template or cluster setting before and after the test."""
+    from elasticsearch import Elasticsearch
+
+    client = Elasticsearch(noida.url)
+    clear_elasticsearch(client)
+    yield noida
+    clear_elasticsearch(client)
+    client.close()
+
+
 def clear_elasticsearch(client: Any) -> None:
     """Delete every index, template and cluster setting a test could have left."""
     names = [

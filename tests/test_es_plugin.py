@@ -11,11 +11,10 @@ import os
 import socket
 import stat
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import INNER, clear_elasticsearch, restores_nothing, workers_log
+from conftest import INNER, restores_nothing, workers_log
 from elasticsearch import Elasticsearch
 
 from pytest_rollback.api import Service
@@ -97,12 +96,9 @@ def test_other_module_sees_only_session_data(es_client):
 
 
 @pytest.fixture
-def server(noida: Service) -> Iterator[Service]:
-    client = Elasticsearch(noida.url)
-    clear_elasticsearch(client)
-    yield noida
-    clear_elasticsearch(client)
-    client.close()
+def server(cleared_noida: Service) -> Service:
+    """The inner runs' server (``run`` and the tests here take it as ``server``)."""
+    return cleared_noida
 
 
 def test_every_scope_keeps_its_data_and_the_servers_data_survives(pytester: pytest.Pytester, server: Service) -> None:

@@ -15,8 +15,7 @@ from typing import Any
 import pymongo
 import pytest
 import redis
-from conftest import INNER, clear_elasticsearch, clear_mongo
-from elasticsearch import Elasticsearch
+from conftest import INNER, clear_mongo
 
 from pytest_rollback.api import Service
 from pytest_rollback.reporting import (
@@ -256,17 +255,8 @@ def test_a_failing_test_shows_the_documents_it_changed_in_mongodb(pytester: pyte
     )
 
 
-@pytest.fixture
-def elasticsearch(noida: Service) -> Iterator[Service]:
-    client = Elasticsearch(noida.url)
-    clear_elasticsearch(client)
-    yield noida
-    clear_elasticsearch(client)
-    client.close()
-
-
 def test_a_failing_test_shows_the_indices_and_documents_it_changed_in_elasticsearch(
-    pytester: pytest.Pytester, elasticsearch: Service
+    pytester: pytest.Pytester, cleared_noida: Service
 ) -> None:
     pytester.makeini(INI)
     pytester.makepyfile(
@@ -290,7 +280,7 @@ def test_a_failing_test_shows_the_indices_and_documents_it_changed_in_elasticsea
             assert False
         """
     )
-    result = pytester.runpytest(*INNER, f"--rollback-elasticsearch-url={elasticsearch.url}")
+    result = pytester.runpytest(*INNER, f"--rollback-elasticsearch-url={cleared_noida.url}")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         section(
