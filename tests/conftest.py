@@ -17,6 +17,13 @@ pytest_plugins = ["pytester"]
 INNER = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
 
 
+@pytest.fixture(autouse=True)
+def _inner_runs_ignore_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inner runs print the same on a CI machine: pytest stops shortening summary lines when CI is set."""
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("BUILD_NUMBER", raising=False)
+
+
 def _settings() -> StoreSettings:
     return StoreSettings(
         store="redis", provider="local", url=None, image="", allow_remote=False, worker=None,
