@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .api import Changes, RollbackError, Service, StoreUnavailable
-from .engine import Checkpoint
+from .engine import Checkpoint, Engine
 from .markers import parse_rollback_marker
 
 if TYPE_CHECKING:
@@ -305,10 +305,26 @@ def rollback(request: pytest.FixtureRequest) -> RollbackHandle:
     return RollbackHandle(request)
 
 
+#: The set-up request of ``_rollback_test``, handed over by the session's
+#: ``pytest_fixture_setup`` just before the fixture runs. The fixture does not ask
+#: for ``request``: pytest builds a fixture definition for every ``request`` asked
+#: for, which made about half of what the plugin costs a test that touches no store.
+_handover: tuple[RollbackSession, pytest.FixtureRequest] | None = None
+
+
+def hand_over(session: RollbackSession, request: pytest.FixtureRequest) -> None:
+    """Give ``_rollback_test`` its session and set-up request (it runs next)."""
+    global _handover
+    _handover = (session, request)
+
+
 @pytest.fixture(autouse=True)
-def _rollback_test(request: pytest.FixtureRequest) -> Iterator[None]:
+def _rollback_test() -> Iterator[None]:
     """Checkpoint every active store before the test's own fixtures; roll back after them."""
-    session = _session(request)
+    global _handover
+    if _handover is None:  # pragma: no cover - the session plugin always hands over
+        raise RollbackError("pytest-rollback's session plugin is not registered ('-p no:rollback-session'?)")
+    (session, request), _handover = _handover, None
     engine = session.engine
     if not engine.enabled:
         session.branches.start(request.node)
@@ -318,7 +334,7 @@ def _rollback_test(request: pytest.FixtureRequest) -> Iterator[None]:
     marker = parse_rollback_marker(request.node, session.registry.names())
     session.branches.start(request.node)  # a branch that cannot start fails or skips here
     if not marker.enabled or marker.stores:
-        _hold_module_level(request)
+        _hold_module_level(request, engine)
     if not marker.enabled:
         yield
         return
@@ -333,7 +349,7 @@ def _rollback_test(request: pytest.FixtureRequest) -> Iterator[None]:
         pytest.fail("\n".join(problems), pytrace=False)
 
 
-def _hold_module_level(request: pytest.FixtureRequest) -> None:
+def _hold_module_level(request: pytest.FixtureRequest, engine: Engine) -> None:
     """Give the test's module a level of its own, restored when the module ends.
 
     A test that keeps writes (``enabled=False``, or stores left out of
@@ -347,7 +363,6 @@ def _hold_module_level(request: pytest.FixtureRequest) -> None:
     held: Checkpoint | None = getattr(module, "_rollback_module_level", None)
     if held is not None and held.alive:
         return
-    engine = _session(request).engine
     cp = engine.push(f"module {module.nodeid} (kept writes)", "module")
     module._rollback_module_level = cp
 

@@ -304,6 +304,8 @@ class RollbackSession:
         self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
     ) -> Generator[None, Any, Any]:
         if fixturedef.scope == "function" or not self.engine.enabled:
+            if fixturedef.argname == "_rollback_test":
+                hand_over(self, request)
             return (yield)
         cp = self.engine.push(f"{fixturedef.scope} fixture {fixturedef.argname}", fixturedef.scope, owner=fixturedef)
         cp.request = request  # type: ignore[attr-defined]
@@ -339,6 +341,7 @@ from .fixtures import (  # noqa: E402  (fixtures are found in the plugin module)
     async_redis_client,
     elasticsearch_service,
     es_client,
+    hand_over,
     mongo_client,
     mongo_db,
     mongo_service,
