@@ -171,10 +171,16 @@ class RollbackSession:
             return
         capman = self.config.pluginmanager.get_plugin("capturemanager")
         with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+            # -v: the running test's location, already written, for its result to follow again
+            location = reporter.currentfspath if self.running is not None and reporter.showlongtestinfo else None
             if self.running is not None and not reporter.showfspath:
                 reporter.currentfspath = -2  # -q shows dots without a file name: end their line first
             reporter.ensure_newline()
-            if self.running is not None and reporter.showfspath and self.config.get_verbosity() <= 0:
+            if isinstance(location, str):
+                reporter.write(line)
+                reporter.currentfspath = None
+                reporter.write_ensure_prefix(location)  # on a new line: the result is written after it
+            elif self.running is not None and reporter.showfspath:
                 # the test's result goes on a fresh progress line that names its file, not on a bare "."
                 reporter.write(line)
                 reporter.currentfspath = None

@@ -100,6 +100,12 @@ def test_local_provider_prints_one_service_line(pytester: pytest.Pytester) -> No
     result.stdout.fnmatch_lines(["", "test_one.py ", SERVICE_LINE.format(provider="local"), "test_one.py .*"])
     result = pytester.runpytest(*INNER, "--rollback-provider=local", "-q")
     result.stdout.fnmatch_lines(["", SERVICE_LINE.format(provider="local"), "... *[[]100%[]]"])
+    # -v: the test's name again, its result after it, and no blank line between
+    result = pytester.runpytest(*INNER, "--rollback-provider=local", "-v")
+    result.stdout.fnmatch_lines(
+        ["test_one.py::test_service ", SERVICE_LINE.format(provider="local"), "test_one.py::test_service PASSED *"],
+        consecutive=True,
+    )
 
 
 def test_no_service_line_when_no_test_needs_a_server(pytester: pytest.Pytester) -> None:
