@@ -42,6 +42,14 @@ SKIP_FAILED = "branch_from: parent {parent} failed"
 SKIP_ERRORED = "branch_from: parent {parent} errored"
 SKIP_SKIPPED = "branch_from: parent {parent} was skipped"
 SKIP_NOT_SELECTED = "branch_from: parent {parent} was not selected in this run (-k, -m, --deselect or a narrower path)"
+SKIP_NOT_SELECTED_LF = (
+    "branch_from: parent {parent} was not selected in this run (--lf selects only the tests that failed "
+    "last time); run the module, or name the parent too: pytest {parent} {child}"
+)
+SKIP_NOT_SELECTED_SW = (
+    "branch_from: parent {parent} was not selected in this run (--sw starts at the test that failed last time); "
+    "run with --sw-reset, or name the parent too: pytest {parent} {child}"
+)
 SKIP_OTHER_WORKER = (
     "branch_from: parent {parent} did not run in this process (another pytest-xdist worker); "
     "run with --dist load, loadscope or loadfile (pytest-rollback keeps each tree on one worker)"
@@ -102,7 +110,7 @@ class Branches:
             try:
                 node.parent = resolve(item, items)
             except _NotSelected as exc:
-                node.skip = SKIP_NOT_SELECTED.format(parent=exc.name)
+                node.skip = self._not_selected(exc.name, item)
             except _BadBranch as exc:
                 node.error = BAD_BRANCH.format(nodeid=item.nodeid, problem=exc)
             if node.parent is not None:
@@ -110,6 +118,15 @@ class Branches:
         self._find_cycles()
         if self.nodes:
             self._group_trees()
+
+    def _not_selected(self, parent: str, child: pytest.Item) -> str:
+        """The skip reason of a child whose parent is not in the run, naming what narrowed it when pytest did."""
+        option = self.config.option
+        if getattr(option, "lf", False):
+            return SKIP_NOT_SELECTED_LF.format(parent=parent, child=child.nodeid)
+        if getattr(option, "stepwise", False) and not getattr(option, "stepwise_reset", False):
+            return SKIP_NOT_SELECTED_SW.format(parent=parent, child=child.nodeid)
+        return SKIP_NOT_SELECTED.format(parent=parent)
 
     def _node(self, item: pytest.Item) -> _Node:
         node = self.nodes.get(item)
@@ -169,7 +186,7 @@ class Branches:
             if node is not None and node.parent in selected and node.error is None:
                 children.setdefault(node.parent, []).append(item)
             elif node is not None and node.parent is not None and node.parent not in selected and not node.skip:
-                node.skip = SKIP_NOT_SELECTED.format(parent=node.parent.nodeid)
+                node.skip = self._not_selected(node.parent.nodeid, item)
         out: list[pytest.Item] = []
         placed: set[pytest.Item] = set()
 

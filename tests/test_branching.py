@@ -15,6 +15,8 @@ from pytest_rollback.branching import (
     SKIP_ERRORED,
     SKIP_FAILED,
     SKIP_NOT_SELECTED,
+    SKIP_NOT_SELECTED_LF,
+    SKIP_NOT_SELECTED_SW,
     SKIP_SKIPPED,
     UNKNOWN_PARENT,
 )
@@ -223,6 +225,37 @@ def test_a_parent_not_selected_skips_the_child_saying_so(
     result = run("-rs", *selection)
     result.stdout.fnmatch_lines([f"*{SKIP_NOT_SELECTED.format(parent='test_shop.py::test_order')}"])
     assert "failed" not in result.stdout.lines[-1] and "error" not in result.stdout.lines[-1]
+
+
+@pytest.mark.parametrize(("option", "reason"), [("--lf", SKIP_NOT_SELECTED_LF), ("--sw", SKIP_NOT_SELECTED_SW)])
+def test_a_rerun_of_a_failed_child_says_how_to_run_its_parent_too(
+    pytester: pytest.Pytester, server: Service, monkeypatch: pytest.MonkeyPatch, option: str, reason: str
+) -> None:
+    pytester.makepyfile(
+        test_rerun="""
+        import os
+        import pytest
+
+        def test_parent(redis_client):
+            redis_client.set("parent", "done")
+
+        @pytest.mark.branch_from("test_parent")
+        def test_child(redis_client):
+            assert redis_client.get("parent") == b"done"
+            assert os.environ.get("CHILD_PASSES")
+        """
+    )
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    # the cache provider on (it keeps what failed), and a run that records the failure
+    args = ("-p", "no:hypothesispytest", f"--rollback-redis-url={server.url}")
+    pytester.runpytest(*args, option).assert_outcomes(passed=1, failed=1)
+    result = pytester.runpytest(*args, option, "-rs")
+    result.assert_outcomes(skipped=1)
+    parent, child = "test_rerun.py::test_parent", "test_rerun.py::test_child"
+    result.stdout.fnmatch_lines([f"*{reason.format(parent=parent, child=child)}"])
+    # what the reason proposes works
+    monkeypatch.setenv("CHILD_PASSES", "1")
+    pytester.runpytest(*args, parent, child).assert_outcomes(passed=2)
 
 
 @pytest.mark.parametrize(
