@@ -10,7 +10,7 @@ from .registry import Registry, Store
 def _redis_adapter(service: Service, settings: StoreSettings) -> Rollbackable:
     from .adapters.redis import RedisAdapter
 
-    return RedisAdapter(service.url, dbs=service.extra.get("dbs"))
+    return RedisAdapter(service.url, dbs=service.extra.get("dbs"), flags_record=service.extra.get("flags_record"))
 
 
 def redis_store() -> Store:

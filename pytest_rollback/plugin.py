@@ -276,6 +276,7 @@ class RollbackSession:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         errors: list[str] = []
         if self.shared_dir is not None:  # every worker is done: stop the servers they shared
+            errors += shared.put_back_redis_flags(self.shared_dir, self.options.urls.get("redis"))
             errors += shared.stop_all(self.shared_dir)
             self.shared_dir = None
         try:

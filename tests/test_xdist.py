@@ -84,6 +84,45 @@ def test_external_url_gives_each_worker_its_own_database(pytester: pytest.Pytest
     other.close()
 
 
+@pytest.mark.parametrize("flags", ["", "Ex"])
+def test_workers_on_one_external_redis_leave_its_notification_flags_as_they_were(
+    pytester: pytest.Pytester, real_redis: Service, flags: str
+) -> None:
+    """The flags go back once, after every worker: a worker done early does not switch off another's events."""
+    client = redis.Redis.from_url(real_redis.url)
+    client.flushall()
+    client.config_set("notify-keyspace-events", flags)
+    before = client.config_get("notify-keyspace-events")
+    pytester.makeini(INI)
+    # one file per worker (--dist loadfile): the quick one is done while the slow one still writes
+    pytester.makepyfile(
+        test_quick="""
+        def test_quick(redis_client):
+            redis_client.set("quick", 1)
+        """,
+        test_slow="""
+        import time
+
+        import pytest
+
+        @pytest.mark.parametrize("i", range(20))
+        def test_slow(redis_client, i):
+            time.sleep(0.05)
+            redis_client.set(f"slow:{i}", i)
+            assert redis_client.dbsize() == 1
+        """,
+    )
+    url = f"redis://{real_redis.host}:{real_redis.port}/0"
+    result = pytester.runpytest_subprocess(
+        *INNER, "-n", "2", "--dist", "loadfile", f"--rollback-redis-url={url}", timeout=120
+    )
+    result.assert_outcomes(passed=21)
+    assert "full because" not in result.stdout.str(), "a worker's end changed the flags under another"
+    assert client.config_get("notify-keyspace-events") == before
+    assert client.info("keyspace") == {}
+    client.close()
+
+
 def _processes_on(port: int) -> list[int]:
     """PIDs of processes whose command line names 127.0.0.1:``port`` (redis-server shows its address there)."""
     found = []

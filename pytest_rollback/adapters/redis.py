@@ -30,6 +30,7 @@ the data.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -143,11 +144,19 @@ class RedisAdapter:
         database of the server (each pytest-xdist worker then has its own server).
     :param strategy: ``"auto"`` (tracking where the server allows it, else
         snapshot), ``"tracking"`` or ``"snapshot"``.
+    :param flags_record: for adapters in several processes on one server (pytest-xdist
+        workers on an external Redis): a file they share. The first to change the
+        server's ``notify-keyspace-events`` writes the flags it found there, and no
+        adapter puts them back when it closes (one finishing early would switch
+        off the events the others still track): :func:`put_back_flags` does, once
+        every process is done.
     """
 
     name = "redis"
 
-    def __init__(self, url: str, *, dbs: Iterable[int] | None = None, strategy: str = "auto") -> None:
+    def __init__(
+        self, url: str, *, dbs: Iterable[int] | None = None, strategy: str = "auto", flags_record: str | None = None
+    ) -> None:
         if strategy not in ("auto", "tracking", "snapshot"):
             raise ValueError(f"strategy must be auto, tracking or snapshot, not {strategy!r}")
         self.url = url
@@ -167,6 +176,7 @@ class RedisAdapter:
         self._info_calls = -1
         self._has_pexpiretime = True
         self._original_flags: str | None = None
+        self._flags_record = flags_record
         self._clients: dict[int, Any] = {}
         self.last_report: RestoreReport | None = None
         self.strategy = strategy
@@ -216,7 +226,7 @@ class RedisAdapter:
         elif isinstance(reply, list) and len(reply) == 2:
             current = reply[1].decode()
         if self._original_flags is None:
-            self._original_flags = current
+            self._original_flags = current if self._flags_record is None else _first_flags(self._flags_record, current)
         expanded = current.replace("A", "g$lshzxetd")
         if not ("K" in expanded and all(f in expanded for f in "g$lshzxetd")):
             self._conn.call("CONFIG", "SET", "notify-keyspace-events", _union_flags(current, _NEEDED_FLAGS))
@@ -577,8 +587,8 @@ class RedisAdapter:
         return client
 
     def close(self) -> None:
-        """Drop the connection; put back the server's own notification flags if it is not ours."""
-        if self._conn is not None and self._original_flags is not None:
+        """Drop the connection; put back the server's own notification flags (unless a shared record keeps them)."""
+        if self._conn is not None and self._original_flags is not None and self._flags_record is None:
             try:
                 self._conn.call("CONFIG", "SET", "notify-keyspace-events", self._original_flags)
             except (ConnectionLost, ReplyError):
@@ -682,6 +692,43 @@ class RedisAdapter:
             frozenset(fmt(k) for k in current.keys() & target.keys() if current[k] != target[k]),  # value or expiry
             frozenset(fmt(k) for k in target.keys() - current.keys()),
         )
+
+
+def _first_flags(record: str, current: str) -> str:
+    """The server's flags from before any process sharing ``record`` changed them.
+
+    ``current`` becomes the record unless another process wrote it first. The
+    record is published whole (a hard link to a finished file) and before this
+    process changes the flags, so a process that reads flags another one set
+    always finds the record there.
+    """
+    draft = f"{record}.{os.getpid()}"
+    with open(draft, "w") as fh:
+        fh.write(current)
+    try:
+        os.link(draft, record)
+    except FileExistsError:
+        with open(record) as fh:
+            return fh.read()
+    finally:
+        os.unlink(draft)
+    return current
+
+
+def put_back_flags(record: str, url: str) -> None:
+    """Set the ``notify-keyspace-events`` kept in ``record`` on the server at ``url``; remove the record.
+
+    Raises ``OSError``, ``ConnectionLost`` or ``ReplyError`` when that fails.
+    """
+    with open(record) as fh:
+        flags = fh.read()
+    p = parse_url(url)
+    conn = Resp3Connection(p["host"], p["port"], username=p["username"], password=p["password"])
+    try:
+        conn.call("CONFIG", "SET", "notify-keyspace-events", flags)
+    finally:
+        conn.close()
+    os.unlink(record)
 
 
 def _union_flags(current: str, needed: str) -> str:
