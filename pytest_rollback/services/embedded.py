@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -27,10 +28,21 @@ def redis(settings: StoreSettings) -> Service:
         from fakeredis import TcpFakeServer
     except ImportError:
         raise StoreUnavailable("fakeredis is not installed (pip install 'pytest-rollback[all]')") from None
+    class Server(TcpFakeServer):
+        def get_request(self) -> tuple[socket.socket, Any]:
+            # fakeredis writes a reply in several small sends: with Nagle's algorithm the
+            # client's delayed ACK held each pipelined round trip for about 40 ms
+            conn, address = super().get_request()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return conn, address
+
     start = time.perf_counter()
-    server = TcpFakeServer(("127.0.0.1", 0), server_type="redis")
+    server = Server(("127.0.0.1", 0), server_type="redis")
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="pytest-rollback-fakeredis", daemon=True)
+    # shutdown() waits for the loop's next poll: 0.5 s by default, at the end of every session
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="pytest-rollback-fakeredis", daemon=True
+    )
     thread.start()
     port = int(server.server_address[1])
 
