@@ -10,7 +10,6 @@ or whose state is no longer held is skipped with a reason naming the parent.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +51,7 @@ SKIP_NOT_SELECTED_SW = (
 )
 SKIP_OTHER_WORKER = (
     "branch_from: parent {parent} did not run in this process (another pytest-xdist worker); "
-    "run with --dist load, loadscope or loadfile (pytest-rollback keeps each tree on one worker)"
+    "run with --dist load, loadscope, loadfile or loadgroup (pytest-rollback keeps each tree on one worker)"
 )
 SKIP_NOT_RUN = "branch_from: parent {parent} has not run before it (a plugin reordered the run after pytest-rollback)"
 SKIP_NOT_HELD = (
@@ -116,8 +115,7 @@ class Branches:
             if node.parent is not None:
                 self._node(node.parent)
         self._find_cycles()
-        if self.nodes:
-            self._group_trees()
+        self._tell_scheduler(items)
 
     def _not_selected(self, parent: str, child: pytest.Item) -> str:
         """The skip reason of a child whose parent is not in the run, naming what narrowed it when pytest did."""
@@ -157,25 +155,24 @@ class Branches:
             node = parent
         return node
 
-    def _group_trees(self) -> None:
-        """Under pytest-xdist, tell the controller's scheduler the root of every test's tree.
+    def _tell_scheduler(self, items: list[pytest.Item]) -> None:
+        """Under pytest-xdist, record for the controller's scheduler the root of every tree member.
 
-        Under ``--dist loadgroup`` each tree also gets an ``xdist_group`` marker.
+        Under ``--dist loadgroup``, also every test's ``xdist_group``.
         """
-        workerinput = getattr(self.config, "workerinput", None)
-        if workerinput is None:
-            return
-        roots = {}
-        loadgroup = getattr(self.config.option, "loadgroup", False)
-        for node in self.nodes.values():
-            root = self._root(node).item.nodeid
-            roots[node.item.nodeid] = root
-            if loadgroup:
-                name = "rollback-branch-" + hashlib.sha1(root.encode()).hexdigest()[:12]
-                node.item.add_marker(pytest.mark.xdist_group(name=name))
+        workerinput = getattr(self.config, "workerinput", None) or {}
         shared_dir = workerinput.get(shared.WORKER_INPUT_KEY)
-        if shared_dir:
-            xdist_groups.write_roots(shared_dir, str(workerinput.get("workerid")), roots)
+        if not shared_dir:
+            return
+        roots = {node.item.nodeid: self._root(node).item.nodeid for node in self.nodes.values()}
+        groups: dict[str, str] = {}
+        if getattr(self.config.option, "loadgroup", False):
+            for item in items:
+                group = xdist_groups.group_name(item)
+                if group is not None:
+                    groups[item.nodeid] = group
+        if roots or groups:
+            xdist_groups.write_units(shared_dir, str(workerinput.get("workerid")), roots, groups)
 
     def order(self, items: list[pytest.Item]) -> list[pytest.Item]:
         """``items`` with every child moved right after its parent (siblings in order, each with its subtree)."""

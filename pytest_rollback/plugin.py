@@ -264,9 +264,9 @@ class RollbackSession:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
-        """xdist controller: under ``--dist load``, ``loadscope`` or ``loadfile``, keep every tree on one worker."""
+        """xdist controller: under ``--dist load``, ``loadscope``, ``loadfile`` or ``loadgroup``, keep trees whole."""
         dist = getattr(config.option, "dist", "no")
-        if dist not in ("load", "loadscope", "loadfile"):
+        if dist not in ("load", "loadscope", "loadfile", "loadgroup"):
             return None
         if self.shared_dir is None:
             self.shared_dir = shared.make_dir()

@@ -419,25 +419,27 @@ def test_markers_are_registered(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["@pytest.mark.branch_from(test): start this test from the state *"])
 
 
-@pytest.mark.parametrize("dist", ["load", "loadscope", "loadfile"])
+#: Every inner test records which xdist worker ran it in ``workers.log`` (read by ``workers_log``).
+WORKERS_CONFTEST = """
+import os
+import pathlib
+
+import pytest
+
+LOG = pathlib.Path(__file__).with_name("workers.log")
+
+@pytest.fixture(autouse=True)
+def _record(request):
+    with LOG.open("a") as f:
+        f.write(f"{os.environ['PYTEST_XDIST_WORKER']} {request.node.nodeid}\\n")
+"""
+
+
+@pytest.mark.parametrize("dist", ["load", "loadscope", "loadfile", "loadgroup"])
 def test_under_xdist_each_tree_runs_on_one_worker(pytester: pytest.Pytester, dist: str) -> None:
     """Trees whose children are in another module and another class stay whole under each --dist mode."""
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
-    pytester.makeconftest(
-        """
-        import os
-        import pathlib
-
-        import pytest
-
-        LOG = pathlib.Path(__file__).with_name("workers.log")
-
-        @pytest.fixture(autouse=True)
-        def _record(request):
-            with LOG.open("a") as f:
-                f.write(f"{os.environ['PYTEST_XDIST_WORKER']} {request.node.nodeid}\\n")
-        """
-    )
+    pytester.makeconftest(WORKERS_CONFTEST)
     def roots(file: int) -> str:
         return "import pytest\n" + "\n".join(
             f"""
@@ -477,6 +479,43 @@ class TestLeaves{t}:
     for t in range(6):
         on = {w for w, lines in ran.items() for (nodeid,) in lines if f"_{t}" in nodeid and "plain" not in nodeid}
         assert len(on) == 1, f"tree {t} ran on {on}"
+
+
+def test_under_loadgroup_groups_stay_whole_and_a_tree_joins_its_roots_group(pytester: pytest.Pytester) -> None:
+    """pytest-xdist's own loadgroup splits groups on pytest 9.2; the plugin's scheduling keeps them whole."""
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makeconftest(WORKERS_CONFTEST)
+    pytester.makepyfile(
+        test_groups="""
+        import time
+
+        import pytest
+
+        @pytest.mark.xdist_group("db")
+        def test_root(redis_client):
+            redis_client.set("root", "db")
+
+        @pytest.mark.xdist_group(name="db")
+        @pytest.mark.parametrize("i", range(6))
+        def test_grouped(redis_client, i):
+            time.sleep(0.01)
+
+        @pytest.mark.branch_from("test_root")
+        @pytest.mark.parametrize("i", range(4))
+        def test_child(redis_client, i):
+            assert redis_client.get("root") == b"db"
+
+        @pytest.mark.parametrize("i", range(12))
+        def test_free(redis_client, i):
+            time.sleep(0.01)
+        """
+    )
+    result = pytester.runpytest_subprocess(*INNER, "-n", "2", "--dist=loadgroup", "-rs", timeout=120)
+    result.assert_outcomes(passed=1 + 6 + 4 + 12)
+    ran = workers_log(pytester)
+    assert len(ran) == 2, "the run should have used both workers"
+    on = {w for w, lines in ran.items() for (nodeid,) in lines if "free" not in nodeid}
+    assert len(on) == 1, f"the group and the tree that joins it ran on {on}"
 
 
 def test_in_test_branches_as_subtests(pytester: pytest.Pytester, run: Callable[..., pytest.RunResult]) -> None:
