@@ -180,7 +180,7 @@ class RollbackSession:
                 reporter.write(line)
                 reporter.currentfspath = None
                 reporter.write_ensure_prefix(location)  # on a new line: the result is written after it
-            elif self.running is not None and reporter.showfspath:
+            elif self.running is not None and reporter.showfspath and self.config.get_verbosity() <= 0:
                 # the test's result goes on a fresh progress line that names its file, not on a bare "."
                 reporter.write(line)
                 reporter.currentfspath = None

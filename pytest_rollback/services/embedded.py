@@ -28,6 +28,7 @@ def redis(settings: StoreSettings) -> Service:
         from fakeredis import TcpFakeServer
     except ImportError:
         raise StoreUnavailable("fakeredis is not installed (pip install 'pytest-rollback[all]')") from None
+
     class Server(TcpFakeServer):
         def get_request(self) -> tuple[socket.socket, Any]:
             # fakeredis writes a reply in several small sends: with Nagle's algorithm the
