@@ -33,7 +33,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_rollback.adapters.redis import RedisAdapter, parse_url, redis_state
+from pytest_rollback.adapters.redis import RedisAdapter, parse_url, put_back_flags, redis_state
 from pytest_rollback.api import RollbackError, Service
 from pytest_rollback.options import StoreSettings
 from pytest_rollback.services import embedded
@@ -976,3 +976,21 @@ def test_owned_databases_only(redis_url: str, r: redis.Redis) -> None:
         assert mine.get("a") == b"1"
     finally:
         adapter.close()
+
+
+def test_adapters_sharing_a_flags_record_keep_the_servers_own_flags_for_the_last_step(
+    redis_url: str, r: redis.Redis, tmp_path: Any
+) -> None:
+    """Two adapters on one server (xdist workers): neither puts the flags back; the record has the first's."""
+    r.config_set("notify-keyspace-events", "Ex")
+    own = r.config_get("notify-keyspace-events")
+    record = str(tmp_path / "flags")
+    first = RedisAdapter(redis_url, dbs=[0], flags_record=record)
+    second = RedisAdapter(redis_url, dbs=[1], flags_record=record)  # it finds the flags the first one widened
+    first.close()
+    assert "K" in r.config_get("notify-keyspace-events")["notify-keyspace-events"], "the second still tracks"
+    second.close()
+    put_back_flags(record, redis_url)
+    assert r.config_get("notify-keyspace-events") == own
+    assert not (tmp_path / "flags").exists()
+    assert list(tmp_path.iterdir()) == [], "no draft left behind"
