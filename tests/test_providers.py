@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import redis
 from conftest import absolute_expiry_ms
@@ -289,3 +291,21 @@ def test_async_client_under_pytest_asyncio(pytester: pytest.Pytester, real_redis
     result.assert_outcomes(passed=3)
     assert client.info("keyspace") == {}
     client.close()
+
+
+def test_the_plugin_loads_and_rolls_back_where_fcntl_is_missing(pytester: pytest.Pytester, server: Service) -> None:
+    """fcntl is POSIX-only and serves only pytest-xdist's shared directory: without it, a plain run still works."""
+    pytester.makepyfile(
+        test_plain="""
+        def test_write(redis_client):
+            redis_client.set("k", "v")
+
+        def test_clean(redis_client):
+            assert redis_client.keys() == []
+        """
+    )
+    args = [*INNER, f"--rollback-redis-url={server.url}", "-q", str(pytester.path)]
+    code = f"import sys; sys.modules['fcntl'] = None; import pytest; sys.exit(pytest.main({args!r}))"
+    result = pytester.run(sys.executable, "-c", code)
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(["*2 passed*"])

@@ -30,6 +30,7 @@ the data.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -218,6 +219,18 @@ class RedisAdapter:
 
     def _ensure_flags(self) -> None:
         """Make the server publish the keyspace events tracking needs (keeping its own flags)."""
+        if self._flags_record is None:
+            self._widen_flags()
+            return
+        import fcntl  # POSIX, like pytest-xdist's shared directory it serves
+
+        # one process at a time: a second one that read the flags before the first widened
+        # them would widen them again, and that CONFIG SET forces a full restore on the first
+        with open(f"{self._flags_record}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._widen_flags()
+
+    def _widen_flags(self) -> None:
         assert self._conn is not None
         reply = self._conn.call("CONFIG", "GET", "notify-keyspace-events")
         current = ""
@@ -695,28 +708,21 @@ class RedisAdapter:
 
 
 def _first_flags(record: str, current: str) -> str:
-    """The server's flags from before any process sharing ``record`` changed them.
+    """The server's flags from before any process sharing ``record`` changed them (called under its lock).
 
-    ``current`` becomes the record unless another process wrote it first. The
-    record is published whole (a hard link to a finished file) and before this
-    process changes the flags, so a process that reads flags another one set
-    always finds the record there.
+    ``current`` becomes the record unless another process wrote it first.
     """
-    draft = f"{record}.{os.getpid()}"
-    with open(draft, "w") as fh:
-        fh.write(current)
     try:
-        os.link(draft, record)
-    except FileExistsError:
         with open(record) as fh:
             return fh.read()
-    finally:
-        os.unlink(draft)
-    return current
+    except FileNotFoundError:
+        with open(record, "w") as fh:
+            fh.write(current)
+        return current
 
 
 def put_back_flags(record: str, url: str) -> None:
-    """Set the ``notify-keyspace-events`` kept in ``record`` on the server at ``url``; remove the record.
+    """Set the ``notify-keyspace-events`` kept in ``record`` on the server at ``url``; remove the record and its lock.
 
     Raises ``OSError``, ``ConnectionLost`` or ``ReplyError`` when that fails.
     """
@@ -729,6 +735,8 @@ def put_back_flags(record: str, url: str) -> None:
     finally:
         conn.close()
     os.unlink(record)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(f"{record}.lock")
 
 
 def _union_flags(current: str, needed: str) -> str:

@@ -10,7 +10,6 @@ server, by the process id recorded there, when the session ends.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -50,6 +49,8 @@ def shared(settings: StoreSettings, key: str, start: Callable[[], Service]) -> S
         service = start()
         service.extra.update(db=db, dbs=None if settings.worker is None else [db])
         return service
+    import fcntl  # POSIX, imported here so that the plugin loads where it is missing
+
     info = where / f"{key}.json"
     with open(where / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
