@@ -102,12 +102,15 @@ class Branches:
     def resolve_all(self, items: list[pytest.Item]) -> None:
         """Resolve every ``branch_from`` against ``items``; find cycles; group trees for xdist."""
         self.nodes = {}
+        index: _Index | None = None
         for item in items:
             if item.get_closest_marker("branch_from") is None:
                 continue
             node = self._node(item)
+            if index is None:
+                index = _Index(items)
             try:
-                node.parent = resolve(item, items)
+                node.parent = resolve(item, index)
             except _NotSelected as exc:
                 node.skip = self._not_selected(exc.name, item)
             except _BadBranch as exc:
@@ -308,8 +311,19 @@ def _signature(test: object) -> object:
     return test
 
 
-def resolve(item: pytest.Item, items: Iterable[pytest.Item]) -> pytest.Item:
-    """The test that ``item``'s ``branch_from`` names, among the collected ``items``."""
+class _Index:
+    """The collected tests by node id and by file, built once: a lookup then costs its file's size, not the run's."""
+
+    def __init__(self, items: Iterable[pytest.Item]) -> None:
+        self.by_id: dict[str, pytest.Item] = {}
+        self.by_file: dict[str, list[pytest.Item]] = {}
+        for item in items:
+            self.by_id[item.nodeid] = item
+            self.by_file.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+
+
+def resolve(item: pytest.Item, index: _Index) -> pytest.Item:
+    """The test that ``item``'s ``branch_from`` names, among the collected tests of ``index``."""
     mark = item.get_closest_marker("branch_from")
     assert mark is not None
     try:
@@ -318,30 +332,23 @@ def resolve(item: pytest.Item, items: Iterable[pytest.Item]) -> pytest.Item:
         raise _BadBranch(str(exc).replace("_signature()", "branch_from()")) from None
     if not isinstance(name, str) or not name.strip():
         raise _BadBranch(f"{name!r} is not a test name or node id")
-    items = list(items)
     if "::" in name and name.split("::", 1)[0].endswith(".py"):  # a node id
-        found = [other for other in items if other.nodeid == name]
+        parent = index.by_id.get(name)
+        found = [parent] if parent is not None else []
         if not found:
-            path = name.split("::", 1)[0]
-            if not any(other.nodeid.split("::", 1)[0] == path for other in items):
+            if name.split("::", 1)[0] not in index.by_file:
                 raise _NotSelected(name)  # its file was not collected in this run
             raise _BadBranch(UNKNOWN_PARENT.format(name=name, where="the collected tests"))
     else:
         module = item.nodeid.split("::", 1)[0]
-        found = [
-            other for other in items
-            if other.nodeid.split("::", 1)[0] == module and (other.nodeid.endswith("::" + name))
-        ]
+        same_file = index.by_file.get(module, [])
+        found = [other for other in same_file if other.nodeid.endswith("::" + name)]
         if len(found) > 1:  # prefer the child's own class
             own = item.nodeid.rsplit("::", 1)[0]
             same_class = [other for other in found if other.nodeid.rsplit("::", 1)[0] == own]
             found = same_class or found
         if not found:
-            found = [
-                other for other in items
-                if other.nodeid.split("::", 1)[0] == module
-                and other.nodeid.rsplit("::", 1)[-1].split("[", 1)[0] == name
-            ]
+            found = [other for other in same_file if other.nodeid.rsplit("::", 1)[-1].split("[", 1)[0] == name]
             if len(found) > 1:
                 some = ", ".join(other.nodeid.rsplit("::", 1)[-1] for other in found[:3])
                 raise _BadBranch(AMBIGUOUS_PARENT.format(name=name, count=len(found), some=some))
