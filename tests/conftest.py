@@ -18,10 +18,11 @@ INNER = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
 
 
 @pytest.fixture(autouse=True)
-def _inner_runs_ignore_ci(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Inner runs print the same on a CI machine: pytest stops shortening summary lines when CI is set."""
-    monkeypatch.delenv("CI", raising=False)
+def _inner_runs_print_the_same_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inner runs print the same on any machine: 80 columns, and summary lines shortened as off CI."""
+    monkeypatch.delenv("CI", raising=False)  # with CI (or BUILD_NUMBER) set, pytest stops shortening them
     monkeypatch.delenv("BUILD_NUMBER", raising=False)
+    monkeypatch.setenv("COLUMNS", "80")
 
 
 def _settings() -> StoreSettings:
