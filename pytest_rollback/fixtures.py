@@ -341,6 +341,7 @@ def _rollback_test() -> Iterator[None]:
     verify = marker.verify or session.options.verify
     cp = engine.push(f"test {request.node.nodeid}", "test", verify=verify)
     request.node._rollback_checkpoint = cp
+    request.node._rollback_stores = marker.stores  # the stores it rolls back (empty: all), for its report
     try:
         yield
     finally:

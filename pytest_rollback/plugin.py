@@ -258,9 +258,7 @@ class RollbackSession:
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
         """xdist controller: tell each worker where shared servers and branch trees are recorded."""
-        if self.shared_dir is None:
-            self.shared_dir = shared.make_dir()
-        node.workerinput[shared.WORKER_INPUT_KEY] = self.shared_dir
+        node.workerinput[shared.WORKER_INPUT_KEY] = self._controller_dir()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
@@ -268,9 +266,13 @@ class RollbackSession:
         dist = getattr(config.option, "dist", "no")
         if dist not in ("load", "loadscope", "loadfile", "loadgroup"):
             return None
+        return xdist_groups.make_scheduler(config, log, self._controller_dir(), dist)
+
+    def _controller_dir(self) -> str:
+        """xdist controller: this run's shared directory, made on first use."""
         if self.shared_dir is None:
             self.shared_dir = shared.make_dir()
-        return xdist_groups.make_scheduler(config, log, self.shared_dir, dist)
+        return self.shared_dir
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

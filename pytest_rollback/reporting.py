@@ -130,7 +130,7 @@ class Reporter:
         engine = self.session.engine
         if cp is None or not cp.alive or cp not in engine.stack or not engine.adapters:
             return ""  # rollback is off for this test, or its level is gone: nothing to compare with
-        rolled_back = _marker_stores(item)
+        rolled_back: tuple[str, ...] = getattr(item, "_rollback_stores", ())
         lines: list[str] = []
         changed = False
         for name, adapter in sorted(engine.adapters.items()):
@@ -349,12 +349,6 @@ def _report_chars(chars: str) -> str:
         elif char not in effective:
             effective += char
     return effective
-
-
-def _marker_stores(item: pytest.Item) -> tuple[str, ...]:
-    """The stores named by the test's ``rollback`` marker (empty: all of them are rolled back)."""
-    mark = item.get_closest_marker("rollback")
-    return tuple(s for s in mark.args if isinstance(s, str)) if mark is not None else ()
 
 
 def _store_block(name: str, adapter: Rollbackable, token: Any) -> tuple[list[str], bool]:
