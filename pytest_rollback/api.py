@@ -38,25 +38,32 @@ class Observation:
     store: str
     state: Mapping[Any, Any]
 
-    def diff(self, other: Observation, limit: int = 10) -> list[str]:
-        """Lines describing what differs from ``other`` (at most ``limit``)."""
+    def diff(self, other: Observation, limit: int | None = 10, then: str = "at checkpoint") -> list[str]:
+        """Lines describing what differs from ``other`` (at most ``limit``, then ``...``; ``None``: all).
+
+        ``'k': 'v' at checkpoint, now absent``: this observation's value is described
+        as ``then``, ``other``'s as ``now``.
+        """
         lines: list[str] = []
         for key in sorted(set(self.state) | set(other.state), key=repr):
             a, b = self.state.get(key, _MISSING), other.state.get(key, _MISSING)
             if a != b:
-                if a is _MISSING:
-                    lines.append(f"{key!r}: absent at checkpoint, now {b!r:.80}")
-                elif b is _MISSING:
-                    lines.append(f"{key!r}: {a!r:.80} at checkpoint, now absent")
-                else:
-                    lines.append(f"{key!r}: {a!r:.80} at checkpoint, now {b!r:.80}")
-                if len(lines) >= limit:
+                lines.append(f"{key!r}: {_show(a)} {then}, now {_show(b)}")
+                if limit is not None and len(lines) >= limit:
                     lines.append("...")
                     break
         return lines
 
 
 _MISSING = object()
+
+
+def _show(value: Any) -> str:
+    """A value in a difference line: ``absent``, or its repr cut to 80 characters."""
+    if value is _MISSING:
+        return "absent"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclasses.dataclass(frozen=True)

@@ -115,26 +115,14 @@ class MappingStore:
         return copy.deepcopy(dict(self.data))
 
 
-_ABSENT = object()
 _SHOWN_DIFFERENCES = 10
 _SEED_KEYS = 12
 
 
-def _show(value: Any) -> str:
-    if value is _ABSENT:
-        return "absent"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _differences(expected: Mapping[Any, Any], actual: Mapping[Any, Any], then: str) -> list[str]:
     """One line per key whose value differs, e.g. ``key 'k3': 'v' at checkpoint, now absent``."""
-    lines = []
-    for key in sorted(set(expected) | set(actual), key=repr):
-        a, b = expected.get(key, _ABSENT), actual.get(key, _ABSENT)
-        if a is _ABSENT or b is _ABSENT or a != b:
-            lines.append(f"key {key!r}: {_show(a)} {then}, now {_show(b)}")
-    return lines
+    differing = Observation("", expected).diff(Observation("", actual), limit=None, then=then)
+    return ["key " + line for line in differing]
 
 
 def _fail(guarantee: str, what: str, details: Sequence[str] = ()) -> NoReturn:
