@@ -98,6 +98,20 @@ def _embedded(store: str, start: Callable[[StoreSettings], Service], what: str) 
     service.stop()
 
 
+def docker_unavailable(image: str) -> str | None:
+    """None when a Docker engine answers and has ``image`` (or can pull it), else why not."""
+    from pytest_rollback.services import docker
+
+    reason = docker.engine_answers()
+    if reason is not None:
+        return reason
+    try:
+        docker.ensure_image(image, "test")
+    except StoreUnavailable as exc:
+        return str(exc)
+    return None
+
+
 def real_server(store: str, image: str, starts: tuple[Callable[[StoreSettings], Service], ...]) -> Iterator[Service]:
     """The first of ``starts`` (Docker, PATH...) that can run here; skipped with every reason when none can."""
     settings = StoreSettings(store, "auto", None, image, False, None, None)  # type: ignore[arg-type]

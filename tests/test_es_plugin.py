@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import INNER, restores_nothing, workers_log
+from conftest import INNER, docker_unavailable, restores_nothing, workers_log
 from elasticsearch import Elasticsearch
 
 from pytest_rollback.api import Service
@@ -315,13 +315,15 @@ def test_xdist_workers_get_a_prefix_each_on_a_configured_server(pytester: pytest
 
 
 def test_docker_provider_starts_a_single_node(pytester: pytest.Pytester) -> None:
+    from pytest_rollback.options import DEFAULT_IMAGES, StoreSettings
     from pytest_rollback.services import docker
 
-    reason = docker.engine_answers()
+    settings = StoreSettings("elasticsearch", "docker", None, DEFAULT_IMAGES["elasticsearch"], False, None, None)  # type: ignore[arg-type]
+    reason = docker_unavailable(docker.elasticsearch_image(settings))
     if reason is not None:
-        pytest.skip(f"the Docker provider needs a Docker engine: {reason}")
+        pytest.skip(f"the Docker provider cannot run Elasticsearch here: {reason}")
     pytester.makeini(INI)
     pytester.makepyfile(test_a=SCOPES, test_b=OTHER_MODULE)
-    result = pytester.runpytest(*INNER, "--rollback-provider=docker", "-p", "no:randomly", timeout=600)
+    result = pytester.runpytest_subprocess(*INNER, "--rollback-provider=docker", "-p", "no:randomly", timeout=600)
     result.assert_outcomes(passed=8)
     result.stdout.fnmatch_lines(["*pytest-rollback: elasticsearch via docker at *"])

@@ -16,7 +16,7 @@ from typing import Any
 
 import pymongo
 import pytest
-from conftest import INNER, clear_mongo, restores_nothing, workers_log
+from conftest import INNER, clear_mongo, docker_unavailable, restores_nothing, workers_log
 
 from pytest_rollback.api import Service
 
@@ -365,11 +365,11 @@ def test_xdist_workers_get_a_database_each_on_a_configured_server(pytester: pyte
 
 
 def test_docker_provider_starts_a_replica_set(pytester: pytest.Pytester) -> None:
-    from pytest_rollback.services import docker
+    from pytest_rollback.options import DEFAULT_IMAGES
 
-    reason = docker.engine_answers()
+    reason = docker_unavailable(DEFAULT_IMAGES["mongo"])
     if reason is not None:
-        pytest.skip(f"no Docker engine on this machine: {reason}")
+        pytest.skip(f"the Docker provider cannot run MongoDB here: {reason}")
     pytester.makeini(INI)
     pytester.makepyfile(test_a=SCOPES, test_b=OTHER_MODULE)
     result = pytester.runpytest_subprocess(*INNER, "--rollback-provider=docker", timeout=600)

@@ -6,10 +6,10 @@ import sys
 
 import pytest
 import redis
-from conftest import absolute_expiry_ms
+from conftest import absolute_expiry_ms, docker_unavailable
 
 from pytest_rollback.api import Service
-from pytest_rollback.services import docker
+from pytest_rollback.options import DEFAULT_IMAGES
 
 INNER = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
 INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
@@ -181,8 +181,8 @@ def test_external_server_keeps_its_preexisting_data(pytester: pytest.Pytester, r
 def test_auto_falls_back_from_docker_to_local_to_embedded(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if docker.engine_answers() is None:
-        pytest.skip("a Docker engine answers here, so auto would use it")
+    if docker_unavailable(DEFAULT_IMAGES["redis"]) is None:
+        pytest.skip("a Docker engine here has the Redis image, so auto would use it")
     from pytest_rollback.services import local
 
     pytester.makepyfile(SERVICE_TEST)
@@ -251,9 +251,9 @@ def test_external_provider_without_url_says_so(pytester: pytest.Pytester) -> Non
 
 
 def test_docker_provider(pytester: pytest.Pytester) -> None:
-    reason = docker.engine_answers()
+    reason = docker_unavailable(DEFAULT_IMAGES["redis"])
     if reason is not None:
-        pytest.skip(reason)
+        pytest.skip(f"the Docker provider cannot run Redis here: {reason}")
     pytester.makeconftest(SCOPES_PROJECT["conftest"])
     pytester.makepyfile(test_a=SCOPES_PROJECT["test_a"], test_b=SCOPES_PROJECT["test_b"])
     result = pytester.runpytest_subprocess(*INNER, "--rollback-provider=docker", timeout=300)

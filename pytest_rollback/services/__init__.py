@@ -17,13 +17,18 @@ def free_port() -> int:
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, logs: Callable[[], str] = lambda: "") -> None:
-    """Poll ``check`` until it returns True; on time-out raise with the server's log tail."""
+    """Poll ``check`` until it returns True; on time-out raise with the server's log tail.
+
+    ``check`` raises :class:`StoreUnavailable` when waiting longer cannot help (the server exited).
+    """
     deadline = time.monotonic() + timeout
     delay = 0.005
     while True:
         try:
             if check():
                 return
+        except StoreUnavailable:  # the check knows it will never be ready (the server exited)
+            raise
         except Exception:
             pass
         if time.monotonic() > deadline:

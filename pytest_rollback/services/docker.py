@@ -28,6 +28,42 @@ def engine_answers(timeout: float = 2.0) -> str | None:
     return None
 
 
+IMAGE_UNAVAILABLE = (
+    "image {image} is not on the Docker engine and could not be pulled ({why}); build or load it under that "
+    "name, or pass --rollback-{store}-image"
+)
+
+
+def has_image(image: str) -> bool:
+    """True when the engine has ``image`` already (no pull)."""
+    import docker
+
+    client = docker.from_env(timeout=10)
+    try:
+        client.images.get(image)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+    finally:
+        client.close()
+
+
+def ensure_image(image: str, store: str) -> None:
+    """Pull ``image`` if the engine does not have it; StoreUnavailable when that fails (no registry)."""
+    if has_image(image):
+        return
+    import docker
+
+    client = docker.from_env(timeout=300)
+    try:
+        client.images.pull(image)
+    except docker.errors.DockerException as exc:
+        why = str(getattr(exc, "explanation", None) or exc).splitlines()[0][:200]
+        raise StoreUnavailable(IMAGE_UNAVAILABLE.format(image=image, why=why, store=store)) from None
+    finally:
+        client.close()
+
+
 def _start(
     settings: StoreSettings, inner_port: int, command: str | None, env: dict[str, str] | None = None, image: str = ""
 ) -> tuple[Any, str, int]:
@@ -36,10 +72,16 @@ def _start(
     if reason is not None:
         raise StoreUnavailable(reason)
     try:
+        from testcontainers.core.config import testcontainers_config
         from testcontainers.core.container import DockerContainer
     except ImportError:
         raise StoreUnavailable("testcontainers is not installed (pip install 'pytest-rollback[docker]')") from None
-    container = DockerContainer(image or settings.image).with_exposed_ports(inner_port)
+    image = image or settings.image
+    ensure_image(image, settings.store)
+    if not testcontainers_config.ryuk_disabled and not has_image(testcontainers_config.ryuk_image):
+        # the reaper is one more image to pull: without it, the plugin stops its containers itself
+        testcontainers_config.ryuk_disabled = True
+    container = DockerContainer(image).with_exposed_ports(inner_port)
     if command:
         container.with_command(command)
     for key, value in (env or {}).items():

@@ -116,10 +116,15 @@ def redis(settings: StoreSettings) -> Service:
         handle = _Process(proc, workdir, log)
         client = redis_py.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
 
-        def ready(proc: subprocess.Popen[bytes] = proc, client: redis_py.Redis = client) -> bool:
+        def ready(proc: subprocess.Popen[bytes] = proc, client: redis_py.Redis = client, port: int = port) -> bool:
             if proc.poll() is not None:
                 raise StoreUnavailable(f"redis-server exited with code {proc.returncode}")
-            return bool(client.ping())
+            # the port may have been taken between choosing and binding it: a server that
+            # answers is ours only if it is our process (another one's data is not ours to roll back)
+            pid = client.info("server").get("process_id")
+            if pid != proc.pid:
+                raise StoreUnavailable(f"port {port} is taken by another server (process {pid})")
+            return True
 
         try:
             wait_until(ready, 10, f"redis-server ({exe}) on port {port}", handle.logs)
