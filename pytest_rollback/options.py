@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from .api import PROVIDERS
+from .services.state import default_state_dir
 
 #: Stores that have URL and image options.
 STORES = ("redis", "mongo", "elasticsearch")
@@ -31,6 +32,7 @@ EXAMPLE_URLS = {
 MONGO_EMBEDDED = ("auto", "secantusdb", "mongomock")
 
 BAD_CHOICE = "pytest-rollback: {source} is {value!r}, which is not one of {choices}"
+BAD_NUMBER = "pytest-rollback: {source} is {value!r}; use a number of seconds greater than 0, e.g. 30"
 BAD_BOOL = "pytest-rollback: {source} is {value!r}; use one of 1/0, true/false, yes/no, on/off"
 
 
@@ -41,7 +43,7 @@ class _Spec:
     ini: str
     env: str
     help: str
-    kind: str = "str"  # "str" | "bool"
+    kind: str = "str"  # "str" | "bool" | "float"
     default: Any = None
     choices: tuple[str, ...] = ()
 
@@ -76,6 +78,24 @@ def _specs() -> list[_Spec]:
             "what the embedded MongoDB provider runs: auto (default: SecantusDB if installed, else "
             "mongomock), secantusdb or mongomock",
             default="auto", choices=MONGO_EMBEDDED,
+        ),
+        _Spec(
+            "rollback_state_dir", "--rollback-state-dir", "rollback_state_dir", "PYTEST_ROLLBACK_STATE_DIR",
+            "where the plugin keeps what must outlive a run: the leases of the servers it holds, the journals "
+            "that put their data back after a crash, the records of the servers it started "
+            "(default $XDG_STATE_HOME/pytest-rollback, else ~/.local/state/pytest-rollback)",
+        ),
+        _Spec(
+            "rollback_recover", "--rollback-recover", "rollback_recover", "PYTEST_ROLLBACK_RECOVER",
+            "put back the servers that interrupted runs left (their data, settings and the plugin's "
+            "leftovers), end the servers they started, report, and exit without running tests",
+            kind="bool", default=False,
+        ),
+        _Spec(
+            "rollback_timeout", "--rollback-timeout", "rollback_timeout", "PYTEST_ROLLBACK_TIMEOUT",
+            "seconds a server may take to answer one request of the plugin before it counts as "
+            "stopped answering (default 30)",
+            kind="float", default=30.0,
         ),
     ]
     for store in STORES:
@@ -114,6 +134,14 @@ def _parse(spec: _Spec, raw: object, source: str) -> Any:
         if text in ("0", "false", "no", "off", ""):
             return False
         raise pytest.UsageError(BAD_BOOL.format(source=source, value=raw))
+    if spec.kind == "float":
+        try:
+            number = float(str(raw).strip())
+        except ValueError:
+            number = -1.0
+        if not number > 0:
+            raise pytest.UsageError(BAD_NUMBER.format(source=source, value=raw))
+        return number
     value = str(raw).strip()
     if spec.choices and value not in spec.choices:
         raise pytest.UsageError(BAD_CHOICE.format(source=source, value=value, choices=", ".join(spec.choices)))
@@ -142,6 +170,9 @@ class Options:
     allow_remote: bool = False
     disabled: bool = False
     mongo_embedded: str = "auto"
+    state_dir: str = ""
+    recover: bool = False
+    timeout: float = 30.0
     urls: dict[str, str | None] = dataclasses.field(default_factory=dict)
     images: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -154,6 +185,9 @@ class Options:
             allow_remote=values["rollback_allow_remote"],
             disabled=values["rollback_disabled"],
             mongo_embedded=values["rollback_mongo_embedded"],
+            state_dir=str(values["rollback_state_dir"] or default_state_dir()),
+            recover=values["rollback_recover"],
+            timeout=values["rollback_timeout"],
             urls={s: values[f"rollback_{s}_url"] for s in STORES},
             images={s: values[f"rollback_{s}_image"] for s in STORES},
         )
@@ -173,6 +207,10 @@ class StoreSettings:
     config: pytest.Config = dataclasses.field(repr=False, compare=False)
     #: Store-specific settings (``embedded``: what the embedded MongoDB provider runs).
     extra: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+    #: The state directory (``--rollback-state-dir``): leases, journals, records of started servers.
+    state_dir: str = dataclasses.field(default_factory=lambda: str(default_state_dir()), compare=False)
+    #: Seconds a server may take to answer one request before it counts as stopped (``--rollback-timeout``).
+    timeout: float = 30.0
 
     @property
     def worker_index(self) -> int:

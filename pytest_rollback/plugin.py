@@ -123,6 +123,8 @@ class RollbackSession:
             worker=self.worker,
             config=self.config,
             extra={"embedded": self.options.mongo_embedded} if store == "mongo" else {},
+            state_dir=self.options.state_dir,
+            timeout=self.options.timeout,
         )
 
     def service(self, store: str) -> Service:

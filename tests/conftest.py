@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +24,14 @@ def _inner_runs_print_the_same_everywhere(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("CI", raising=False)  # with CI (or BUILD_NUMBER) set, pytest stops shortening them
     monkeypatch.delenv("BUILD_NUMBER", raising=False)
     monkeypatch.setenv("COLUMNS", "80")
+
+
+@pytest.fixture(autouse=True)
+def state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Each test's inner runs keep their leases, journals and server records in a directory of its own."""
+    path = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("PYTEST_ROLLBACK_STATE_DIR", str(path))
+    return path
 
 
 def _settings() -> StoreSettings:
