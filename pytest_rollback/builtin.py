@@ -2,15 +2,39 @@
 
 from __future__ import annotations
 
+import os
+import uuid
+from pathlib import Path
+
 from .api import Rollbackable, Service
 from .options import DEFAULT_IMAGES, StoreSettings
 from .registry import Registry, Store
 
 
+def _journal_file(service: Service, name: str) -> str | None:
+    """A file of the crash journal of the server (held by this run, or by the xdist controller)."""
+    journal = service.extra.get("journal")
+    return os.path.join(journal, name) if journal else None
+
+
 def _redis_adapter(service: Service, settings: StoreSettings) -> Rollbackable:
     from .adapters.redis import RedisAdapter
+    from .adapters.redis_journal import FLAGS_FILE
 
-    return RedisAdapter(service.url, dbs=service.extra.get("dbs"), flags_record=service.extra.get("flags_record"))
+    # the xdist controller keeps the whole server: a full copy, compared at the end (it reads no events)
+    strategy = "snapshot" if settings.extra.get("controller") else "auto"
+    return RedisAdapter(
+        service.url,
+        dbs=service.extra.get("dbs"),
+        strategy=strategy,
+        flags_record=_journal_file(service, FLAGS_FILE),
+    )
+
+
+def _recover_redis(path: Path, url: str, restore_data: bool, timeout: float) -> str:
+    from .adapters.redis_journal import recover
+
+    return recover(path, url, restore_data, timeout)
 
 
 def redis_store() -> Store:
@@ -26,6 +50,7 @@ def redis_store() -> Store:
             "embedded": embedded.redis,
         },
         default_image=DEFAULT_IMAGES["redis"],
+        recover=_recover_redis,
         how_to_get=(
             "pip install 'pytest-rollback[all]' (ships a redis-server and fakeredis), "
             "or apt-get install redis-server, or pass --rollback-redis-url"
@@ -40,7 +65,15 @@ def _mongo_adapter(service: Service, settings: StoreSettings) -> Rollbackable:
         return MongomockAdapter(service.extra["mongomock"], dbs=service.extra.get("dbs"))
     from .adapters.mongo import MongoAdapter
 
-    return MongoAdapter(service.url, dbs=service.extra.get("dbs"))
+    # the xdist controller keeps the whole server: it reads no change stream, write counters tell it what moved
+    strategy = "counters" if settings.extra.get("controller") else "auto"
+    return MongoAdapter(service.url, dbs=service.extra.get("dbs"), strategy=strategy)
+
+
+def _recover_mongo(path: Path, url: str, restore_data: bool, timeout: float) -> str:
+    from .adapters.mongo_journal import recover
+
+    return recover(path, url, restore_data, timeout)
 
 
 def mongo_store() -> Store:
@@ -56,6 +89,7 @@ def mongo_store() -> Store:
             "embedded": embedded.mongo,
         },
         default_image=DEFAULT_IMAGES["mongo"],
+        recover=_recover_mongo,
         how_to_get=(
             "pip install 'pytest-rollback[all]' (mongomock, in process) or 'pytest-rollback[secantusdb]' "
             "(a MongoDB-compatible server), or put mongod on PATH, or pass --rollback-mongo-url"
@@ -66,7 +100,21 @@ def mongo_store() -> Store:
 def _elasticsearch_adapter(service: Service, settings: StoreSettings) -> Rollbackable:
     from .adapters.elasticsearch import ElasticsearchAdapter
 
-    return ElasticsearchAdapter(service.url, prefix=str(service.extra.get("prefix") or ""))
+    ident = None
+    journal = service.extra.get("journal")
+    if journal:  # its id names its snapshots: on disk before it makes any
+        from .adapters.elasticsearch_journal import write_ident
+
+        ident = uuid.uuid4().hex[:8]
+        who = settings.worker or ("controller" if settings.extra.get("controller") else "run")
+        write_ident(Path(journal), ident, who)
+    return ElasticsearchAdapter(service.url, prefix=str(service.extra.get("prefix") or ""), ident=ident)
+
+
+def _recover_elasticsearch(path: Path, url: str, restore_data: bool, timeout: float) -> str:
+    from .adapters.elasticsearch_journal import recover
+
+    return recover(path, url, restore_data, timeout)
 
 
 def elasticsearch_store() -> Store:
@@ -82,6 +130,7 @@ def elasticsearch_store() -> Store:
             "embedded": embedded.elasticsearch,
         },
         default_image=DEFAULT_IMAGES["elasticsearch"],
+        recover=_recover_elasticsearch,
         how_to_get=(
             "pip install 'pytest-rollback[all]' (noida-db, an Elasticsearch-compatible server), "
             "or put elasticsearch on PATH, or pass --rollback-elasticsearch-url"

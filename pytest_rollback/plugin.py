@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from . import builtin, hookspecs, xdist_groups
-from .api import PROVIDERS, Rollbackable, RollbackError, Service, StoreUnavailable
+from .api import PROVIDERS, RestoreReport, Rollbackable, RollbackError, Service, StoreUnavailable
 from .branching import BRANCH_MARKER_HELP, Branches
 from .engine import Checkpoint, Engine
 from .markers import ROLLBACK_MARKER_HELP
@@ -20,6 +20,8 @@ from .options import Options, StoreSettings, addoption
 from .registry import RegistrationError, Registry
 from .reporting import Reporter
 from .services import shared
+from .services.recovery import Holds, recover_all
+from .signals import HELD_NOTE, Signals
 
 SESSION_KEY = pytest.StashKey["RollbackSession"]()
 AUTO_ORDER = ("docker", "local", "embedded")
@@ -49,6 +51,36 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(session, "rollback-session")
     config.pluginmanager.register(Reporter(session), "rollback-reporter")
     config.pluginmanager.register(session.branches, "rollback-branches")
+    session.signals.install()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        session.signals.uninstall()
+        session.holds.release_all()  # normally released at session end; never leave a lock behind
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    """``--rollback-recover``: put back what interrupted runs left, report, and exit without running tests."""
+    options = Options.from_config(config)
+    if not options.recover:
+        return None
+    registry = Registry()
+    if not config.pluginmanager.is_registered(builtin):
+        builtin.pytest_rollback_register(registry)
+    try:
+        config.hook.pytest_rollback_register(registry=registry)
+    except RegistrationError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    recovers = {name: spec.recover for name, spec in registry.stores.items()}
+    lines, ok = recover_all(options.state_dir, recovers, dict(options.urls), options.timeout)
+    if not lines:
+        lines = [f"pytest-rollback: nothing to recover: no interrupted run left a journal in {options.state_dir}"]
+    for line in lines:
+        print(line)
+    return 0 if ok else 1
 
 
 def get_session(config: pytest.Config) -> RollbackSession:
@@ -64,6 +96,14 @@ def pytest_rollback_checkpoint(adapter: Rollbackable, label: str | None) -> Any:
 def pytest_rollback_rollback(adapter: Rollbackable, checkpoint: Any) -> Any:
     result = adapter.rollback(checkpoint)
     return True if result is None else result
+
+
+#: the key in ``workerinput`` under which the xdist controller passes the journals of the servers it holds
+JOURNALS_KEY = "rollback_journals"
+PUT_BACK_AT_END = (
+    "pytest-rollback: {store}: put back {count} entries that tests changed outside their xdist worker's own "
+    "share of the server (or that a crashed worker left)"
+)
 
 
 class RollbackSession:
@@ -88,6 +128,9 @@ class RollbackSession:
         self.worker: str | None = worker.get("workerid") if worker else None
         #: xdist controller: the directory where workers record the servers they share
         self.shared_dir: str | None = None
+        #: the servers this run holds but did not start: leases and crash journals
+        self.holds = Holds(options.state_dir, options.timeout)
+        self.signals = Signals()
 
     # -- registration and services -------------------------------------------
     def register(self) -> None:
@@ -122,7 +165,10 @@ class RollbackSession:
             allow_remote=self.options.allow_remote,
             worker=self.worker,
             config=self.config,
-            extra={"embedded": self.options.mongo_embedded} if store == "mongo" else {},
+            extra={
+                **({"embedded": self.options.mongo_embedded} if store == "mongo" else {}),
+                **({"controller": True} if self._is_xdist_controller() else {}),
+            },
             state_dir=self.options.state_dir,
             timeout=self.options.timeout,
         )
@@ -142,9 +188,14 @@ class RollbackSession:
             if service is None:
                 raise StoreUnavailable(f"pytest-rollback: {store}: no provider returned a service")
             try:
+                held = self._hold(store, service)
                 adapter = spec.make_adapter(service, self.settings(store))
-            except Exception:
+                self.engine.activate(adapter)
+                if held and self.engine.enabled:
+                    self.holds.journal(store, adapter)  # before any test can write
+            except BaseException:
                 service.stop()
+                self.holds.finish(store, None) if store in self.holds.keepers else None
                 raise
         except StoreUnavailable as exc:
             self.failures[store] = str(exc)
@@ -153,9 +204,30 @@ class RollbackSession:
             self.failures[store] = f"pytest-rollback: {store}: could not start: {exc!r}"
             raise StoreUnavailable(self.failures[store]) from exc
         self.services[store] = service
-        self.engine.activate(adapter)
         self._announce(service, adapter)
         return service
+
+    def _hold(self, store: str, service: Service) -> bool:
+        """Hold a server the plugin did not start (lease, recovery, journal); True when this run holds it."""
+        if service.owned:
+            return False
+        if self.worker is not None:  # the controller holds it for the whole run; its journal keeps the flags
+            journals = (getattr(self.config, "workerinput", None) or {}).get(JOURNALS_KEY) or {}
+            if store in journals:
+                service.extra["journal"] = journals[store]
+            return False
+        service.extra["journal"] = str(self.holds.hold(store, service, self.registry.stores[store].recover))
+        self._say(self.holds.lines)
+        return True
+
+    def _say(self, lines: list[str]) -> None:
+        """Show lines about the servers (in the header when it is not printed yet)."""
+        for line in lines:
+            if self._header_done:
+                self._write_line(line)
+            else:
+                self._early_lines.append(line)
+        lines.clear()
 
     def _announce(self, service: Service, adapter: Rollbackable) -> None:
         line = service.describe()
@@ -189,6 +261,18 @@ class RollbackSession:
                 reporter.write_fspath_result(self.running, "")
             else:
                 reporter.write_line(line)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_rollback_checkpoint(self, adapter: Rollbackable, label: str | None) -> Generator[None, Any, Any]:
+        """Hold Ctrl-C while an adapter takes a checkpoint (never half-way through)."""
+        with self.signals.held():
+            return (yield)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_rollback_rollback(self, adapter: Rollbackable, checkpoint: Any) -> Generator[None, Any, Any]:
+        """Hold Ctrl-C while an adapter restores (never half-way through)."""
+        with self.signals.held():
+            return (yield)
 
     def pytest_runtest_logstart(self, nodeid: str) -> None:
         """Remember the running test (for service lines and the summary's causes)."""
@@ -247,20 +331,51 @@ class RollbackSession:
             self.register()
         else:  # the workers run the tests, each with its own stores; only check the URLs here
             self._call_register()
-        for store, spec in self.registry.stores.items():
+        for store in self.registry.stores:
             if self.options.urls.get(store):
                 try:
                     if controller:
-                        spec.providers["external"](self.settings(store))
+                        self._keep_whole_server(store)
                     else:
                         self.service(store)
                 except StoreUnavailable as exc:
                     raise pytest.UsageError(str(exc)) from None
+        if self.worker is None:
+            held = {k.lease.dir.name for k in self.holds.keepers.values()}
+            line = self.holds.others_pending(held)
+            if line:
+                self._say([line])
+
+    def _keep_whole_server(self, store: str) -> None:
+        """xdist controller: hold a configured server for the whole run and keep all of it.
+
+        The workers roll back their own databases (or indices) after every test;
+        the controller takes the server's whole state before any worker starts,
+        journals it, and puts every database back at the end of the run.
+        """
+        spec = self.registry.stores[store]
+        settings = self.settings(store)
+        service = spec.providers["external"](settings)
+        if not self._hold(store, service) or self.options.disabled:
+            return
+        keeper = self.holds.keepers[store]
+        adapter = spec.make_adapter(service, settings)
+        try:
+            keeper.root = adapter.checkpoint("the run's start")
+            keeper.adapter = adapter
+            self.holds.journal(store, adapter)
+        except BaseException:
+            close = getattr(adapter, "close", None)
+            if close is not None:
+                close()
+            self.holds.finish(store, None)
+            raise
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
         """xdist controller: tell each worker where shared servers and branch trees are recorded."""
         node.workerinput[shared.WORKER_INPUT_KEY] = self._controller_dir()
+        node.workerinput[JOURNALS_KEY] = {s: str(k.lease.journal) for s, k in self.holds.keepers.items()}
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
@@ -278,23 +393,45 @@ class RollbackSession:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        errors: list[str] = []
+        """Put every store back (held against a second Ctrl-C), stop the servers, release the leases."""
+        with self.signals.held(HELD_NOTE, interrupt_after=False):
+            lines = self._finish()
+        for line in lines:
+            sys.stderr.write(line + "\n")
+
+    def _finish(self) -> list[str]:
+        lines: list[str] = []
         if self.shared_dir is not None:  # every worker is done: stop the servers they shared
-            errors += shared.put_back_redis_flags(self.shared_dir, self.options.urls.get("redis"))
-            errors += shared.stop_all(self.shared_dir)
+            lines += shared.stop_all(self.shared_dir)
             self.shared_dir = None
-        try:
-            self.engine.close()
-        except RollbackError as exc:
-            errors.append(str(exc))
+        failed: dict[str, BaseException] = {}
+        for name in list(self.engine.adapters)[::-1]:
+            try:
+                self.engine.deactivate(name)
+            except Exception as exc:
+                failed[name] = exc
+                if name not in self.holds.keepers:
+                    lines.append(str(exc))
+        for store, keeper in list(self.holds.keepers.items()):
+            if keeper.adapter is not None:  # xdist controller: the whole server, after every worker
+                failed.pop(store, None)
+                try:
+                    report = keeper.adapter.rollback(keeper.root)
+                    if isinstance(report, RestoreReport) and report.restored:
+                        lines.append(PUT_BACK_AT_END.format(store=store, count=report.restored))
+                    close = getattr(keeper.adapter, "close", None)
+                    if close is not None:
+                        close()
+                except Exception as exc:
+                    failed[store] = exc
+            lines += self.holds.finish(store, failed.get(store))
         for service in self.services.values():
             try:
                 service.stop()
             except Exception as exc:
-                errors.append(f"pytest-rollback: {service.name}: stopping the server failed: {exc!r}")
+                lines.append(f"pytest-rollback: {service.name}: stopping the server failed: {exc!r}")
         self.services.clear()
-        for line in errors:
-            sys.stderr.write(line + "\n")
+        return lines
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         mode = "off (--no-rollback)" if self.options.disabled else "on"

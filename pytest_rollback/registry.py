@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .api import Rollbackable, Service
@@ -34,6 +35,11 @@ class Store:
         :class:`~pytest_rollback.StoreUnavailable` when it cannot.
     :param default_image: the pinned Docker image.
     :param how_to_get: the hint shown when no provider can serve the store.
+    :param recover: ``recover(journal_dir, url, restore_data, timeout) -> str``:
+        put a server the plugin did not start back from the journal its adapter's
+        ``save_journal(journal_dir)`` wrote (``restore_data`` false: only undo what
+        the adapter set up and remove its leftovers); returns what was done, in
+        words. Without it, a crashed run's server is reported, not put back.
     """
 
     name: str
@@ -41,6 +47,7 @@ class Store:
     providers: dict[str, ProviderFn]
     default_image: str = ""
     how_to_get: str = ""
+    recover: Callable[[Path, str, bool, float], str] | None = None
 
 
 class Registry:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import pytest
 import redis
 
 from pytest_rollback.api import Service
-from pytest_rollback.services import free_port, shared
 
 INNER = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
 INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
@@ -162,14 +160,3 @@ def test_a_crashed_workers_redis_server_is_ended_by_the_controller(pytester: pyt
     result.assert_outcomes(passed=1, failed=1)
     port = int((pytester.path / "port").read_text())
     assert _processes_on(port) == [], "the crashed worker's redis-server outlived the run"
-
-
-def test_flags_that_cannot_be_put_back_give_one_line_saying_what_to_set(tmp_path: Any) -> None:
-    """The controller's last step, with the server gone: one line with the flags to set by hand, nothing raised."""
-    (tmp_path / shared.REDIS_FLAGS_FILE).write_text("Ex")
-    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    problems = shared.put_back_redis_flags(str(tmp_path), url)
-    assert len(problems) == 1 and "\n" not in problems[0]
-    assert problems[0].startswith("pytest-rollback: redis: could not put back notify-keyspace-events 'Ex'")
-    assert problems[0].endswith("set it again with CONFIG SET notify-keyspace-events 'Ex'")
-    assert shared.put_back_redis_flags(str(tmp_path / "none"), url) == [], "no record: nothing to do"

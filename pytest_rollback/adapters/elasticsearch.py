@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import time
 import uuid
 import warnings
@@ -143,14 +144,23 @@ class ElasticsearchAdapter:
 
     name = "elasticsearch"
 
-    def __init__(self, url: str, *, prefix: str = "", reserved: str = ".pytest-rollback-", park: str = "auto") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "",
+        reserved: str = ".pytest-rollback-",
+        park: str = "auto",
+        ident: str | None = None,
+    ) -> None:
         if park not in ("auto", "hidden", "closed"):
             raise ValueError(f"park must be auto, hidden or closed, not {park!r}")
         self.url = url
         self.http = Http(url)
         self.prefix = prefix
         self.reserved = reserved
-        self._id = uuid.uuid4().hex[:8]
+        #: names this adapter's snapshots (``<reserved><ident>-<n>``) and its probe index
+        self._id = ident or uuid.uuid4().hex[:8]
         self._numbers = itertools.count(1)
         self.park = self._probe_park() if park == "auto" else park
         self.strategy = "clone" if self.park == "hidden" else "clone (closed snapshots)"
@@ -477,6 +487,73 @@ class ElasticsearchAdapter:
             self._gc()
         finally:
             self.http.close()
+
+    # -- the crash journal -------------------------------------------------------
+    def save_journal(self, path: str | os.PathLike[str]) -> None:
+        """Write to the directory ``path`` what puts the cluster back as it was at the first checkpoint.
+
+        The documents stay in the first checkpoint's snapshots on the server; the
+        journal names them, with each index's aliases, settings and fingerprint,
+        the templates and the cluster settings.
+        """
+        from pathlib import Path
+
+        from . import elasticsearch_journal
+
+        if not self._levels:
+            raise RollbackError("elasticsearch: save_journal() needs a checkpoint first")
+        root = self._levels[0]
+        data = {
+            "id": self._id,
+            "prefix": self.prefix,
+            "reserved": self.reserved,
+            "park": self.park,
+            "indices": {
+                name: {
+                    "snap": dataclasses.asdict(st.snap) if st.snap is not None else None,
+                    "aliases": st.aliases,
+                    "overrides": st.overrides,
+                    "uuid": st.uuid,
+                }
+                for name, st in root.indices.items()
+            },
+            "current": {name: [snap.index, fp[0], list(fp[1])] for name, (snap, fp) in self._current.items()},
+            "templates": [[kind, name, body] for (kind, name), body in root.globals.templates.items()],
+            "cluster": root.globals.cluster,
+        }
+        elasticsearch_journal.write(Path(path), data)
+
+    def load_journal(self, data: dict[str, Any]) -> _Level:
+        """The first checkpoint of a run, from what :meth:`save_journal` wrote (for recovery)."""
+        snaps: dict[str, _Snap] = {}
+        indices: dict[str, _State] = {}
+        for name, st in (data.get("indices") or {}).items():
+            snap = None
+            if st.get("snap"):
+                raw = st["snap"]
+                snap = _Snap(raw["index"], raw["of"], raw["mappings"], dict(raw["settings"]), tuple(raw["seqs"]))
+                snaps[snap.index] = snap
+            indices[name] = _State(snap, dict(st.get("aliases") or {}), dict(st.get("overrides") or {}), st["uuid"])
+        for name, (index, index_uuid, seqs) in (data.get("current") or {}).items():
+            if index in snaps:
+                self._current[name] = (snaps[index], (index_uuid, tuple(seqs)))
+        self._snaps.update(snaps)
+        templates = {(kind, name): body for kind, name, body in data.get("templates") or []}
+        level = _Level("the journal", indices, _Globals(templates, data.get("cluster")))
+        self._levels.append(level)
+        return level
+
+    def remove_leftovers(self, idents: Iterable[str] = ()) -> int:
+        """Delete every index named by this adapter's id or ``idents`` (snapshots, probes); return how many."""
+        ids = sorted({self._id, *idents})
+        patterns = ",".join(f"{self.reserved}{i}-*,pytest-rollback-probe-{i}" for i in ids)
+        found = self._call("GET", f"/{patterns}", ok=(404,), expand_wildcards="all", allow_no_indices="true",
+                           ignore_unavailable="true") or {}
+        names = sorted(found)
+        self._delete(names)
+        for name in names:
+            self._snaps.pop(name, None)
+        return len(names)
 
     # -- reports ---------------------------------------------------------------
     def _documents(self, index: str, snapshot: bool = False) -> dict[str, Any]:

@@ -30,6 +30,7 @@ the user's, so ``list_collection_names()`` of theirs shows no trace.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterable
@@ -578,6 +579,21 @@ class MongoAdapter:
             self._pending = _merge(token, self._pending)
         token.alive = False
         self._levels.remove(token)
+
+    def save_journal(self, path: str | os.PathLike[str]) -> None:
+        """Write to the directory ``path`` what puts the databases back as they were at the first checkpoint.
+
+        Called once, right after that checkpoint, for a server the plugin did not
+        start: every owned collection with its options, indexes and documents
+        (raw BSON, from the snapshot already in memory).
+        """
+        from pathlib import Path
+
+        from . import mongo_journal
+
+        if not self._levels:
+            raise RollbackError("mongo: save_journal() needs a checkpoint first")
+        mongo_journal.write(Path(path), self._meta, self._docs, self._owned, self.hidden_db)
 
     def close(self) -> None:
         """Close the stream and leave no barrier behind (the hidden database goes when empty)."""

@@ -219,11 +219,13 @@ class RedisAdapter:
 
     def _ensure_flags(self) -> None:
         """Make the server publish the keyspace events tracking needs (keeping its own flags)."""
-        if self._flags_record is None:
+        try:
+            import fcntl  # POSIX, like pytest-xdist's shared directory it serves
+        except ImportError:
+            fcntl = None  # type: ignore[assignment]
+        if self._flags_record is None or fcntl is None:  # no lock to take: one process (xdist needs POSIX)
             self._widen_flags()
             return
-        import fcntl  # POSIX, like pytest-xdist's shared directory it serves
-
         # one process at a time: a second one that read the flags before the first widened
         # them would widen them again, and that CONFIG SET forces a full restore on the first
         with open(f"{self._flags_record}.lock", "a") as lock:
@@ -612,6 +614,29 @@ class RedisAdapter:
         self._clients.clear()
         self._levels.clear()
         self._snap = {}
+
+    # -- the crash journal ---------------------------------------------------
+    def save_journal(self, path: str | os.PathLike[str]) -> None:
+        """Write to the directory ``path`` what puts the server back as it was at this adapter's first checkpoint.
+
+        Called once, right after that checkpoint, for a server the plugin did not
+        start: the keys (from the snapshot already in memory), the configuration
+        with the server's own notification flags, and the databases that are ours.
+        """
+        from pathlib import Path
+
+        from .redis_journal import FLAGS_FILE, KEYS_FILE, read_config, write_config, write_keys
+
+        if not self._levels:
+            raise RollbackError("redis: save_journal() needs a checkpoint first")
+        where = Path(path)
+        snapshot = self._snap if self.strategy == "tracking" else (self._levels[0].delta.full_prev or {})
+        config = read_config(self._redis_client(0))
+        if self._original_flags is not None:
+            config["notify-keyspace-events"] = self._original_flags
+        write_config(where, config, self._owned)
+        _first_flags(str(where / FLAGS_FILE), config.get("notify-keyspace-events", ""))
+        write_keys(where / KEYS_FILE, snapshot)
 
     # -- the snapshot strategy -----------------------------------------------
     def _snapshot_keys(self) -> dict[Key, Entry]:

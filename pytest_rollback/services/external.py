@@ -8,7 +8,6 @@ import time
 
 from ..api import Service, StoreUnavailable
 from ..options import EXAMPLE_URLS, StoreSettings
-from .shared import redis_flags_record
 
 REMOTE_REFUSED = (
     "pytest-rollback: {store}: refusing {host!r} from the configured URL: it is not a loopback "
@@ -83,7 +82,7 @@ def redis(settings: StoreSettings) -> Service:
         version=version,
         startup_ms=(time.perf_counter() - start) * 1000,
         owned=False,
-        extra={"db": db, "dbs": dbs, "flags_record": redis_flags_record(settings)},
+        extra={"db": db, "dbs": dbs},
     )
 
 

@@ -109,36 +109,6 @@ def watch(settings: StoreSettings, pid: int, program: str) -> Callable[[], None]
     return lambda: record.unlink(missing_ok=True)
 
 
-#: where the workers sharing an external Redis keep its notification flags from before the run
-REDIS_FLAGS_FILE = "redis-notify-keyspace-events.flags"
-
-
-def redis_flags_record(settings: StoreSettings) -> str | None:
-    """In an xdist worker, the file of the external Redis's own notification flags (``None`` elsewhere)."""
-    where = _shared_dir(settings)
-    if settings.worker is None or where is None:
-        return None
-    return str(where / REDIS_FLAGS_FILE)
-
-
-def put_back_redis_flags(where: str, url: str | None) -> list[str]:
-    """After every worker is done, give the external Redis its own notification flags back; return problems."""
-    record = Path(where) / REDIS_FLAGS_FILE
-    if url is None or not record.exists():
-        return []
-    from ..adapters.redis import put_back_flags
-
-    try:
-        put_back_flags(str(record), url)
-    except Exception as exc:
-        flags = record.read_text()
-        return [
-            f"pytest-rollback: redis: could not put back notify-keyspace-events {flags!r} on the server of "
-            f"--rollback-redis-url ({exc}); set it again with CONFIG SET notify-keyspace-events {flags!r}"
-        ]
-    return []
-
-
 def stop_all(where: str) -> list[str]:
     """Stop the servers the workers started (by their recorded process id); return problems."""
     problems: list[str] = []

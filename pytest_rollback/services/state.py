@@ -15,11 +15,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+#: the password of a URL's user information (``scheme://user:password@host``)
+_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 
 
 def default_state_dir() -> Path:
@@ -72,7 +76,8 @@ class RunId:
     @classmethod
     def current(cls) -> RunId:
         pid = os.getpid()
-        return cls(pid, socket.gethostname(), time.time(), process_start_ticks(pid), " ".join(sys.argv)[:300])
+        argv = _PASSWORD.sub(r"\1***@", " ".join(sys.argv))  # shown to other runs: no password in it
+        return cls(pid, socket.gethostname(), time.time(), process_start_ticks(pid), argv[:300])
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -103,9 +108,9 @@ class RunId:
         return self.ticks is None or ticks is None or ticks == self.ticks
 
     def describe(self) -> str:
-        """``pid 1234 on host, since 2026-11-29 10:02:03``."""
+        """``pid 1234 on host, started 2026-11-29 10:02:03``."""
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
-        return f"pid {self.pid} on {self.host}, since {when}"
+        return f"pid {self.pid} on {self.host}, started {when}"
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -1,0 +1,191 @@
+"""Redis's part of the crash journal: the server as it was before the run, on disk.
+
+Written once, right after the run's first checkpoint of a server it did not
+start (``RedisAdapter.save_journal``), before any test can write:
+
+* ``redis-keys.bin``: every key of the databases the run rolls back, with its
+  ``DUMP`` payload and absolute expiry (the adapter's snapshot, already in
+  memory, so writing it costs the disk and no round trip);
+* ``redis-config.json``: ``CONFIG GET *`` (with the server's own
+  ``notify-keyspace-events``) and which databases are the run's;
+* ``redis-notify-keyspace-events``: the server's own notification flags, written
+  by the adapter before it widens them (so even a run killed while connecting
+  leaves them to be put back).
+
+:func:`recover` puts all of that back: what keeps writes from succeeding first
+(a paused server, a busy script), then the configuration, then the keys
+(comparing, and rewriting only the keys that differ), then the flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+KEYS_FILE = "redis-keys.bin"
+CONFIG_FILE = "redis-config.json"
+FLAGS_FILE = "redis-notify-keyspace-events"
+_MAGIC = b"pytest-rollback redis journal 1\n"
+_HEAD = struct.Struct(">HII")  # db, key length, payload length
+_EXPIRY = struct.Struct(">q")
+#: parameters the plugin never puts back from the journal's configuration
+_NOT_PUT_BACK = frozenset({"notify-keyspace-events"})
+
+Key = tuple[int, bytes]
+Entry = tuple[bytes, int]
+
+
+def write_keys(path: Path, snapshot: Mapping[Key, Entry]) -> None:
+    """Write ``snapshot`` (key -> DUMP payload, absolute expiry in ms or -1) to ``path``, durably."""
+    parts = [_MAGIC, struct.pack(">Q", len(snapshot))]
+    for (db, name), (payload, expiry) in snapshot.items():
+        parts += (_HEAD.pack(db, len(name), len(payload)), name, payload, _EXPIRY.pack(expiry))
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(b"".join(parts))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_keys(path: Path) -> dict[Key, Entry]:
+    """The snapshot :func:`write_keys` wrote; ValueError if the file is not one."""
+    data = memoryview(path.read_bytes())
+    if bytes(data[: len(_MAGIC)]) != _MAGIC:
+        raise ValueError(f"{path.name} is not a pytest-rollback Redis journal")
+    at = len(_MAGIC)
+    (count,) = struct.unpack_from(">Q", data, at)
+    at += 8
+    out: dict[Key, Entry] = {}
+    for _ in range(count):
+        db, klen, plen = _HEAD.unpack_from(data, at)
+        at += _HEAD.size
+        name = bytes(data[at : at + klen])
+        at += klen
+        payload = bytes(data[at : at + plen])
+        at += plen
+        (expiry,) = _EXPIRY.unpack_from(data, at)
+        at += _EXPIRY.size
+        out[(db, name)] = (payload, expiry)
+    if at != len(data):
+        raise ValueError(f"{path.name} has {len(data) - at} bytes after its last key")
+    return out
+
+
+def read_config(client: Any) -> dict[str, str]:
+    """``CONFIG GET *`` as text (an empty dict where the server has no CONFIG)."""
+    try:
+        raw = client.config_get("*")
+    except Exception:
+        return {}
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def write_config(path: Path, config: Mapping[str, str], dbs: Iterable[int] | None) -> None:
+    from ..services.state import write_json
+
+    write_json(path / CONFIG_FILE, {"config": dict(config), "dbs": sorted(dbs) if dbs is not None else None})
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def unblock(client: Any) -> list[str]:
+    """Make the server take writes again: end a paused state and a script that is still running."""
+    done: list[str] = []
+    with contextlib.suppress(Exception):
+        client.execute_command("CLIENT", "UNPAUSE")
+    for kill in (("SCRIPT", "KILL"), ("FUNCTION", "KILL")):
+        try:
+            client.execute_command(*kill)
+            done.append(" ".join(kill))
+        except Exception:  # NOTBUSY, or no such command: nothing was running
+            pass
+    return done
+
+
+def put_back_config(client: Any, saved: Mapping[str, str]) -> list[str]:
+    """Set back every parameter that differs from ``saved`` (memory limits first); return their names."""
+    current = read_config(client)
+    changed = [k for k, v in saved.items() if k not in _NOT_PUT_BACK and k in current and current[k] != v]
+    changed.sort(key=lambda k: (not k.startswith("maxmemory"), k))
+    done = []
+    for name in changed:
+        try:
+            client.config_set(name, saved[name])
+            done.append(name)
+        except Exception:  # read-only at run time (it cannot have been changed either)
+            continue
+    return done
+
+
+def recover(path: Path, url: str, restore_data: bool = True, timeout: float = 30.0) -> str:
+    """Put the server at ``url`` back as the journal in ``path`` describes; return what was done, in words.
+
+    With ``restore_data`` false (the run restored the data itself, or never
+    started writing) only the server's settings are put back.
+    """
+    import redis as redis_py
+
+    from .redis import RedisAdapter, _Delta, _Level
+
+    base = url.split("?")[0]
+    client = redis_py.Redis.from_url(base, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        done = unblock(client)
+        meta: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            meta = json.loads((path / CONFIG_FILE).read_text())
+        config_done = put_back_config(client, meta.get("config") or {})
+        words: list[str] = []
+        if done:
+            words.append(", ".join(done))
+        keys_file = path / KEYS_FILE
+        if restore_data and keys_file.exists():
+            snapshot = read_keys(keys_file)
+            adapter = RedisAdapter(url, dbs=meta.get("dbs"), strategy="snapshot")
+            try:
+                delta = _Delta()
+                delta.full_prev = snapshot
+                level = _Level("the journal", delta)
+                adapter._levels.append(level)
+                report = adapter.rollback(level)
+            finally:
+                adapter.close()
+            dbs = sorted({db for db, _ in snapshot})
+            words.append(
+                f"{len(snapshot)} keys in {_dbs(dbs)} ({report.restored} rewritten or removed)"
+                if snapshot
+                else f"an empty server ({report.restored} keys removed)"
+            )
+        if config_done:
+            words.append("config " + ", ".join(config_done))
+        flags = _saved_flags(path, meta)
+        if flags is not None:
+            client.config_set("notify-keyspace-events", flags)
+            words.append(f"notify-keyspace-events {flags!r}")
+        return "; ".join(words) or "nothing to put back"
+    finally:
+        client.close()
+
+
+def _saved_flags(path: Path, meta: Mapping[str, Any]) -> str | None:
+    try:
+        return (path / FLAGS_FILE).read_text()
+    except FileNotFoundError:
+        config = meta.get("config") or {}
+        value = config.get("notify-keyspace-events")
+        return str(value) if value is not None else None
+
+
+def _dbs(dbs: list[int]) -> str:
+    if len(dbs) == 1:
+        return f"db {dbs[0]}"
+    return "dbs " + ", ".join(str(d) for d in dbs)
