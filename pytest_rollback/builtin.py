@@ -28,6 +28,7 @@ def _redis_adapter(service: Service, settings: StoreSettings) -> Rollbackable:
         dbs=service.extra.get("dbs"),
         strategy=strategy,
         flags_record=_journal_file(service, FLAGS_FILE),
+        others=service.extra.get("others"),
     )
 
 
@@ -67,7 +68,8 @@ def _mongo_adapter(service: Service, settings: StoreSettings) -> Rollbackable:
 
     # the xdist controller keeps the whole server: it reads no change stream, write counters tell it what moved
     strategy = "counters" if settings.extra.get("controller") else "auto"
-    return MongoAdapter(service.url, dbs=service.extra.get("dbs"), strategy=strategy)
+    extra = service.extra
+    return MongoAdapter(service.url, dbs=extra.get("dbs"), strategy=strategy, others=extra.get("others"))
 
 
 def _recover_mongo(path: Path, url: str, restore_data: bool, timeout: float) -> str:

@@ -215,3 +215,9 @@ class StoreSettings:
     @property
     def worker_index(self) -> int:
         return int(self.worker[2:]) if self.worker and self.worker[2:].isdigit() else 0
+
+    @property
+    def worker_count(self) -> int:
+        """How many pytest-xdist workers the run has (1 outside xdist)."""
+        workerinput = getattr(self.config, "workerinput", None) if self.config is not None else None
+        return int((workerinput or {}).get("workercount") or 1)

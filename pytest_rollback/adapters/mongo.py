@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -41,12 +42,17 @@ from bson.raw_bson import RawBSONDocument
 from pymongo import DeleteOne, IndexModel, MongoClient, ReplaceOne
 from pymongo.errors import PyMongoError
 
-from ..api import Changes, Observation, RestoreReport, RollbackError
+from ..api import Changes, Observation, RestoreReport, RollbackError, RollbackWarning
 
 NS = tuple[str, str]
 Meta = tuple[dict[str, Any], list[dict[str, Any]]]  # collection options, index specs
 SYSTEM_DBS = frozenset({"admin", "local", "config"})
 _RAW = bson.CodecOptions(document_class=RawBSONDocument)
+OUTSIDE_WRITES = (
+    "pytest-rollback: mongo: while this test ran, {names} changed, in databases no xdist worker owns (by this "
+    "test, or by one on another worker); they are put back at the end of the run, not after each test: use "
+    "the mongo_db fixture's database, or run such tests without -n"
+)
 _SON = bson.CodecOptions(document_class=bson.SON)
 
 
@@ -123,6 +129,7 @@ class MongoAdapter:
         dbs: Iterable[str] | None = None,
         hidden_db: str = "__pytest_rollback__",
         strategy: str = "auto",
+        others: Iterable[str] | None = None,
     ) -> None:
         self.url = url
         self.client: MongoClient[Any] = MongoClient(url)
@@ -130,6 +137,10 @@ class MongoAdapter:
         self._barrier_id = f"barrier-{uuid.uuid4().hex}"
         self.hidden_db = hidden_db
         self._owned = frozenset(dbs) if dbs is not None else None
+        #: the databases of the other processes sharing the server (xdist workers); None: not shared
+        self._others = frozenset(others) if others is not None else None
+        #: collections written while the current test ran in databases that are nobody's (shared servers)
+        self._outside: set[str] = set()
         self._meta: dict[NS, Meta] = {}
         self._docs: dict[NS, dict[bytes, RawBSONDocument]] = {}
         self._dirty_docs: set[tuple[NS, bytes]] = set()
@@ -161,7 +172,9 @@ class MongoAdapter:
     def _open_stream(self) -> None:
         dbs = [self.hidden_db, *self._owned] if self._owned is not None else None
         pipeline: list[dict[str, Any]] = []
-        if dbs is not None:  # other workers' databases on a shared server are not ours to read
+        if self._others is not None:  # every database but the other workers': ours are restored, others reported
+            pipeline = [{"$match": {"ns.db": {"$nin": sorted(self._others)}}}]
+        elif dbs is not None:  # other workers' databases on a shared server are not ours to read
             pipeline = [
                 {
                     "$match": {
@@ -277,6 +290,9 @@ class MongoAdapter:
             self._gap = "the change stream was invalidated"
             return
         if db is None or not self._owns(db):
+            if db is not None and self._others is not None and db not in self._others and db not in SYSTEM_DBS:
+                if len(self._outside) < 100:
+                    self._outside.add(f"{db}.{coll}" if coll else db)
             return
         if op == "dropDatabase":
             self._dirty_colls.update(n for n in self._meta if n[0] == db)
@@ -430,6 +446,7 @@ class MongoAdapter:
         if not token.alive or token not in self._levels:
             raise RollbackError(f"mongo: checkpoint {token.label!r} was released or rolled past")
         self._drain()
+        self._warn_shared()
         full = self._gap
         doc_keys = set(self._dirty_docs)
         colls = set(self._dirty_colls)
@@ -466,6 +483,15 @@ class MongoAdapter:
         mode = "full" if full else ("incremental" if restored else "none")
         report = RestoreReport("mongo", token.label, time.perf_counter() - start, mode, restored, full)
         return report
+
+    def _warn_shared(self) -> None:
+        """On a server shared by xdist workers: say what this test's time saw beyond the worker's database."""
+        if not self._outside:
+            return
+        names = sorted(self._outside)
+        self._outside = set()
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        warnings.warn(RollbackWarning(OUTSIDE_WRITES.format(names=shown)), stacklevel=3)
 
     def observe(self) -> Observation:
         """The whole state of the databases this adapter owns (for ``verify``).

@@ -33,11 +33,12 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ..api import Changes, Observation, RestoreReport, RollbackError
+from ..api import Changes, Observation, RestoreReport, RollbackError, RollbackWarning
 from ._resp3 import Arg, ConnectionLost, Push, ReplyError, Resp3Connection
 
 Key = tuple[int, bytes]
@@ -74,6 +75,18 @@ _MAYBE_STREAM = (b"rename_to", b"move_to", b"copy_to", b"restore")
 _NEEDED_FLAGS = "KA"
 _EVENT_PATTERN = b"__keyspace@*__:*"
 _BATCH = 2000
+#: at most this many keys written outside a shared server's databases are kept per database, for the warning
+_OUTSIDE_KEPT = 100
+OUTSIDE_WRITES = (
+    "pytest-rollback: redis: while this test ran, keys changed in database(s) {dbs}, which no xdist worker owns "
+    "(by this test, or by one on another worker): {keys}; they are put back at the end of the run, not after "
+    "each test: use the database of redis_service.url, or run such tests without -n"
+)
+SHARED_GAP = (
+    "pytest-rollback: redis: {what} on the server the xdist workers share while this test ran (by this test, "
+    "or by one on another worker): each worker put its own database back whole, the others are put back at "
+    "the end of the run, and tests running meanwhile on other workers may have failed because of it"
+)
 
 
 def parse_url(url: str) -> dict[str, Any]:
@@ -145,6 +158,13 @@ class RedisAdapter:
         database of the server (each pytest-xdist worker then has its own server).
     :param strategy: ``"auto"`` (tracking where the server allows it, else
         snapshot), ``"tracking"`` or ``"snapshot"``.
+    :param others: the databases of the other processes sharing the server (pytest-xdist
+        workers on one external Redis). Writes to any database that is neither this
+        adapter's nor theirs, and commands that reach every database (``FLUSHALL``,
+        ``SWAPDB``), are reported with a :class:`~pytest_rollback.RollbackWarning` when the
+        test during which they happened is rolled back; those databases are put back
+        by the run at its end, not after each test (another worker's test may be
+        writing there).
     :param flags_record: for adapters in several processes on one server (pytest-xdist
         workers on an external Redis): a file they share. The first to change the
         server's ``notify-keyspace-events`` writes the flags it found there, and no
@@ -156,13 +176,23 @@ class RedisAdapter:
     name = "redis"
 
     def __init__(
-        self, url: str, *, dbs: Iterable[int] | None = None, strategy: str = "auto", flags_record: str | None = None
+        self,
+        url: str,
+        *,
+        dbs: Iterable[int] | None = None,
+        strategy: str = "auto",
+        flags_record: str | None = None,
+        others: Iterable[int] | None = None,
     ) -> None:
         if strategy not in ("auto", "tracking", "snapshot"):
             raise ValueError(f"strategy must be auto, tracking or snapshot, not {strategy!r}")
         self.url = url
         self._params = parse_url(url)
         self._owned: frozenset[int] | None = frozenset(dbs) if dbs is not None else None
+        #: the databases of the other processes sharing the server (xdist workers); None: not shared
+        self._others: frozenset[int] | None = frozenset(others) if others is not None else None
+        #: keys written while the current test ran in databases that are nobody's (shared servers only)
+        self._outside: dict[int, set[bytes]] = {}
         self._conn: Resp3Connection | None = None
         self._db = -1
         self._snap: dict[Key, Entry] = {}
@@ -260,6 +290,10 @@ class RedisAdapter:
             return
         db = int(channel[11:end])
         if self._owned is not None and db not in self._owned:
+            if self._others is not None and db not in self._others:  # nobody's database: reported, not restored
+                seen = self._outside.setdefault(db, set())
+                if len(seen) < _OUTSIDE_KEPT:
+                    seen.add(bytes(channel[end + 3 :]))
             return
         key = (db, bytes(channel[end + 3 :]))
         event = msg[3]
@@ -484,6 +518,7 @@ class RedisAdapter:
         if self.strategy == "snapshot":
             return self._snapshot_rollback(token, start)
         self._drain()
+        self._warn_shared(token)
         keys = set(self._dirty)
         full = self._gap
         snap = self._snap
@@ -524,16 +559,20 @@ class RedisAdapter:
     def _full_restore(self) -> int:
         assert self._conn is not None
         self._own_window = None
-        dbs = self._dbs_with_keys() | {db for db, _ in self._snap}
-        cmds: list[Sequence[Arg]] = []
-        for db in sorted(dbs):
-            self._select(db, cmds)
-            cmds.append(("FLUSHDB",))
-        self._run(cmds)
+        stale: set[Key] = set()
+        if self._others is None:
+            dbs = self._dbs_with_keys() | {db for db, _ in self._snap}
+            cmds: list[Sequence[Arg]] = []
+            for db in sorted(dbs):
+                self._select(db, cmds)
+                cmds.append(("FLUSHDB",))
+            self._run(cmds)
+        else:  # a FLUSHDB would make every other worker sharing the server restore in full, and so on
+            stale = self._scan_all() - self._snap.keys()
         saved = self._conn.on_push
         self._conn.on_push = None
         try:
-            n = self._write(self._snap.keys(), self._snap)
+            n = self._write(stale | self._snap.keys(), self._snap)
         finally:
             self._conn.on_push = saved
         self._settle()
@@ -614,6 +653,21 @@ class RedisAdapter:
         self._clients.clear()
         self._levels.clear()
         self._snap = {}
+
+    def _warn_shared(self, token: _Level) -> None:
+        """On a server shared by xdist workers: say what this test's time saw beyond the worker's databases."""
+        if self._others is None:
+            return
+        if self._outside:
+            dbs = sorted(self._outside)
+            names = sorted(f"{db}:{k.decode(errors='backslashreplace')}" for db in dbs for k in self._outside[db])
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            self._outside = {}
+            warnings.warn(
+                RollbackWarning(OUTSIDE_WRITES.format(dbs=", ".join(map(str, dbs)), keys=shown)), stacklevel=3
+            )
+        if self._gap and "ran (" in self._gap:
+            warnings.warn(RollbackWarning(SHARED_GAP.format(what=self._gap.split(" (")[0])), stacklevel=3)
 
     # -- the crash journal ---------------------------------------------------
     def save_journal(self, path: str | os.PathLike[str]) -> None:
@@ -741,8 +795,10 @@ def _first_flags(record: str, current: str) -> str:
         with open(record) as fh:
             return fh.read()
     except FileNotFoundError:
-        with open(record, "w") as fh:
+        with os.fdopen(os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
             fh.write(current)
+            fh.flush()
+            os.fsync(fh.fileno())  # on disk before the flags are widened
         return current
 
 

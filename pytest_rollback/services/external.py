@@ -55,8 +55,10 @@ def redis(settings: StoreSettings) -> Service:
     start = time.perf_counter()
     db = params["db"] or 0
     dbs = None
+    others = None
     url = settings.url
     if settings.worker is not None:
+        others = [db + i for i in range(settings.worker_count) if i != settings.worker_index]
         db += settings.worker_index
         dbs = [db]
         base = url.split("?")[0].rstrip("/")
@@ -82,7 +84,7 @@ def redis(settings: StoreSettings) -> Service:
         version=version,
         startup_ms=(time.perf_counter() - start) * 1000,
         owned=False,
-        extra={"db": db, "dbs": dbs},
+        extra={"db": db, "dbs": dbs, "others": others},
     )
 
 
@@ -109,7 +111,9 @@ def mongo(settings: StoreSettings) -> Service:
     host, port = nodes[0] if nodes else ("", 0)
     db = parsed.get("database") or "test"
     dbs = None
+    others = None
     if settings.worker is not None:
+        others = [f"{db}_gw{i}" for i in range(settings.worker_count) if i != settings.worker_index]
         db = f"{db}_{settings.worker}"
         dbs = [db]
     start = time.perf_counter()
@@ -132,7 +136,7 @@ def mongo(settings: StoreSettings) -> Service:
         version=version,
         startup_ms=(time.perf_counter() - start) * 1000,
         owned=False,
-        extra={"db": db, "dbs": dbs},
+        extra={"db": db, "dbs": dbs, "others": others},
     )
 
 
