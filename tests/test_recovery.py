@@ -580,3 +580,73 @@ def test_xdist_run_killed_is_put_back_whole_by_the_next_run(
     assert code == 0, out
     assert read() == before
     assert journals(state_dir) == []
+
+
+def test_xdist_on_one_mongo_puts_back_databases_no_worker_owns(
+    pytester: pytest.Pytester, secantus: Service, mongo_seeded: tuple[Any, Any], state_dir: Path
+) -> None:
+    client, before = mongo_seeded
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        test_x="""
+        import time
+        import pytest
+
+        def test_drops_the_users_database(mongo_client):
+            time.sleep(0.2)
+            mongo_client.drop_database("crm")
+
+        def test_writes_a_fixed_database(mongo_client):
+            mongo_client.shared.jobs.insert_one({"_id": "lock"})
+
+        @pytest.mark.parametrize("i", range(6))
+        def test_own_database(mongo_db, i):
+            time.sleep(0.05)
+            assert mongo_db.list_collection_names() == []
+            mongo_db.mine.insert_one({"i": i})
+        """
+    )
+    url = secantus.url.replace("/?", "/app?")
+    code, out = run(pytester, "-n", "2", f"--rollback-mongo-url={url}", "-W", "always")
+    assert code == 0, out
+    assert mongo_state(client) == before
+    assert "__pytest_rollback__" not in client.list_database_names()
+    warned = " ".join(lines_with(out, "in databases no xdist worker owns"))
+    assert "shared.jobs" in warned and "crm" in warned, out
+    assert len(lines_with(out, "that tests changed outside their xdist worker's own share")) == 1, out
+    assert journals(state_dir) == []
+
+
+def test_xdist_on_one_elasticsearch_puts_back_indices_no_worker_owns(
+    pytester: pytest.Pytester, noida: Service, state_dir: Path
+) -> None:
+    from elasticsearch import Elasticsearch
+
+    client = Elasticsearch(noida.url)
+    clear_elasticsearch(client)
+    client.indices.create(index="products", aliases={"catalogue": {}})
+    for i in range(20):
+        client.index(index="products", id=str(i), document={"name": f"p{i}"})
+    client.indices.refresh(index="products")
+    before = es_state(client)
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        test_x="""
+        import pytest
+
+        def test_deletes_the_users_index(es_client):
+            es_client.indices.delete(index="products")
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_own_indices(es_client, elasticsearch_service, i):
+            es_client.index(index=elasticsearch_service.extra["prefix"] + "mine", document={"i": i})
+        """
+    )
+    code, out = run(pytester, "-n", "2", f"--rollback-elasticsearch-url={noida.url}")
+    assert code == 0, out
+    assert es_state(client) == before
+    assert not client.indices.get(index=".pytest-rollback-*,pytest-rollback-probe-*", expand_wildcards="all")
+    assert len(lines_with(out, "that tests changed outside their xdist worker's own share")) == 1, out
+    assert journals(state_dir) == []
+    clear_elasticsearch(client)
+    client.close()
