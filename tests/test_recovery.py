@@ -13,6 +13,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -504,6 +505,7 @@ def test_the_state_directory_is_the_users_own(redis_server: Service, state_dir: 
 
 # -- xdist on one server ------------------------------------------------------------------------
 XDIST_REDIS = """
+import textwrap
 import time
 import pytest
 import redis
@@ -650,3 +652,125 @@ def test_xdist_on_one_elasticsearch_puts_back_indices_no_worker_owns(
     assert journals(state_dir) == []
     clear_elasticsearch(client)
     client.close()
+
+
+# -- every store, every point, SIGKILL and SIGTERM -------------------------------------------
+#: per store: the URL option, a fixture that writes at module scope, and a destructive test
+STORE_TESTS = {
+    "mongo": (
+        "--rollback-mongo-url",
+        """
+        @pytest.fixture(scope="module")
+        def wrecked(mongo_client):
+            mongo_client.shop.items.delete_many({"_id": {"$lt": 10}})
+
+        def test_a(mongo_client, wrecked):
+            mongo_client.drop_database("crm")
+            mongo_client.shop.log.drop()
+            mongo_client.shop.items.update_many({}, {"$set": {"tags": []}})
+        """,
+    ),
+    "elasticsearch": (
+        "--rollback-elasticsearch-url",
+        """
+        @pytest.fixture(scope="module")
+        def wrecked(es_client):
+            es_client.delete(index="products", id="1", refresh=True)
+
+        def test_a(es_client, wrecked):
+            es_client.indices.delete(index="orders")
+            es_client.indices.update_aliases(actions=[{"remove": {"index": "products", "alias": "catalogue"}}])
+            es_client.index(index="products", id="new", document={"name": "n"}, refresh=True)
+        """,
+    ),
+}
+POINTS = """
+import os, pathlib, time
+import pytest
+
+def reached():
+    pathlib.Path("reached").write_text("1")
+    time.sleep(float(os.environ.get("KILL_SLEEP", "120")))
+
+@pytest.hookimpl(wrapper=True)
+def pytest_rollback_checkpoint(adapter, label):
+    if os.environ.get("KILL_POINT") == "checkpoint" and label and label.startswith("test "):
+        reached()
+    return (yield)
+
+@pytest.hookimpl(trylast=True)
+def pytest_rollback_after_rollback(adapter, checkpoint, report):
+    if os.environ.get("KILL_POINT") == "end" and report.label and report.label.endswith(" start"):
+        reached()
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    try:
+        return (yield)
+    finally:
+        if os.environ.get("KILL_POINT") == "test":
+            reached()
+"""
+
+
+@pytest.fixture
+def store_seeded(request: pytest.FixtureRequest) -> Iterator[tuple[str, Callable[[], Any]]]:
+    """``(url, read)`` of a MongoDB or Elasticsearch server holding the user's own data."""
+    store = request.param
+    if store == "mongo":
+        service = request.getfixturevalue("secantus")
+        client, _ = request.getfixturevalue("mongo_seeded")
+        yield service.url, lambda: mongo_state(client)
+        return
+    from elasticsearch import Elasticsearch
+
+    service = request.getfixturevalue("noida")
+    es = Elasticsearch(service.url)
+    clear_elasticsearch(es)
+    es.indices.create(index="products", mappings={"properties": {"name": {"type": "text"}}},
+                      aliases={"catalogue": {}})
+    for i in range(30):
+        es.index(index="products", id=str(i), document={"name": f"p{i}"})
+    es.indices.create(index="orders", settings={"index.refresh_interval": "5s"})
+    es.index(index="orders", id="o1", document={"total": 3}, refresh=True)
+    yield service.url, lambda: es_state(es)
+    clear_elasticsearch(es)
+    es.close()
+
+
+@pytest.mark.parametrize("store_seeded", ["mongo", "elasticsearch"], indirect=True)
+@pytest.mark.parametrize(
+    ("point", "sig"),
+    [("test", signal.SIGKILL), ("checkpoint", signal.SIGKILL), ("end", signal.SIGKILL),
+     ("test", signal.SIGTERM), ("checkpoint", signal.SIGTERM)],
+)
+def test_mongo_and_elasticsearch_survive_a_kill_or_sigterm_at_every_point(
+    pytester: pytest.Pytester, store_seeded: tuple[str, Callable[[], Any]], state_dir: Path,
+    monkeypatch: pytest.MonkeyPatch, point: str, sig: int, request: pytest.FixtureRequest,
+) -> None:
+    url, read = store_seeded
+    store = request.node.callspec.params["store_seeded"]
+    option, tests = STORE_TESTS[store]
+    before = read()
+    pytester.makeini(INI)
+    pytester.makeconftest(POINTS)
+    pytester.makepyfile(test_a="import pytest\n" + textwrap.dedent(tests), test_other="def test_other(): pass")
+    monkeypatch.setenv("KILL_POINT", point)
+    if sig == signal.SIGTERM and point == "checkpoint":  # held until the checkpoint is over
+        monkeypatch.setenv("KILL_SLEEP", "2")
+    r = inner(pytester, "test_a.py", f"{option}={url}")
+    r.wait_for()
+    r.signal(sig)
+    code = r.finish()
+    monkeypatch.delenv("KILL_POINT")
+    if sig == signal.SIGTERM:
+        assert code == pytest.ExitCode.INTERRUPTED, r.text()
+        assert read() == before, r.text()
+        assert journals(state_dir) == []
+        return
+    assert len(journals(state_dir)) == 1
+    code, out = run(pytester, "test_other.py", f"{option}={url}")
+    assert code == 0, out
+    assert len(lines_with(out, f"pytest-rollback: {store} at ")) == 1, out
+    assert read() == before
+    assert journals(state_dir) == []
