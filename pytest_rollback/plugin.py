@@ -339,12 +339,14 @@ class RollbackSession:
                     else:
                         self.service(store)
                 except StoreUnavailable as exc:
+                    for done in self._finish():  # pytest ends the session without sessionfinish: put back now
+                        sys.stderr.write(done + "\n")
                     raise pytest.UsageError(str(exc)) from None
         if self.worker is None:
             held = {k.lease.dir.name for k in self.holds.keepers.values()}
-            line = self.holds.others_pending(held)
-            if line:
-                self._say([line])
+            pending = self.holds.others_pending(held)
+            if pending:
+                self._say([pending])
 
     def _keep_whole_server(self, store: str) -> None:
         """xdist controller: hold a configured server for the whole run and keep all of it.

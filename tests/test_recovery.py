@@ -27,7 +27,7 @@ from conftest import INNER, clear_elasticsearch, clear_mongo
 from pytest_rollback.adapters.redis import redis_state
 from pytest_rollback.api import Service
 from pytest_rollback.options import StoreSettings
-from pytest_rollback.services import local
+from pytest_rollback.services import free_port, local
 from pytest_rollback.signals import HELD_NOTE
 
 INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
@@ -774,3 +774,45 @@ def test_mongo_and_elasticsearch_survive_a_kill_or_sigterm_at_every_point(
     assert len(lines_with(out, f"pytest-rollback: {store} at ")) == 1, out
     assert read() == before
     assert journals(state_dir) == []
+
+
+def test_a_live_run_on_another_server_is_not_taken_for_an_interrupted_one(
+    pytester: pytest.Pytester, redis_server: Service, state_dir: Path
+) -> None:
+    seed_redis(redis_server.url)
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        test_slow="""
+        import pathlib, time
+
+        def test_slow(redis_client):
+            pathlib.Path("reached").write_text("1")
+            time.sleep(2)
+        """,
+        test_plain="def test_plain(): pass",
+    )
+    first = inner(pytester, "test_slow.py", f"--rollback-redis-url={redis_server.url}")
+    first.wait_for()
+    code, out = run(pytester, "test_plain.py")
+    assert code == 0 and "left by interrupted runs" not in out, out
+    code, out = run(pytester, "--rollback-recover")
+    assert code == 0 and "nothing to recover" in out, out
+    assert first.finish() == 0
+
+
+def test_a_store_that_cannot_start_ends_the_run_with_the_others_put_back(
+    pytester: pytest.Pytester, redis_server: Service, state_dir: Path
+) -> None:
+    """pytest skips sessionfinish when sessionstart fails: what was held is put back there and then."""
+    read = seed_redis(redis_server.url)
+    before = read()
+    pytester.makeini(INI)
+    pytester.makepyfile(test_plain="def test_plain(): pass")
+    unreachable = f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=200"
+    code, out = run(pytester, f"--rollback-redis-url={redis_server.url}", f"--rollback-mongo-url={unreachable}")
+    assert code == pytest.ExitCode.USAGE_ERROR, out
+    assert "mongo: cannot reach" in out, out
+    assert read() == before
+    assert journals(state_dir) == []
+    code, out = run(pytester, f"--rollback-redis-url={redis_server.url}")
+    assert code == 0, out  # the lease was let go

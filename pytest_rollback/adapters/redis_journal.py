@@ -143,7 +143,8 @@ def recover(path: Path, url: str, restore_data: bool = True, timeout: float = 30
         meta: dict[str, Any] = {}
         with contextlib.suppress(OSError, ValueError):
             meta = json.loads((path / CONFIG_FILE).read_text())
-        config_done = put_back_config(client, meta.get("config") or {})
+        # the configuration is the data's: put back with it (a run with --no-rollback changes neither)
+        config_done = put_back_config(client, meta.get("config") or {}) if restore_data else []
         words: list[str] = []
         if done:
             words.append(", ".join(done))

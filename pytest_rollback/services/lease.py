@@ -100,6 +100,22 @@ class Lease:
             )
         )
 
+    def in_use(self) -> bool:
+        """True while a live run holds the server (this process's own hold does not count)."""
+        if self._fd is not None:
+            return False
+        try:
+            fd = os.open(self.dir / "lock", os.O_RDWR)
+        except OSError:
+            return False
+        try:
+            if not _lock(fd):
+                return True
+            holder = read_json(self.dir / "holder.json") or {}
+            return not _HAS_FLOCK and "run" in holder and RunId.from_json(holder["run"]).alive()
+        finally:
+            os.close(fd)  # closing it drops the lock just taken
+
     def pending(self) -> dict[str, Any] | None:
         """The record of a journal left by a run that ended without putting the server back, if any."""
         data = read_json(self.journal / RUN_FILE)
@@ -155,8 +171,16 @@ def _lock(fd: int) -> bool:
 
 
 def pending_journals(state_dir: str | os.PathLike[str]) -> list[Path]:
-    """Every server directory of the state directory that holds a journal."""
+    """Every server directory of the state directory with a journal that no live run holds (a dead run's)."""
     root = Path(state_dir) / HELD_DIR
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if (p / "journal" / RUN_FILE).exists())
+    found = []
+    for path in sorted(root.iterdir()):
+        if not (path / "journal" / RUN_FILE).exists():
+            continue
+        lease = Lease.__new__(Lease)
+        lease.dir, lease._fd = path, None
+        if not lease.in_use():
+            found.append(path)
+    return found
