@@ -21,7 +21,7 @@ USES_BROKEN_STORE = (
 #: The end-of-run restore of a store to its state at the start of the session failed.
 END_RESTORE_FAILED = (
     "pytest-rollback: {store}: the end-of-run restore to its state at the start of the session failed{too}: "
-    "{what}; its data is not back as it was"
+    "{what}; it may not be as it was before the run"
 )
 #: The longest adapter error quoted in one of the lines above.
 MAX_WHAT = 300
