@@ -319,7 +319,9 @@ class RollbackSession:
             if fixturedef.argname == "_rollback_test":
                 hand_over(self, request)
             return (yield)
-        cp = self.engine.push(f"{fixturedef.scope} fixture {fixturedef.argname}", fixturedef.scope, owner=fixturedef)
+        label = f"{fixturedef.scope} fixture {fixturedef.argname}"
+        with broken_fails():
+            cp = self.engine.push(label, fixturedef.scope, owner=fixturedef)
         cp.request = request  # type: ignore[attr-defined]
         try:
             return (yield)

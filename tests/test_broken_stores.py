@@ -4,7 +4,8 @@ The inner runs register, through the plugin's own hook, a dict adapter that can
 be told to fail (its restore while the dict holds ``"poison"``, its checkpoint
 while it holds ``"no-checkpoint"``) next to a plain one, so that each message is
 pinned without a server. The same mechanism against real servers is in
-``test_restores.py``.
+``test_redis_restores.py``, ``test_mongo_restores.py`` and
+``test_es_restores.py``.
 """
 
 from __future__ import annotations
@@ -176,6 +177,36 @@ def test_a_failed_checkpoint_marks_the_store_broken(pytester: pytest.Pytester) -
     broken = STORE_BROKEN.format(store="mem", reason=reason)
     uses = USES_BROKEN_STORE.format(store="mem", reason=reason)
     result.stdout.fnmatch_lines(["*ERROR at setup of test_checkpoint_fails*", broken, "*ERROR at setup*", uses])
+    _no_traceback(result)
+
+
+def test_a_failed_checkpoint_of_a_fixture_level_names_the_level_and_the_test(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_b="""
+        import pytest
+
+        from conftest import MEM
+
+        @pytest.fixture(scope="module")
+        def unreadable():
+            MEM["no-checkpoint"] = 1
+            yield
+            MEM.pop("no-checkpoint")
+
+        @pytest.fixture(scope="module")
+        def seeded(mem_client):
+            mem_client["seed"] = 1
+
+        def test_x(unreadable, seeded):
+            raise AssertionError("never runs")
+        """
+    )
+    result = pytester.runpytest(*INNER)
+    result.assert_outcomes(errors=1)
+    reason = (
+        "the checkpoint of module fixture seeded, during test_b.py::test_x failed: RuntimeError('cannot checkpoint')"
+    )
+    result.stdout.fnmatch_lines(["*ERROR at setup of test_x*", STORE_BROKEN.format(store="mem", reason=reason)])
     _no_traceback(result)
 
 
