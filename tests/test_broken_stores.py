@@ -10,6 +10,8 @@ pinned without a server. The same mechanism against real servers is in
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pytest_rollback.engine import END_RESTORE_FAILED, STORE_BROKEN, USES_BROKEN_STORE
@@ -17,6 +19,7 @@ from pytest_rollback.engine import END_RESTORE_FAILED, STORE_BROKEN, USES_BROKEN
 INNER = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
 
 CONFTEST = """
+import json
 import pathlib
 
 import pytest
@@ -58,6 +61,13 @@ def pytest_rollback_register(registry):
 @pytest.fixture(scope="session")
 def mem_service():
     return "the mem store"
+
+
+def pytest_unconfigure(config):
+    from pytest_rollback.plugin import get_session
+
+    engine = get_session(config).engine
+    pathlib.Path("engine.json").write_text(json.dumps({"broken": engine.broken, "unrestored": engine.unrestored}))
 
 
 @pytest.fixture(scope="session")
@@ -133,6 +143,7 @@ def test_a_failed_restore_marks_the_store_broken_for_the_rest_of_the_run(pyteste
     assert sum(text == uses for text in body) == 2
     _no_traceback(result)
     # the end-of-run restore to the start succeeded: nothing said, and the adapter closed as usual
+    assert json.loads((pytester.path / "engine.json").read_text()) == {"broken": {"mem": reason}, "unrestored": {}}
     assert "end-of-run" not in result.stderr.str()
     assert (pytester.path / "closed-mem").exists()
     assert (pytester.path / "closed-other").exists()
@@ -144,6 +155,9 @@ def test_an_end_of_run_restore_that_fails_too_says_so_and_keeps_the_adapter_open
     result.assert_outcomes(passed=3, errors=3)
     line = END_RESTORE_FAILED.format(store="mem", too=" too", what="RuntimeError('the store refused the restore')")
     _once(result.stderr.lines, line)
+    engine = json.loads((pytester.path / "engine.json").read_text())
+    assert set(engine["broken"]) == {"mem"}
+    assert engine["unrestored"] == {"mem": "RuntimeError('the store refused the restore')"}
     assert not (pytester.path / "closed-mem").exists(), "close() may delete what a recovery needs"
     assert (pytester.path / "closed-other").exists()
 
