@@ -127,5 +127,17 @@ class RollbackError(Exception):
     """A checkpoint or rollback failed; the message names the store and what to do."""
 
 
+class StoreBroken(RollbackError):
+    """A store's restore (or checkpoint) failed and the store is now marked broken.
+
+    The message has one line per store that broke. ``stores`` names them; the
+    engine's ``broken`` mapping keeps why, for the rest of the run.
+    """
+
+    def __init__(self, lines: list[str], stores: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.stores = stores
+
+
 class RollbackWarning(UserWarning):
     """Something a store adapter could not put back exactly (shown in pytest's warnings summary)."""

@@ -6,7 +6,25 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .api import Changes, Observation, RestoreReport, Rollbackable, RollbackError
+from .api import Changes, Observation, RestoreReport, Rollbackable, RollbackError, StoreBroken
+
+#: The error of the test (or fixture) whose restore failed: the store is now marked broken.
+STORE_BROKEN = (
+    "pytest-rollback: {store}: {reason}; {store} is now marked broken: later tests that use it will error, "
+    "and the others run without it being rolled back"
+)
+#: A later test that uses a broken store errors at set-up with this line.
+USES_BROKEN_STORE = (
+    "pytest-rollback: {store} is marked broken ({reason}); this test uses {store}, "
+    "so it cannot start from a known state"
+)
+#: The end-of-run restore of a store to its state at the start of the session failed.
+END_RESTORE_FAILED = (
+    "pytest-rollback: {store}: the end-of-run restore to its state at the start of the session failed{too}: "
+    "{what}; it may not be as it was before the run"
+)
+#: The longest adapter error quoted in one of the lines above.
+MAX_WHAT = 300
 
 
 class Checkpoint:
@@ -46,6 +64,18 @@ class Engine:
         #: Called with a level whose owner (a fixture) must be torn down before
         #: an older level can be restored; set by the plugin.
         self.finish_owner: Callable[[Checkpoint], None] = lambda cp: None
+        #: The node id of the test running now (None between tests), to say during
+        #: which test a restore failed; set by the plugin.
+        self.running: Callable[[], str | None] = lambda: None
+        #: Stores whose restore (or checkpoint) failed, with the first failure: which
+        #: restore, during which test, what failed. A broken store is no longer
+        #: checkpointed nor restored level by level (its state cannot be trusted);
+        #: only the end-of-run restore to its start is still tried.
+        self.broken: dict[str, str] = {}
+        #: Stores whose end-of-run restore to their state at activation failed, with
+        #: what failed: their data is not back, and what a later recovery needs
+        #: (the adapter's snapshots) was not cleaned up.
+        self.unrestored: dict[str, str] = {}
 
     # -- adapters ------------------------------------------------------------
     def activate(self, adapter: Rollbackable) -> None:
@@ -57,34 +87,65 @@ class Engine:
             self.roots[adapter.name] = self._checkpoint(adapter, f"{adapter.name} start")
 
     def deactivate(self, name: str) -> None:
-        """Restore ``name`` to its state at activation (nothing the plugin did stays) and close it."""
+        """Restore ``name`` to its state at activation (nothing the plugin did stays) and close it.
+
+        A broken store is tried too (its adapter makes the restore after a failure a
+        full one). When this restore fails, the adapter is not closed: its ``close()``
+        may delete what a later recovery needs (Elasticsearch's snapshot indices);
+        ``unrestored`` records why, and the ``RollbackError`` says so in one line.
+        """
         adapter = self.adapters.pop(name, None)
         if adapter is None:
             return
-        try:
-            root = self.roots.pop(name, None)
-            if root is not None:
+        root = self.roots.pop(name, None)
+        for cp in self.stack:
+            cp.tokens.pop(name, None)
+        if root is not None:
+            try:
                 self._rollback(adapter, root, f"{name} start")
-        finally:
-            for cp in self.stack:
-                cp.tokens.pop(name, None)
-            close = getattr(adapter, "close", None)
-            if close is not None:
-                close()
+            except RollbackError as exc:
+                self.unrestored[name] = what = _what(exc, name)
+                too = " too" if name in self.broken else ""
+                raise RollbackError(END_RESTORE_FAILED.format(store=name, too=too, what=what)) from exc
+        close = getattr(adapter, "close", None)
+        if close is not None:
+            close()
 
     def close(self) -> None:
+        """Deactivate every store (newest first); raises one ``RollbackError`` with a line per store that failed."""
+        lines: list[str] = []
         for name in list(self.adapters)[::-1]:
-            self.deactivate(name)
+            try:
+                self.deactivate(name)
+            except RollbackError as exc:
+                lines.append(str(exc))
+        if lines:
+            raise RollbackError("\n".join(lines))
 
     # -- the stack -----------------------------------------------------------
     def push(self, label: str | None, kind: str, owner: Any = None, verify: bool = False) -> Checkpoint:
-        """Checkpoint every active adapter and put the result on the stack."""
-        tokens = {name: self._checkpoint(a, label) for name, a in self.adapters.items()}
+        """Checkpoint every active adapter that is not broken and put the result on the stack.
+
+        A store whose checkpoint fails is marked broken; the checkpoints already
+        taken are released and ``StoreBroken`` is raised (nothing is pushed).
+        """
+        tokens: dict[str, Any] = {}
+        failed: dict[str, str] = {}
+        for name, adapter in self.adapters.items():
+            if name in self.broken:
+                continue
+            try:
+                tokens[name] = self._checkpoint(adapter, label)
+            except RollbackError as exc:
+                failed[name] = self._mark_broken(name, exc, f"the checkpoint {self._when('before', label)} failed")
         cp = Checkpoint(label, kind, tokens, owner)
+        if failed:
+            self._release(cp)
+            raise StoreBroken(list(failed.values()), list(failed))
         if verify:
             for name, a in self.adapters.items():
                 observe = getattr(a, "observe", None)
-                if observe is not None:
+                if observe is not None and name in tokens:
                     cp.observations[name] = observe()
         self.stack.append(cp)
         return cp
@@ -92,18 +153,25 @@ class Engine:
     def restore(self, cp: Checkpoint, stores: Iterable[str] | None = None) -> list[str]:
         """Roll back to ``cp``, which stays on the stack; newer levels are dropped.
 
-        Returns the lines of any verification failure.
+        Returns the lines of any verification failure. A store whose restore fails
+        is marked broken, the other stores are still restored, and then
+        ``StoreBroken`` is raised with one line per store that failed.
         """
         self._check(cp)
         self._drop_above(cp)
         names = list(self.adapters) if stores is None else [n for n in stores if n in self.adapters]
         problems: list[str] = []
+        failed: dict[str, str] = {}
         for name in names:
             adapter = self.adapters[name]
             token = self.token(cp, name)
             if token is None:
                 continue
-            self._rollback(adapter, token, cp.label)
+            try:
+                self._rollback(adapter, token, cp.label)
+            except RollbackError as exc:
+                failed[name] = self._mark_broken(name, exc, f"the restore {self._when('after', cp.label)} failed")
+                continue
             before = cp.observations.get(name)
             if before is not None:
                 after = adapter.observe()  # type: ignore[attr-defined]
@@ -113,18 +181,22 @@ class Engine:
                         f"pytest-rollback verify: {name} differs from the checkpoint after restore "
                         f"({len(diff)} difference(s)): " + "; ".join(diff)
                     )
+        if failed:
+            raise StoreBroken([*failed.values(), *problems], list(failed))
         return problems
 
     def pop(self, cp: Checkpoint, stores: Iterable[str] | None = None, restore: bool = True) -> list[str]:
-        """Roll back to ``cp`` (only ``stores``, if given) and release it."""
+        """Roll back to ``cp`` (only ``stores``, if given) and release it (even when the restore fails)."""
         if not cp.alive:
             return []
-        if restore:
-            problems = self.restore(cp, stores)
-        else:
-            self._drop_above(cp)
-            problems = []
-        self._release(cp)
+        try:
+            if restore:
+                problems = self.restore(cp, stores)
+            else:
+                self._drop_above(cp)
+                problems = []
+        finally:
+            self._release(cp)
         return problems
 
     def _drop_above(self, cp: Checkpoint) -> None:
@@ -152,8 +224,28 @@ class Engine:
             raise RollbackError(f"pytest-rollback: checkpoint {cp.label!r} was already released or rolled past")
 
     def token(self, cp: Checkpoint, name: str) -> Any:
-        """``name``'s token at ``cp``: its own, else (the store was activated later) the store's start."""
+        """``name``'s token at ``cp``: its own, else (the store was activated later) the store's start.
+
+        None for a broken store: no level of it is to be trusted any more.
+        """
+        if name in self.broken:
+            return None
         return cp.tokens.get(name, self.roots.get(name))
+
+    # -- broken stores -------------------------------------------------------
+    def _when(self, side: str, label: str | None) -> str:
+        """``after tests/t.py::test_x`` for a test's own level, else ``to <label>[, during <test>]``."""
+        running = self.running()
+        if label is not None and label.startswith("test "):
+            return f"{side} {label[5:]}"
+        where = f"to {label}" if side == "after" else f"of {label}"
+        return f"{where}, during {running}" if running else where
+
+    def _mark_broken(self, name: str, exc: BaseException, what_failed: str) -> str:
+        """Record ``name`` as broken (the first failure is kept) and return the line that says so."""
+        reason = f"{what_failed}: {_what(exc, name)}"
+        self.broken.setdefault(name, reason)
+        return STORE_BROKEN.format(store=name, reason=reason)
 
     def find_owner(self, owner: Any) -> Checkpoint | None:
         for cp in reversed(self.stack):
@@ -198,3 +290,12 @@ class Engine:
         self.reports.append((label, report))
         self.hook.pytest_rollback_after_rollback(adapter=adapter, checkpoint=token, report=report)
         return report
+
+
+def _what(exc: BaseException, store: str) -> str:
+    """An adapter's error as a short clause: one line, without the ``pytest-rollback: <store>:`` prefix."""
+    text = " ".join(str(exc).split())
+    for prefix in ("pytest-rollback: ", f"{store}: ", "rollback failed: ", "checkpoint failed: "):
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+    return text if len(text) <= MAX_WHAT else text[: MAX_WHAT - 3] + "..."

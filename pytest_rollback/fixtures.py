@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .api import Changes, RollbackError, Service, StoreUnavailable
-from .engine import Checkpoint, Engine
+from .api import Changes, RollbackError, Service, StoreBroken, StoreUnavailable
+from .engine import USES_BROKEN_STORE, Checkpoint, Engine
 from .markers import parse_rollback_marker
 
 if TYPE_CHECKING:
@@ -236,12 +236,15 @@ class RollbackHandle:
     def checkpoint(self, label: str | None = None) -> Checkpoint:
         """Mark the current state of every active store; ``restore`` brings it back."""
         self._require_enabled()
-        return self._engine.push(label or "checkpoint", "checkpoint")
+        with broken_fails():
+            cp = self._engine.push(label or "checkpoint", "checkpoint")
+        return cp
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Roll every store back to ``checkpoint``; it stays usable, later checkpoints are dropped."""
         self._require_enabled()
-        problems = self._engine.restore(checkpoint)
+        with broken_fails():
+            problems = self._engine.restore(checkpoint)
         if problems:
             raise RollbackError("; ".join(problems))
 
@@ -268,7 +271,8 @@ class RollbackHandle:
             yield cp
         finally:
             if cp.alive:
-                problems = self._engine.pop(cp)
+                with broken_fails():
+                    problems = self._engine.pop(cp)
                 if problems:
                     raise RollbackError("; ".join(problems))
 
@@ -332,6 +336,8 @@ def _rollback_test() -> Iterator[None]:
         return
     session.register()
     marker = parse_rollback_marker(request.node, session.registry.names())
+    if engine.broken:
+        _refuse_broken_stores(request, engine, marker.stores)
     session.branches.start(request.node)  # a branch that cannot start fails or skips here
     if not marker.enabled or marker.stores:
         _hold_module_level(request, engine)
@@ -339,15 +345,39 @@ def _rollback_test() -> Iterator[None]:
         yield
         return
     verify = marker.verify or session.options.verify
-    cp = engine.push(f"test {request.node.nodeid}", "test", verify=verify)
+    with broken_fails():
+        cp = engine.push(f"test {request.node.nodeid}", "test", verify=verify)
     request.node._rollback_checkpoint = cp
     request.node._rollback_stores = marker.stores  # the stores it rolls back (empty: all), for its report
     try:
         yield
     finally:
-        problems = session.branches.end(request.node, cp, marker.stores)
+        with broken_fails():
+            problems = session.branches.end(request.node, cp, marker.stores)
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
+
+
+def uses_store(item: pytest.Item, store: str, marked: tuple[str, ...] = ()) -> bool:
+    """Whether ``item`` uses ``store``: its fixtures include ``<store>_service`` (every client
+    fixture is built on it), or its ``rollback`` marker names the store."""
+    return f"{store}_service" in getattr(item, "fixturenames", ()) or store in marked
+
+
+def _refuse_broken_stores(request: pytest.FixtureRequest, engine: Engine, marked: tuple[str, ...]) -> None:
+    """Fail the test at set-up with one line when it uses a store marked broken."""
+    for store, reason in engine.broken.items():
+        if uses_store(request.node, store, marked):
+            pytest.fail(USES_BROKEN_STORE.format(store=store, reason=reason), pytrace=False)
+
+
+@contextlib.contextmanager
+def broken_fails() -> Iterator[None]:
+    """Turn ``StoreBroken`` into a one-line failure of the test (no traceback: the line says it all)."""
+    try:
+        yield
+    except StoreBroken as exc:
+        raise pytest.fail.Exception(str(exc), pytrace=False) from None  # no "During handling of ..." chain
 
 
 def _hold_module_level(request: pytest.FixtureRequest, engine: Engine) -> None:
@@ -364,11 +394,13 @@ def _hold_module_level(request: pytest.FixtureRequest, engine: Engine) -> None:
     held: Checkpoint | None = getattr(module, "_rollback_module_level", None)
     if held is not None and held.alive:
         return
-    cp = engine.push(f"module {module.nodeid} (kept writes)", "module")
+    with broken_fails():
+        cp = engine.push(f"module {module.nodeid} (kept writes)", "module")
     module._rollback_module_level = cp
 
     def pop() -> None:
-        problems = engine.pop(cp)
+        with broken_fails():
+            problems = engine.pop(cp)
         if problems:
             raise RollbackError("; ".join(problems))
 

@@ -114,6 +114,7 @@ class RollbackSession:
         self.options = options
         self.engine = Engine(config.hook, enabled=not options.disabled)
         self.engine.finish_owner = self._finish_owner
+        self.engine.running = lambda: self.running
         self.branches = Branches(config, self.engine)
         self.registry = Registry()
         self.services: dict[str, Service] = {}
@@ -457,7 +458,9 @@ class RollbackSession:
             if fixturedef.argname == "_rollback_test":
                 hand_over(self, request)
             return (yield)
-        cp = self.engine.push(f"{fixturedef.scope} fixture {fixturedef.argname}", fixturedef.scope, owner=fixturedef)
+        label = f"{fixturedef.scope} fixture {fixturedef.argname}"
+        with broken_fails():
+            cp = self.engine.push(label, fixturedef.scope, owner=fixturedef)
         cp.request = request  # type: ignore[attr-defined]
         try:
             return (yield)
@@ -473,7 +476,8 @@ class RollbackSession:
         if cp is None:
             return
         cp.owner = None  # finished: no longer to be torn down by the engine
-        problems = self.engine.pop(cp)
+        with broken_fails():
+            problems = self.engine.pop(cp)
         if problems:
             raise RollbackError("; ".join(problems))
 
@@ -489,6 +493,7 @@ from .fixtures import (  # noqa: E402  (fixtures are found in the plugin module)
     async_es_client,
     async_mongo_client,
     async_redis_client,
+    broken_fails,
     elasticsearch_service,
     es_client,
     hand_over,

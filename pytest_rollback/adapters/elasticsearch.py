@@ -21,6 +21,16 @@ How it works:
   write are put back in place. Index, component and legacy templates and
   cluster settings are read again only when the cluster state moved.
 
+* **Blocks** a test put on an index (``index.blocks.read_only``, ``..._allow_delete``,
+  ``read``, ``write``, ``metadata``: they refuse the deletes, clones and settings
+  of a restore, and ``metadata`` even the reading of the index's definition) or
+  on the cluster (``cluster.blocks.read_only``, ``..._allow_delete``) are lifted
+  before anything else, when the cluster state moved; the checkpoint's own
+  blocks are put back last, index blocks before cluster blocks.
+
+After a checkpoint or rollback that failed, the next rollback restores every
+index from its snapshot (a full restore).
+
 Where a server's wildcards include hidden indices (noida-db), snapshots are
 also closed, which takes them out of ``*`` searches; clones are made from the
 closed snapshot.
@@ -53,6 +63,15 @@ _VOLATILE_PREFIXES = ("index.version.", "index.resize.", "index.routing.allocati
 _DEFAULTS = {"index.routing_partition_size": "1", "index.hidden": "false", "index.blocks.write": "false"}
 #: settings a snapshot has its own values for; a restore sets them back from the checkpoint
 _OVERRIDDEN = ("index.hidden", "index.blocks.write", "index.number_of_replicas", "index.auto_expand_replicas")
+#: index blocks by the id the cluster state gives them (4, a closed index, is not one a restore lifts)
+_INDEX_BLOCKS = {
+    5: "index.blocks.read_only",
+    7: "index.blocks.read",
+    8: "index.blocks.write",
+    9: "index.blocks.metadata",
+    12: "index.blocks.read_only_allow_delete",
+}
+_CLUSTER_BLOCKS = ("cluster.blocks.read_only", "cluster.blocks.read_only_allow_delete")
 
 
 def normalize_settings(flat: dict[str, Any]) -> dict[str, str]:
@@ -318,6 +337,18 @@ class ElasticsearchAdapter:
     def checkpoint(self, label: str | None = None) -> _Level:
         """Mark the current state; clones only the indices that changed since their last snapshot."""
         self.last_round_trips = 0
+        try:
+            return self._checkpoint(label)
+        except BaseException:
+            self._failed()
+            raise
+
+    def _failed(self) -> None:
+        """After a checkpoint or rollback that failed: the next rollback restores every index from its snapshot."""
+        self._current.clear()
+        self._csv = None
+
+    def _checkpoint(self, label: str | None) -> _Level:
         csv, fps = self._look()
         if not self._live_matches(csv, fps):
             self._refresh_known()
@@ -358,11 +389,29 @@ class ElasticsearchAdapter:
         for level in self._levels[idx + 1 :]:
             level.alive = False
         del self._levels[idx + 1 :]
-        csv, fps = self._look()
+        try:
+            report = self._rollback(token)
+        except BaseException:
+            self._failed()
+            raise
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def _rollback(self, token: _Level) -> RestoreReport:
+        try:
+            csv, fps = self._look()
+        except HttpError as exc:
+            if exc.status != 403:
+                raise
+            self._lift_blocks()  # a server that refuses the statistics of a blocked index
+            csv, fps = self._look()
         moved = not self._live_matches(csv, fps)
+        lifted: list[str] = []
         if moved:
+            lifted = self._lift_blocks()
             self._refresh_known()
         restore: list[str] = []
+        blocks: dict[str, dict[str, str | None]] = {}
         fix_settings: dict[str, dict[str, str | None]] = {}
         fix_aliases: list[str] = []
         close: list[str] = []
@@ -381,6 +430,9 @@ class ElasticsearchAdapter:
                 continue
             wanted = {**st.snap.settings, **{k: v for k, v in st.overrides.items() if v is not None}}
             diff = {k: wanted.get(k) for k in set(wanted) | set(live.settings) if wanted.get(k) != live.settings.get(k)}
+            block_diff = {k: diff.pop(k) for k in _INDEX_BLOCKS.values() if k in diff}
+            if block_diff:  # put back last: a block refuses the alias and settings changes before it
+                blocks[name] = block_diff
             if diff:
                 fix_settings[name] = diff
             if live.aliases != st.aliases:
@@ -406,12 +458,21 @@ class ElasticsearchAdapter:
             actions += [{"add": {"index": name, "alias": alias, **spec}} for alias, spec in kept.items()]
         if actions:
             self._call("POST", "/_aliases", {"actions": actions})
+        for name in restore:  # a copy may lack a block of its checkpoint (the write block is in its overrides)
+            snap = token.indices[name].snap
+            assert snap is not None
+            wanted_blocks = {k: v for k, v in snap.settings.items() if k in _INDEX_BLOCKS.values() and v == "true"}
+            if wanted_blocks:
+                blocks[name] = {**blocks.get(name, {}), **wanted_blocks}
+        for name, block_diff in blocks.items():
+            self._call("PUT", f"/{name}/_settings", block_diff)
         if close:
             self._call("POST", f"/{','.join(close)}/_close")
         fixed_globals = self._restore_globals(token.globals)
         for name in [n for n in self._current if n not in token.indices or n in delete]:
             del self._current[name]
         done = len(restore) + len(delete) + len(fix_settings) + len(fix_aliases) + len(close) + fixed_globals
+        done += len(blocks) + len(lifted)
         if done:
             self._refresh_known()
         for name in restore:  # a clone has its snapshot's sequence numbers and a new uuid
@@ -421,7 +482,29 @@ class ElasticsearchAdapter:
             self._current[name] = (snap, (restored.uuid if restored else "", snap.seqs))
         self._gc()
         mode = "incremental" if done else "none"
-        return RestoreReport("elasticsearch", token.label, time.perf_counter() - start, mode, done)
+        return RestoreReport("elasticsearch", token.label, 0.0, mode, done)
+
+    def _lift_blocks(self) -> list[str]:
+        """Lift every block on this adapter's indices, and the cluster's read-only blocks when it owns
+        the cluster settings; the restore puts back the checkpoint's. Returns the indices lifted."""
+        state = self._call("GET", "/_cluster/state/blocks") or {}
+        lifted: dict[str, dict[str, None]] = {}
+        for name, ids in ((state.get("blocks") or {}).get("indices") or {}).items():
+            settings = {_INDEX_BLOCKS[int(i)]: None for i in ids if str(i).isdigit() and int(i) in _INDEX_BLOCKS}
+            if settings and self.owns(name):
+                lifted[name] = settings
+        if not self.prefix:  # a cluster block refuses every index change: lifted first
+            got = self._call("GET", "/_cluster/settings", flat_settings="true") or {}
+            body = {
+                kind: dict.fromkeys(keys)
+                for kind in ("persistent", "transient")
+                if (keys := [k for k in _CLUSTER_BLOCKS if str((got.get(kind) or {}).get(k)).lower() == "true"])
+            }
+            if body:
+                self._call("PUT", "/_cluster/settings", body)
+        for name, settings in lifted.items():
+            self._call("PUT", f"/{name}/_settings", settings)
+        return list(lifted)
 
     def _closed_at_checkpoint(
         self, name: str, st: _State, live: _Meta | None, token: _Level, close: list[str]

@@ -24,6 +24,13 @@ rebuilt whole from the snapshot in this process's memory, the others cost
 nothing. A server without ``top`` (mongos, some hosted tiers) makes every
 rollback a full one, which is exact but costs the data's size.
 
+Restores write with ``bypassDocumentValidation``: a validator (added by
+``collMod``, or one that documents seeded before it do not meet) never refuses
+to put back what was there. A collection whose options changed is rebuilt with
+the checkpoint's. A collection that still cannot be restored does not stop the
+others: they are all restored, then the failures are reported together, and
+the next rollback is a full one.
+
 The adapter's own database (``__pytest_rollback__`` by default) is never one of
 the user's, so ``list_collection_names()`` of theirs shows no trace.
 """
@@ -39,7 +46,7 @@ from typing import Any
 
 import bson
 from bson.raw_bson import RawBSONDocument
-from pymongo import DeleteOne, IndexModel, MongoClient, ReplaceOne
+from pymongo import DeleteOne, IndexModel, MongoClient, ReplaceOne, uri_parser
 from pymongo.errors import PyMongoError
 
 from ..api import Changes, Observation, RestoreReport, RollbackError, RollbackWarning
@@ -54,6 +61,10 @@ OUTSIDE_WRITES = (
     "the mongo_db fixture's database, or run such tests without -n"
 )
 _SON = bson.CodecOptions(document_class=bson.SON)
+#: Collections a rollback could not restore (after the others were).
+NOT_RESTORED = "mongo at {where}: {count} collection(s) could not be restored: {failures}"
+#: The longest server error quoted per collection.
+_MAX_ERROR = 200
 
 
 def _idkey(doc_id: Any) -> bytes:
@@ -356,7 +367,7 @@ class MongoAdapter:
                 if not ops:
                     return 0
                 try:
-                    coll.bulk_write(ops, ordered=True)
+                    coll.bulk_write(ops, ordered=True, bypass_document_validation=True)
                     return len(ops)
                 except PyMongoError:
                     pass  # rebuild below
@@ -379,25 +390,82 @@ class MongoAdapter:
             db[ns[1]].create_indexes(models)
         docs = list(self._docs.get(ns, {}).values())
         if docs:
-            db[ns[1]].insert_many(docs, ordered=False)
+            db[ns[1]].insert_many(docs, ordered=False, bypass_document_validation=True)
         return 1 + len(docs)
 
-    def _restore_docs(self, keys: Iterable[tuple[NS, bytes]]) -> int:
-        by_ns: dict[NS, list[Any]] = {}
-        for ns, idkey in keys:
+    def _restore_docs(self, ns: NS, idkeys: Iterable[bytes]) -> int:
+        """Put back the documents ``idkeys`` of ``ns``: deletions first, so that a document the
+        test added cannot hold a unique value a restored one needs; a collection where that is
+        not enough (values swapped between documents) is restored whole."""
+        deletes: list[Any] = []
+        replaces: list[Any] = []
+        for idkey in idkeys:
             doc_id = bson.decode(idkey)["_id"]
             doc = self._docs.get(ns, {}).get(idkey)
-            op: Any = DeleteOne({"_id": doc_id}) if doc is None else ReplaceOne({"_id": doc_id}, doc, upsert=True)
-            by_ns.setdefault(ns, []).append(op)
-        for ns, ops in by_ns.items():
-            self.client[ns[0]][ns[1]].bulk_write(ops, ordered=False)
-        return sum(len(ops) for ops in by_ns.values())
+            if doc is None:
+                deletes.append(DeleteOne({"_id": doc_id}))
+            else:
+                replaces.append(ReplaceOne({"_id": doc_id}, doc, upsert=True))
+        coll = self.client[ns[0]][ns[1]]
+        try:
+            for ops in (deletes, replaces):
+                if ops:
+                    coll.bulk_write(ops, ordered=False, bypass_document_validation=True)
+        except PyMongoError:
+            return self._restore_coll(ns)
+        return len(deletes) + len(replaces)
+
+    def _restore_all(self, colls: set[NS], doc_keys: set[tuple[NS, bytes]]) -> int:
+        """Restore ``colls`` whole and the documents ``doc_keys`` elsewhere, one collection at a time.
+
+        A collection that fails does not stop the others; the failures are raised
+        together afterwards (RollbackError).
+        """
+        by_ns: dict[NS, list[bytes]] = {}
+        for ns, idkey in doc_keys:
+            if ns not in colls:
+                by_ns.setdefault(ns, []).append(idkey)
+        restored = 0
+        failures: list[str] = []
+        for ns in sorted(colls | set(by_ns)):
+            try:
+                restored += self._restore_coll(ns) if ns in colls else self._restore_docs(ns, by_ns[ns])
+            except PyMongoError as exc:
+                text = " ".join(str(exc).split())
+                failures.append(f"{ns[0]}.{ns[1]} ({text[:_MAX_ERROR]}{'...' if len(text) > _MAX_ERROR else ''})")
+        if failures:
+            raise RollbackError(
+                NOT_RESTORED.format(where=self._where(), count=len(failures), failures="; ".join(failures))
+            )
+        return restored
+
+    def _where(self) -> str:
+        """The server's address from the URL, without asking the server (nor printing a password)."""
+        try:
+            nodes = uri_parser.parse_uri(self.url)["nodelist"]
+        except (PyMongoError, ValueError):
+            return "the configured server"
+        return ",".join(f"{host}:{port}" for host, port in nodes)
 
     # -- the adapter protocol ------------------------------------------------------
     def checkpoint(self, label: str | None = None) -> _Level:
         """Mark the current state: a barrier plus a read of what changed since the last mark."""
-        self._drain()
         level = _Level(label)
+        try:
+            self._checkpoint(level)
+        except BaseException:
+            # the before-images taken so far stay on the way back to the older checkpoints
+            self._pending = _merge(self._pending, level)
+            self._gap = self._gap or "a checkpoint failed (the server's state is not known)"
+            raise
+        level = _merge(self._pending, level)
+        level.label = label
+        self._pending = _Level(None)
+        self._levels.append(level)
+        return level
+
+    def _checkpoint(self, level: _Level) -> None:
+        self._drain()
         if self._gap is not None:
             level.full = (self._meta, self._docs)
             self._meta, self._docs = {}, {}
@@ -434,17 +502,21 @@ class MongoAdapter:
         self._dirty_colls.clear()
         if self.strategy == "counters":
             self._settle_counters()  # our reads (listIndexes, ...) are not the test's writes
-        level = _merge(self._pending, level)
-        level.label = label
-        self._pending = _Level(None)
-        self._levels.append(level)
-        return level
 
     def rollback(self, token: _Level) -> RestoreReport:
         """Make the databases equal to ``token``'s state again; ``token`` stays valid."""
         start = time.perf_counter()
         if not token.alive or token not in self._levels:
             raise RollbackError(f"mongo: checkpoint {token.label!r} was released or rolled past")
+        try:
+            report = self._rollback(token)
+        except BaseException:
+            self._gap = self._gap or "the previous rollback failed (the server's state is not known)"
+            raise
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def _rollback(self, token: _Level) -> RestoreReport:
         self._drain()
         self._warn_shared()
         full = self._gap
@@ -476,13 +548,13 @@ class MongoAdapter:
         self._dirty_colls.clear()
         if full is not None:
             colls = self._namespaces() | set(self._meta)
-        restored = sum(self._restore_coll(ns) for ns in sorted(colls))
-        restored += self._restore_docs(k for k in doc_keys if k[0] not in colls)
         self._gap = None
-        self._drain(discard=True)  # our own writes are not the next test's (a loss here is a new gap)
+        try:
+            restored = self._restore_all(colls, doc_keys)
+        finally:
+            self._drain(discard=True)  # our own writes are not the next test's (a loss here is a new gap)
         mode = "full" if full else ("incremental" if restored else "none")
-        report = RestoreReport("mongo", token.label, time.perf_counter() - start, mode, restored, full)
-        return report
+        return RestoreReport("mongo", token.label, 0.0, mode, restored, full)
 
     def _warn_shared(self) -> None:
         """On a server shared by xdist workers: say what this test's time saw beyond the worker's database."""

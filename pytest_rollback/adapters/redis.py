@@ -19,6 +19,26 @@ How it works (the ``tracking`` strategy, used on every real Redis 6.2+):
   connection (``CLIENT KILL``, a subscriber over its output-buffer limit) breaks
   this connection, which never reconnects silently.
 
+What a test leaves that would stop the restore itself is put back first:
+
+* **Server settings.** Each checkpoint knows the server's whole configuration;
+  ``CONFIG GET *`` is read again only when the counters show that ``CONFIG SET``
+  ran. A rollback sets back every setting that differs, before it writes any
+  data (a lowered ``maxmemory`` is raised again first; a raised one is lowered
+  again, and an evicting ``maxmemory-policy`` put back, only once the data is
+  back, so that nothing is evicted on the way).
+* **A script still running** (``BUSY``): ``SCRIPT KILL`` (``FUNCTION KILL`` for a
+  function), wait until the server answers, retry. A script that has already
+  written cannot be killed (``UNKILLABLE``): the rollback fails and says so.
+* **CLIENT PAUSE** (seen in the counters): ``CLIENT UNPAUSE``. A pause of all
+  commands holds the adapter's commands too (even ``CLIENT UNPAUSE``, on Redis
+  7.0): the rollback then waits for it to end.
+* **Memory.** Keys the test added are deleted before changed keys are restored,
+  and a key whose restore is refused for memory (``OOM``: the test made it
+  bigger) is deleted first and restored again.
+
+After a rollback or checkpoint that failed, the next rollback is a full one.
+
 Nothing is stored on the server, so ``KEYS *`` and ``DBSIZE`` see no trace, and the
 Lua script cache is never touched.
 
@@ -63,8 +83,13 @@ GAP_COMMANDS = (
 #: (XREADGROUP by a known consumer, XACK, XCLAIM, ...): when they ran, every
 #: stream the adapter knows of is restored.
 STREAM_SILENT_COMMANDS = ("xreadgroup", "xack", "xclaim", "xautoclaim")
+#: A test that ran it may have left the server paused: the next rollback unpauses it.
+PAUSE_COMMAND = "client|pause"
+#: Counters that say the server's settings may have changed (the next checkpoint or rollback reads them).
+_CONFIG_COUNTERS = frozenset({"config|set", "config", "config|resetstat"})
 _GAP_MARKERS = tuple(
-    (name, b"\ncmdstat_" + name.encode() + b":calls=") for name in GAP_COMMANDS + STREAM_SILENT_COMMANDS
+    (name, b"\ncmdstat_" + name.encode() + b":calls=")
+    for name in GAP_COMMANDS + STREAM_SILENT_COMMANDS + (PAUSE_COMMAND,)
 )
 #: INFO's own counter: it only grows (every reading follows the previous INFO), unless
 #: CONFIG RESETSTAT zeroed the counters, which could bring the ones above back to the
@@ -87,6 +112,18 @@ SHARED_GAP = (
     "or by one on another worker): each worker put its own database back whole, the others are put back at "
     "the end of the run, and tests running meanwhile on other workers may have failed because of it"
 )
+#: Settings the adapter manages itself: a rollback sets them back widened.
+_FLAGS_SETTING = b"notify-keyspace-events"
+#: How often one command is retried after ending a busy script, and how long a killed one may take to end.
+_BUSY_RETRIES = 5
+_KILL_WAIT = 10.0
+#: A rollback that meets a script it cannot end.
+SCRIPT_UNKILLABLE = (
+    "redis at {where}: a script that has already written is still running, and Redis cannot kill it "
+    "(UNKILLABLE); nothing can be restored until it ends"
+)
+#: Server settings a rollback could not set back.
+CONFIG_NOT_PUT_BACK = "redis at {where}: server settings could not be put back: {settings}"
 
 
 def parse_url(url: str) -> dict[str, Any]:
@@ -139,12 +176,15 @@ def _merge(older: _Delta, newer: _Delta) -> _Delta:
 
 
 class _Level:
-    __slots__ = ("label", "delta", "alive")
+    __slots__ = ("label", "delta", "alive", "config")
 
-    def __init__(self, label: str | None, delta: _Delta) -> None:
+    def __init__(self, label: str | None, delta: _Delta, config: dict[bytes, bytes] | None = None) -> None:
         self.label = label
         self.delta = delta
         self.alive = True
+        #: the server's settings (``CONFIG GET *``) at this point; shared with the levels around it while
+        #: no ``CONFIG SET`` ran (None: the snapshot strategy does not keep them)
+        self.config = config
 
     def __repr__(self) -> str:
         return f"<redis checkpoint {self.label!r}{'' if self.alive else ' (released)'}>"
@@ -204,6 +244,11 @@ class RedisAdapter:
         self._pending = _Delta()
         self._gap: str | None = "first checkpoint"
         self._counters: dict[str, int] = {}
+        #: the server's settings as last known, and whether CONFIG SET may have changed them since
+        self._config: dict[bytes, bytes] | None = None
+        self._config_stale = True
+        #: CLIENT PAUSE ran since the last rollback: the next one unpauses the server
+        self._paused = False
         self._info_calls = -1
         self._has_pexpiretime = True
         self._original_flags: str | None = None
@@ -305,7 +350,7 @@ class RedisAdapter:
 
     def _read_counters(self) -> dict[str, int]:
         assert self._conn is not None
-        text = self._conn.call("INFO", "commandstats")
+        text = self._call("INFO", "commandstats")
         if not isinstance(text, bytes):
             raise ReplyError("INFO commandstats gave no text")
         counters: dict[str, int] = {}
@@ -330,6 +375,7 @@ class RedisAdapter:
         except ConnectionLost as exc:
             self._close_conn()
             self._gap = f"the adapter's connection was lost ({exc}); keyspace events may have been missed"
+            self._config_stale = True
             self._reconnect()
             return
         if counters != self._counters:
@@ -338,10 +384,15 @@ class RedisAdapter:
             silent = [k for k in changed if k in STREAM_SILENT_COMMANDS]
             if silent:  # consumer-group state changed somewhere: every known stream is suspect
                 self._dirty.update(self._streams)
-            if len(silent) == len(changed):
+            if PAUSE_COMMAND in changed:
+                self._paused = True
+            if _CONFIG_COUNTERS.intersection(changed):
+                self._config_stale = True
+            gaps = [k for k in changed if k not in STREAM_SILENT_COMMANDS and k != PAUSE_COMMAND]
+            if not gaps:
                 self._counters = counters
                 return
-            gap = ", ".join(k.upper() for k in changed if k not in STREAM_SILENT_COMMANDS)
+            gap = ", ".join(k.upper() for k in gaps)
             self._gap = self._gap or f"{gap} ran (keyspace events do not show its effect)"
             # CONFIG SET may have switched the events off: switch them on before going on
             self._ensure_flags()
@@ -360,12 +411,63 @@ class RedisAdapter:
             cmds.append(("SELECT", db))
             self._db = db
 
-    def _run(self, cmds: list[Sequence[Arg]]) -> list[object]:
+    def _run(self, cmds: list[Sequence[Arg]], db: int) -> list[object]:
+        """Pipeline ``cmds`` in batches; ``db`` is the database selected before the first one.
+
+        A batch that meets a busy script is sent again (after a ``SELECT`` of the
+        database it started in) once the script is ended: every command the
+        adapter pipelines can be repeated.
+        """
         assert self._conn is not None
         replies: list[object] = []
         for i in range(0, len(cmds), _BATCH):
-            replies += self._conn.pipeline(cmds[i : i + _BATCH])
+            batch = cmds[i : i + _BATCH]
+            got = self._conn.pipeline(batch)
+            for _ in range(_BUSY_RETRIES):
+                if not any(_is_busy(r) for r in got):
+                    break
+                self._end_busy_script()
+                prefix: list[Sequence[Arg]] = [("SELECT", db)] if db >= 0 else []
+                got = self._conn.pipeline(prefix + batch)[len(prefix) :]
+            replies += got
+            for cmd in batch:
+                if cmd[0] == "SELECT":
+                    db = int(cmd[1])
         return replies
+
+    def _call(self, *args: Arg) -> object:
+        """One command; a script past busy-reply-threshold is ended first, then the command is sent again."""
+        assert self._conn is not None
+        for _ in range(_BUSY_RETRIES):
+            try:
+                return self._conn.call(*args)
+            except ReplyError as exc:
+                if not _is_busy(exc):
+                    raise
+            self._end_busy_script()
+        return self._conn.call(*args)
+
+    def _end_busy_script(self) -> None:
+        """A script or function ran past busy-reply-threshold: kill it and wait until the server answers.
+
+        ``SCRIPT KILL`` ends a script, ``FUNCTION KILL`` a function (Redis says which
+        one runs). One that has already written cannot be killed: RollbackError.
+        """
+        assert self._conn is not None
+        for kill in (("SCRIPT", "KILL"), ("FUNCTION", "KILL")):
+            reply = self._conn.pipeline([kill])[0]
+            if not isinstance(reply, ReplyError) or str(reply).startswith("NOTBUSY"):
+                break
+            if str(reply).startswith("UNKILLABLE"):
+                raise RollbackError(SCRIPT_UNKILLABLE.format(where=self._where()))
+            # "BUSY ... You can only call FUNCTION KILL": a function runs, not a script
+        deadline = time.monotonic() + _KILL_WAIT
+        while _is_busy(self._conn.pipeline([("PING",)])[0]):
+            if time.monotonic() > deadline:
+                raise RollbackError(
+                    f"redis at {self._where()}: a busy script was killed but still ran {_KILL_WAIT:.0f} s later"
+                )
+            time.sleep(0.005)
 
     # -- reading and writing keys --------------------------------------------
     def _fetch(self, keys: Iterable[Key]) -> dict[Key, Entry | None]:
@@ -374,6 +476,7 @@ class RedisAdapter:
             by_db.setdefault(db, []).append(name)
         cmds: list[Sequence[Arg]] = []
         order: list[Key | None] = []
+        start = self._db
         if not self._has_pexpiretime:
             cmds.append(("TIME",))
             order.append(None)
@@ -387,7 +490,7 @@ class RedisAdapter:
                 cmds.append(("PEXPIRETIME", name) if self._has_pexpiretime else ("PTTL", name))
                 order.append((db, name))
                 order.append(None)
-        replies = self._run(cmds)
+        replies = self._run(cmds, start)
         now_ms = 0
         out: dict[Key, Entry | None] = {}
         i = 0
@@ -417,25 +520,56 @@ class RedisAdapter:
         return out
 
     def _write(self, keys: Iterable[Key], snap: dict[Key, Entry]) -> int:
-        cmds: list[Sequence[Arg]] = []
-        for db, name in sorted(keys):
-            self._select(db, cmds)
-            entry = snap.get((db, name))
-            if entry is None:
-                cmds.append(("DEL", name))
-            elif entry[1] < 0:
-                cmds.append(("RESTORE", name, 0, entry[0], "REPLACE"))
-            else:
-                cmds.append(("RESTORE", name, entry[1], entry[0], "REPLACE", "ABSTTL"))
-        errors = [r for r in self._run(cmds) if isinstance(r, ReplyError)]
-        if errors:
+        """Make ``keys`` what ``snap`` holds: deletions first, so what the test added frees its memory
+        before anything is restored. A key whose restore is refused for memory (the test made it
+        bigger, and memory is still over ``maxmemory``) is deleted, then restored again."""
+        keys = sorted(keys)
+        errors = self._put(keys, snap, delete_first=False)
+        oom = [k for k, err in errors.items() if err is not None and str(err).startswith("OOM")]
+        if oom:
+            errors.update(self._put(oom, snap, delete_first=True))
+        failed = [err for err in errors.values() if err is not None]
+        if failed:
             self._gap = "a restore command failed"
-            raise RollbackError(f"redis at {self._where()}: restore failed: {errors[0]} ({len(errors)} errors)")
-        return sum(1 for c in cmds if c[0] != "SELECT")
+            raise RollbackError(f"redis at {self._where()}: restore failed: {failed[0]} ({len(failed)} errors)")
+        return len(keys)
+
+    def _put(self, keys: list[Key], snap: dict[Key, Entry], delete_first: bool) -> dict[Key, ReplyError | None]:
+        """One pipelined pass over ``keys`` (DELs, then RESTOREs); each key's error, None where it went well.
+
+        ``delete_first`` deletes every key before restoring it (else RESTORE ... REPLACE).
+        """
+        start = self._db
+        cmds: list[Sequence[Arg]] = []
+        order: list[Key | None] = []
+        for key in keys:
+            if delete_first or snap.get(key) is None:
+                self._select(key[0], cmds)
+                order += [None] * (len(cmds) - len(order))
+                cmds.append(("DEL", key[1]))
+                order.append(key if snap.get(key) is None else None)
+        for key in keys:
+            entry = snap.get(key)
+            if entry is None:
+                continue
+            self._select(key[0], cmds)
+            order += [None] * (len(cmds) - len(order))
+            if entry[1] < 0:
+                cmds.append(("RESTORE", key[1], 0, entry[0], "REPLACE"))
+            else:
+                cmds.append(("RESTORE", key[1], entry[1], entry[0], "REPLACE", "ABSTTL"))
+            order.append(key)
+        out: dict[Key, ReplyError | None] = {}
+        for owner, reply in zip(order, self._run(cmds, start), strict=True):
+            if owner is not None:
+                out[owner] = reply if isinstance(reply, ReplyError) else None
+            elif isinstance(reply, ReplyError):  # a SELECT, or the DEL before a RESTORE
+                raise RollbackError(f"redis at {self._where()}: restore failed: {reply}")
+        return out
 
     def _dbs_with_keys(self) -> set[int]:
         assert self._conn is not None
-        text = self._conn.call("INFO", "keyspace")
+        text = self._call("INFO", "keyspace")
         dbs: set[int] = set()
         if isinstance(text, bytes):
             for line in text.split(b"\r\n"):
@@ -447,13 +581,13 @@ class RedisAdapter:
         assert self._conn is not None
         keys: set[Key] = set()
         for db in sorted(self._dbs_with_keys()):
-            self._conn.call("SELECT", db)
+            self._call("SELECT", db)
             self._db = db
             for kind in (None, "stream"):
                 cursor: Any = b"0"
                 while True:
                     args: list[Arg] = ["SCAN", cursor, "COUNT", 1000] + (["TYPE", kind] if kind else [])
-                    reply = self._conn.call(*args)
+                    reply = self._call(*args)
                     assert isinstance(reply, list)
                     cursor = reply[0]
                     found = {(db, k) for k in reply[1]}
@@ -466,10 +600,10 @@ class RedisAdapter:
         """Take a whole new snapshot (after a gap); the delta keeps the old one."""
         keys = self._scan_all()
         fetched = self._fetch(keys)
+        self._settle()  # before the old snapshot is handed over: a failure here loses nothing
         delta = _Delta()
         delta.full_prev = self._snap
         self._snap = {k: v for k, v in fetched.items() if v is not None}
-        self._settle()
         return delta
 
     def _settle(self) -> None:
@@ -490,7 +624,16 @@ class RedisAdapter:
         """Mark the current state; costs one round trip plus what changed since the last mark."""
         if self.strategy == "snapshot":
             return self._snapshot_checkpoint(label)
+        try:
+            return self._checkpoint(label)
+        except BaseException:
+            self._failed("a checkpoint failed")
+            raise
+
+    def _checkpoint(self, label: str | None) -> _Level:
         self._drain()
+        if self._config is None or self._config_stale:
+            self._config = self._read_config()
         if self._gap is not None:
             delta = self._resync()
         else:
@@ -506,9 +649,14 @@ class RedisAdapter:
                 self._dirty.clear()
         delta = _merge(self._pending, delta)
         self._pending = _Delta()
-        level = _Level(label, delta)
+        level = _Level(label, delta, self._config)
         self._levels.append(level)
         return level
+
+    def _failed(self, what: str) -> None:
+        """After a checkpoint or rollback that failed: the next rollback is a full one, settings are read again."""
+        self._gap = self._gap or f"{what} (the server's state is not known)"
+        self._config_stale = True
 
     def rollback(self, token: _Level) -> RestoreReport:
         """Make the server equal to ``token``'s state again; ``token`` stays valid."""
@@ -517,8 +665,23 @@ class RedisAdapter:
             raise RollbackError(f"redis: checkpoint {token.label!r} was released or rolled past")
         if self.strategy == "snapshot":
             return self._snapshot_rollback(token, start)
+        try:
+            report = self._rollback(token)
+        except BaseException:
+            self._failed("the previous rollback failed")
+            raise
+        report.seconds = time.perf_counter() - start
+        self.last_report = report
+        return report
+
+    def _rollback(self, token: _Level) -> RestoreReport:
         self._drain()
         self._warn_shared(token)
+        if self._paused:  # a test's CLIENT PAUSE would hold every write of the restore
+            self._call("CLIENT", "UNPAUSE")
+            self._paused = False
+        early, late = self._config_changes(token.config)
+        unset = self._set_config(early, token.config)
         keys = set(self._dirty)
         full = self._gap
         snap = self._snap
@@ -552,9 +715,77 @@ class RedisAdapter:
             report = RestoreReport("redis", token.label, 0.0, "incremental", restored)
         else:
             report = RestoreReport("redis", token.label, 0.0, "none", 0)
-        report.seconds = time.perf_counter() - start
-        self.last_report = report
+        unset += self._set_config(late, token.config)
+        if unset:
+            raise RollbackError(CONFIG_NOT_PUT_BACK.format(where=self._where(), settings="; ".join(unset)))
+        if early or late:
+            self._config = token.config
         return report
+
+    # -- server settings -----------------------------------------------------
+    def _read_config(self) -> dict[bytes, bytes]:
+        """Every server setting (``CONFIG GET *``)."""
+        reply = self._call("CONFIG", "GET", "*")
+        if isinstance(reply, dict):
+            config = {bytes(k): bytes(v) for k, v in reply.items() if isinstance(k, bytes) and isinstance(v, bytes)}
+        elif isinstance(reply, list):
+            config = dict(zip(reply[::2], reply[1::2], strict=True))
+        else:
+            raise ReplyError(f"CONFIG GET * gave {reply!r}")
+        if "config" in self._counters:  # Redis 6 counts CONFIG GET with CONFIG SET: not the test's
+            self._absorb_config_counters()
+        self._config_stale = False
+        return config
+
+    def _config_changes(self, target: dict[bytes, bytes] | None) -> tuple[list[bytes], list[bytes]]:
+        """The settings that differ from ``target``: those to set before the data, and those after.
+
+        Before: everything, a higher (or no) ``maxmemory`` first. After: a lower
+        ``maxmemory`` and an evicting ``maxmemory-policy``, which with the test's
+        data still there could evict keys the restore does not write.
+        """
+        if target is None:
+            return [], []
+        now = self._config if self._config is not None and not self._config_stale else self._read_config()
+        self._config = now
+        if now is target or now == target:
+            self._config = target
+            return [], []
+        changed = sorted(k for k, v in target.items() if now.get(k) != v)
+        late: list[bytes] = []
+        limit_now, limit_then = _int(now.get(b"maxmemory")), _int(target.get(b"maxmemory"))
+        if b"maxmemory" in changed and limit_then and (not limit_now or limit_then < limit_now):
+            late.append(b"maxmemory")
+        if b"maxmemory-policy" in changed and target[b"maxmemory-policy"] != b"noeviction":
+            late.append(b"maxmemory-policy")
+        first = [k for k in (b"maxmemory", b"maxmemory-policy") if k in changed and k not in late]
+        early = first + [k for k in changed if k not in first and k not in late]
+        return early, late
+
+    def _set_config(self, names: list[bytes], target: dict[bytes, bytes] | None) -> list[str]:
+        """``CONFIG SET`` each of ``names`` to its value in ``target``; the lines of those that failed."""
+        if not names or target is None:
+            return []
+        cmds: list[Sequence[Arg]] = []
+        for name in names:
+            value = target[name]
+            if name == _FLAGS_SETTING:  # the checkpoint's are widened already; never narrower than tracking needs
+                value = _union_flags(value.decode(), _NEEDED_FLAGS).encode()
+            cmds.append(("CONFIG", "SET", name, value))
+        replies = self._run(cmds, self._db)
+        self._absorb_config_counters()
+        failed = [f"{n.decode()} {target[n].decode()!r} ({r})" for n, r in zip(names, replies, strict=True)
+                  if isinstance(r, ReplyError)]
+        if failed:
+            self._config_stale = True
+        return failed
+
+    def _absorb_config_counters(self) -> None:
+        """The adapter's own CONFIG commands moved these counters: not a gap the next barrier should see."""
+        fresh = self._read_counters()
+        for name in ("config|set", "config"):
+            if name in fresh:
+                self._counters[name] = fresh[name]
 
     def _full_restore(self) -> int:
         assert self._conn is not None
@@ -563,10 +794,13 @@ class RedisAdapter:
         if self._others is None:
             dbs = self._dbs_with_keys() | {db for db, _ in self._snap}
             cmds: list[Sequence[Arg]] = []
+            start = self._db
             for db in sorted(dbs):
                 self._select(db, cmds)
                 cmds.append(("FLUSHDB",))
-            self._run(cmds)
+            failed = [r for r in self._run(cmds, start) if isinstance(r, ReplyError)]
+            if failed:
+                raise RollbackError(f"redis at {self._where()}: restore failed: {failed[0]}")
         else:  # a FLUSHDB would make every other worker sharing the server restore in full, and so on
             stale = self._scan_all() - self._snap.keys()
         saved = self._conn.on_push
@@ -818,6 +1052,15 @@ def put_back_flags(record: str, url: str) -> None:
     os.unlink(record)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(f"{record}.lock")
+
+
+def _is_busy(reply: object) -> bool:
+    """A ``BUSY`` error: a script or function has run past busy-reply-threshold (not ``BUSYKEY``)."""
+    return isinstance(reply, ReplyError) and str(reply).startswith("BUSY ")
+
+
+def _int(value: bytes | None) -> int:
+    return int(value) if value is not None and value.isdigit() else 0
 
 
 def _union_flags(current: str, needed: str) -> str:

@@ -50,8 +50,13 @@ END_FAILED = (
     "instead: {what}"
 )
 KEPT = (
-    "pytest-rollback: {store} at {where}: could not put back the data from before this run ({error}); "
-    "it is kept in {journal}: make the server answer, then run pytest --rollback-recover"
+    "pytest-rollback: {store} at {where}: the end-of-run restore failed ({error}), and so did putting it back "
+    "from the journal ({then}); the journal is kept in {journal}: make the server answer, then run "
+    "pytest --rollback-recover"
+)
+CLEANUP_FAILED = (
+    "pytest-rollback: {store} at {where}: the data is back, but what the plugin set up could not be undone "
+    "({error}); the journal is kept in {journal}: make the server answer, then run pytest --rollback-recover"
 )
 OTHERS_PENDING = (
     "pytest-rollback: {count} server(s) left by interrupted runs are not used by this run and still wait to "
@@ -73,8 +78,9 @@ class Keeper:
 
 
 def _error(exc: BaseException) -> str:
+    """An error's first line, without the plugin's own prefix (it is quoted inside a line that has it)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-    return text[:300]
+    return text.removeprefix("pytest-rollback: ")[:300]
 
 
 class Holds:
@@ -122,35 +128,34 @@ class Holds:
             keeper.lease.complete_journal()
 
     def finish(self, store: str, error: BaseException | None) -> list[str]:
-        """The run is over for ``store``: undo set-up, drop the journal and release (``error``: restore failed)."""
+        """The run is over for ``store``: undo set-up, drop the journal and release.
+
+        ``error`` is why the end-of-run restore failed, if it did: the journal then
+        puts the server back instead, and stays if that fails too.
+        """
         keeper = self.keepers.pop(store, None)
         if keeper is None:
             return []
-        lines: list[str] = []
-        where = keeper.lease.where
+        where, journal = keeper.lease.where, keeper.lease.journal
         try:
+            complete = bool((keeper.lease.pending() or {}).get("complete"))
+            if error is not None and (keeper.recover is None or not complete):
+                why = "this store keeps no journal" if keeper.recover is None else "the journal holds no data"
+                return [KEPT.format(store=store, where=where, error=_error(error), then=why, journal=journal)]
             if keeper.recover is not None:
-                restore = error is not None and bool((keeper.lease.pending() or {}).get("complete"))
                 try:
-                    what = keeper.recover(keeper.lease.journal, keeper.url, restore, self.timeout)
+                    what = keeper.recover(journal, keeper.url, error is not None, self.timeout)
                 except Exception as exc:
-                    lines.append(KEPT.format(store=store, where=where, error=_error(error or exc),
-                                             journal=keeper.lease.journal))
-                    return lines
-                if error is not None:
-                    if not restore:
-                        lines.append(KEPT.format(store=store, where=where, error=_error(error),
-                                                 journal=keeper.lease.journal))
-                        return lines
-                    lines.append(END_FAILED.format(store=store, where=where, error=_error(error), what=what))
-            elif error is not None:
-                lines.append(KEPT.format(store=store, where=where, error=_error(error),
-                                         journal=keeper.lease.journal))
-                return lines
+                    if error is None:
+                        return [CLEANUP_FAILED.format(store=store, where=where, error=_error(exc), journal=journal)]
+                    return [KEPT.format(store=store, where=where, error=_error(error), then=_error(exc),
+                                        journal=journal)]
             keeper.lease.close_journal()
+            if error is not None:
+                return [END_FAILED.format(store=store, where=where, error=_error(error), what=what)]
+            return []
         finally:
             keeper.lease.release()
-        return lines
 
     def release_all(self) -> None:
         """Let every server go without touching it (journals stay for the next run)."""
