@@ -281,7 +281,7 @@ class RollbackSession:
         errors: list[str] = []
         if self.shared_dir is not None:  # every worker is done: stop the servers they shared
             errors += shared.put_back_redis_flags(self.shared_dir, self.options.urls.get("redis"))
-            errors += shared.stop_all(self.shared_dir)
+            errors += shared.stop_all(self.shared_dir, self.options.state_dir)
             self.shared_dir = None
         try:
             self.engine.close()

@@ -1,15 +1,277 @@
-"""Servers the plugin starts are its own: the process that answers on a server's port is the one it started."""
+"""Servers the plugin starts end with the pytest run, however it ends, and are its own.
+
+Each test runs an inner pytest in a session of its own (as a terminal or a CI
+runner would), whose test starts real servers, writes what it started to a
+file and then holds; the outer test kills it (SIGKILL, or Ctrl-C's SIGINT to
+its process group) and looks at what is left. Every process these tests kill
+is one an inner run started, checked by pid and start time first.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pytest_rollback.api import Service
+from pytest_rollback.api import Service, StoreUnavailable
 from pytest_rollback.options import StoreSettings
-from pytest_rollback.services import embedded, free_port, local, ports
+from pytest_rollback.services import embedded, free_port, local, orphans, ports
+from pytest_rollback.services.state import RunId
+
+INNER = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:asyncio")
+
+#: The inner test: start the servers of FIXTURES, write what this process (or
+#: xdist worker) sees to started-<worker>.json, then hold for $HOLD seconds.
+HOLDER = """
+import json
+import os
+import pathlib
+import time
+
+FIXTURES = {fixtures!r}
+
+def test_hold(request):
+    services = [request.getfixturevalue(name) for name in FIXTURES]
+    who = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    records = pathlib.Path(os.environ["PYTEST_ROLLBACK_STATE_DIR"], "servers").glob("*.json")
+    seen = {{
+        "pid": os.getpid(),
+        "ticks": int(pathlib.Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]),
+        "servers": [[s.extra["pid"], s.port] for s in services],
+        "records": [json.loads(p.read_text()) for p in records],
+    }}
+    mine = pathlib.Path(__file__).with_name(f"started-{{who}}.json")
+    mine.with_suffix(".tmp").write_text(json.dumps(seen))
+    mine.with_suffix(".tmp").rename(mine)
+    time.sleep(float(os.environ.get("HOLD", "0")))
+"""
+
+#: store -> (fixture, provider option, what its server's command line names)
+STORES = {
+    "redis": ("redis_service", "--rollback-provider=local", "redis-server"),
+    "mongo": ("mongo_service", "--rollback-provider=embedded", "secantusd-py"),
+    "elasticsearch": ("elasticsearch_service", "--rollback-provider=embedded", "noida-db"),
+}
+
+
+def _stat(pid: int) -> tuple[bytes, int] | None:
+    """(state, start ticks) of ``pid``, or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[19])
+
+
+def _running(pid: int, ticks: int | None) -> bool:
+    """True while ``pid`` is the process that started at ``ticks`` and has not exited (a zombie has)."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] != b"Z" and (ticks is None or stat[1] == ticks)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed connection's TIME_WAIT does not count
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _watchdogs_of(state_dir: Path) -> list[int]:
+    """Watchdog processes that guard servers recorded in ``state_dir`` (their spec names its records)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                line = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "watchdog" in line and str(state_dir / orphans.SERVERS) in line and _running(int(entry), None):
+                found.append(int(entry))
+    return found
+
+
+class Inner:
+    """One inner pytest run in a session of its own, and every process it reported starting (killed at the end)."""
+
+    def __init__(self, pytester: pytest.Pytester, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.pytester, self.state_dir, self.monkeypatch = pytester, state_dir, monkeypatch
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started: list[tuple[int, int]] = []  # (pid, start ticks) of what it started: to end if a test fails
+
+    def project(self, *stores: str) -> list[str]:
+        """Write the inner test for ``stores``; return the provider option they need."""
+        self.pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+        self.pytester.makepyfile(test_hold=HOLDER.format(fixtures=[STORES[s][0] for s in stores]))
+        return sorted({STORES[s][1] for s in stores})
+
+    def start(self, *args: str, hold: float = 120) -> subprocess.Popen[bytes]:
+        for old in self.pytester.path.glob("started-*.json"):
+            old.unlink()
+        self.monkeypatch.setenv("HOLD", str(hold))
+        out = open(self.pytester.path / "inner.log", "wb")  # noqa: SIM115 - closed in output()
+        self._out = out
+        self.proc = self.pytester.popen(
+            [sys.executable, "-m", "pytest", *INNER, *args], stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,  # as from a terminal: a group of its own, Ctrl-C goes to the whole group
+        )
+        self.started.append((self.proc.pid, _stat(self.proc.pid)[1]))  # type: ignore[index]
+        return self.proc
+
+    def output(self) -> str:
+        self._out.close()
+        return (self.pytester.path / "inner.log").read_text()
+
+    def wait_started(self, workers: tuple[str, ...] = ("main",), timeout: float = 90) -> list[dict[str, Any]]:
+        """What the inner test(s) wrote once every one of ``workers`` holds; fails with the inner output if not."""
+        files = [self.pytester.path / f"started-{w}.json" for w in workers]
+        assert self.proc is not None
+        if not _eventually(lambda: all(f.exists() for f in files) or self.proc.poll() is not None, timeout):
+            pytest.fail(f"the inner run did not start its servers in {timeout} s:\n{self.output()}")
+        if not all(f.exists() for f in files):
+            pytest.fail(f"the inner run ended before holding:\n{self.output()}")
+        seen = [json.loads(f.read_text()) for f in files]
+        self.started += [(s["pid"], s["ticks"]) for s in seen if s["pid"] != self.proc.pid]  # xdist workers
+        return seen
+
+    def records(self) -> list[dict[str, Any]]:
+        """The server records in the state directory; whatever they name is ended at the end of the test."""
+        return self.track([json.loads(p.read_text()) for p in (self.state_dir / orphans.SERVERS).glob("*.json")])
+
+    def track(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``records`` in the order their servers started; what they name is ended at the end of the test."""
+        for r in records:
+            self.started += [(r["pid"], r["ticks"]), (r["watchdog"], r["watchdog_ticks"])]
+        return sorted(records, key=lambda r: r["ticks"])
+
+    def kill(self, pid: int, ticks: int | None, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Signal ``pid`` if it is still the process this run started (its start ticks match)."""
+        assert (pid, ticks) in self.started, "only what an inner run started is killed"
+        if _running(pid, ticks):
+            os.kill(pid, sig)
+
+    def finish(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        """End whatever the inner run started that is still running (only after a failed test)."""
+        for pid, ticks in self.started:
+            if _running(pid, ticks):
+                leads = os.getpgid(pid) == pid  # a server: its group (noida-db's launcher has a child)
+                (os.killpg if leads else os.kill)(pid, signal.SIGKILL)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def inner(pytester: pytest.Pytester, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Inner]:
+    run = Inner(pytester, state_dir, monkeypatch)
+    yield run
+    run.close()
+
+
+def assert_all_gone(inner: Inner, records: list[dict[str, Any]], timeout: float = 10) -> None:
+    """Within ``timeout`` s: every recorded server and watchdog has exited, its port is free, its work dir,
+    its record and every watchdog of the state directory are gone."""
+    assert records, "no server was recorded"
+    for r in records:
+        what = f"{r['program']} (pid {r['pid']}, port {r['port']})"
+        assert _eventually(lambda r=r: not _running(r["pid"], r["ticks"]), timeout), f"{what} still runs"
+        assert _eventually(lambda r=r: _port_free(r["port"]), timeout), f"port {r['port']} of {what} is still bound"
+        assert _eventually(lambda r=r: not Path(r["workdir"]).exists(), timeout), f"{what}: work dir left"
+        assert _eventually(lambda r=r: not _running(r["watchdog"], r["watchdog_ticks"]), timeout), (
+            f"the watchdog of {what} still runs"
+        )
+    records_dir = inner.state_dir / orphans.SERVERS
+    assert _eventually(lambda: not list(records_dir.glob("*.json")), timeout), "records left"
+    assert _watchdogs_of(inner.state_dir) == [], "a watchdog is left"
+
+
+@pytest.mark.parametrize("store", ["redis", "mongo", "elasticsearch"])
+def test_servers_end_when_pytest_is_killed(inner: Inner, store: str) -> None:
+    """SIGKILL during a test (a CI time-out, the OOM killer): the watchdog ends the server at once."""
+    options = inner.project(store)
+    proc = inner.start(*options)
+    (seen,) = inner.wait_started()
+    records = inner.records()
+    assert [r["program"] for r in records] == [STORES[store][2]]
+    assert {r["pid"] for r in records} == {pid for pid, _ in seen["servers"]}, "the record is not of the server"
+    assert {r["port"] for r in records} == {port for _, port in seen["servers"]}
+    assert all(_running(r["pid"], r["ticks"]) and Path(r["workdir"]).is_dir() for r in records)
+    inner.kill(proc.pid, inner.started[0][1])
+    proc.wait(10)
+    assert_all_gone(inner, records)
+
+
+def test_servers_of_an_xdist_run_end_when_its_controller_is_killed(inner: Inner) -> None:
+    """-n 2: the SecantusDB all workers share (its owner is the controller) and each worker's noida-db end
+    once the controller is killed, although the workers outlive it for a while."""
+    options = inner.project("mongo", "elasticsearch")
+    proc = inner.start(*options, "-n", "2", "--dist", "each")
+    seen = inner.wait_started(("gw0", "gw1"))
+    records = inner.records()
+    programs = sorted(r["program"] for r in records)
+    assert programs == ["noida-db", "noida-db", "secantusd-py"], "one shared SecantusDB, a noida-db per worker"
+    assert {pid for s in seen for pid, _ in s["servers"]} == {r["pid"] for r in records}
+    controller = RunId.from_json(records[0]["run"]).pid
+    assert controller == proc.pid and all(r["run"]["pid"] == proc.pid for r in records)
+    shared_server = next(r for r in records if r["program"] == "secantusd-py")
+    assert shared_server["owner"]["pid"] == proc.pid, "the shared server belongs to the controller"
+    workers = {s["pid"] for s in seen}
+    assert {r["owner"]["pid"] for r in records if r["program"] == "noida-db"} == workers
+    inner.kill(proc.pid, inner.started[0][1])
+    proc.wait(10)
+    assert_all_gone(inner, records)
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["single", "xdist"])
+def test_a_normal_run_leaves_nothing(inner: Inner, xdist: bool) -> None:
+    options = inner.project("mongo", "elasticsearch")
+    workers = ("gw0", "gw1") if xdist else ("main",)
+    inner.start(*options, *(("-n", "2", "--dist", "each") if xdist else ()), hold=0)
+    assert inner.finish() == 0, inner.output()
+    seen = inner.wait_started(workers)
+    records = inner.track(list({r["pid"]: r for s in seen for r in s["records"]}.values()))
+    assert {pid for s in seen for pid, _ in s["servers"]} <= {r["pid"] for r in records}
+    assert_all_gone(inner, records, timeout=2)
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["single", "xdist"])
+def test_a_run_stopped_with_ctrl_c_leaves_nothing(inner: Inner, xdist: bool) -> None:
+    """Ctrl-C reaches the terminal's foreground group: pytest (and its workers), not the servers, which
+    pytest stops at the end of the interrupted session."""
+    options = inner.project("mongo", "elasticsearch")
+    workers = ("gw0", "gw1") if xdist else ("main",)
+    proc = inner.start(*options, *(("-n", "2", "--dist", "each") if xdist else ()))
+    inner.wait_started(workers)
+    records = inner.records()
+    os.killpg(proc.pid, signal.SIGINT)  # the inner run leads its own group: what a terminal's Ctrl-C signals
+    assert inner.finish() != 0
+    assert "KeyboardInterrupt" in inner.output()
+    assert_all_gone(inner, records, timeout=2)
 
 
 def _settings(state_dir: Path, store: str) -> StoreSettings:
@@ -41,3 +303,14 @@ def test_a_server_whose_port_another_process_took_is_not_used(state_dir: Path, s
             service.stop()
     finally:
         first.stop()
+
+
+def test_an_unwritable_state_directory_is_one_clear_line(tmp_path: Path) -> None:
+    """No record, no server: it could outlive a killed run. The message says what to do."""
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.raises(StoreUnavailable) as info:
+        local.redis(_settings(blocked / "state", "redis"))
+    message = str(info.value)
+    assert message.startswith(f"cannot record the redis server in the state directory {blocked / 'state'} (")
+    assert message.endswith("make the directory writable, or choose another with --rollback-state-dir")

@@ -135,10 +135,10 @@ def secantusdb(settings: StoreSettings) -> Service:
     exe = find_secantusd()
     if exe is None:
         raise StoreUnavailable("SecantusDB is not installed (pip install 'pytest-rollback[secantusdb]')")
-    return shared(settings, "mongo-secantusdb", lambda: _start_secantusdb(exe))
+    return shared(settings, "mongo-secantusdb", lambda: _start_secantusdb(exe, settings))
 
 
-def _start_secantusdb(exe: str) -> Service:
+def _start_secantusdb(exe: str, settings: StoreSettings) -> Service:
     import pymongo
 
     start = time.perf_counter()
@@ -164,6 +164,8 @@ def _start_secantusdb(exe: str) -> Service:
             exe, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:", "--log-level", "WARNING"
         ],
         ready,
+        settings,
+        for_run=True,  # under xdist every worker uses it: it ends with the controller
     )
     return Service(
         name="mongo",
@@ -218,6 +220,7 @@ def elasticsearch(settings: StoreSettings) -> Service:
             "--host", "127.0.0.1", "--elasticsearch-port", str(port),
         ],
         ready,
+        settings,
     )
     return Service(
         name="elasticsearch",

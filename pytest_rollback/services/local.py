@@ -9,14 +9,15 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..api import Service, StoreUnavailable
 from ..options import StoreSettings
-from . import free_port, ports, wait_until
-from .shared import watch
+from . import free_port, orphans, ports, wait_until
+from .shared import run_of
+from .watchdog import WORKDIR_PREFIX
 
 
 def find_redis_server() -> str | None:
@@ -41,11 +42,13 @@ class ServerExited(StoreUnavailable):
 
 
 class ServerProcess:
-    """A server this plugin started, with its working directory (removed by ``stop``)."""
+    """A server this plugin started: its process, working directory, and the guard that ends it with its owner."""
 
     def __init__(self, proc: subprocess.Popen[bytes], workdir: str, log: Path, port: int) -> None:
         self.proc, self.workdir, self.log, self.port = proc, workdir, log, port
         self.program = Path(str(proc.args[0] if isinstance(proc.args, list) else proc.args)).name
+        #: its record and watchdog (see orphans), released by a normal stop
+        self.guard: orphans.Guard | None = None
         #: when check() last looked at who listens on the port (a fast server is ready before the first look)
         self._looked = time.monotonic()
         #: set by a ready() that saw the server answer as this process (redis: INFO's process_id)
@@ -91,7 +94,7 @@ class ServerProcess:
             raise PortTaken(f"port {self.port} is taken by another process")
 
     def stop(self) -> None:
-        """End the server and whatever it started (its process group); remove its working directory."""
+        """End the server and whatever it started (its process group); remove its directory, record and watchdog."""
         self._signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
@@ -99,16 +102,9 @@ class ServerProcess:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def _then(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
-    def both() -> None:
-        try:
-            first()
-        finally:
-            second()
-
-    return both
+        if self.guard is not None:
+            self.guard.release()
+            self.guard = None
 
 
 T = TypeVar("T")
@@ -119,19 +115,39 @@ PORT_LOOK_INTERVAL = 0.1
 #: how many ports launch() tries when the chosen one turns out to be taken
 ATTEMPTS = 3
 
+NO_RECORD = (
+    "cannot record the {name} server in the state directory {where} ({exc}), so it could outlive a killed run; "
+    "make the directory writable, or choose another with --rollback-state-dir"
+)
+
+
+@contextlib.contextmanager
+def _recording(name: str, state_dir: str) -> Iterator[None]:
+    """OSError (the state directory, the watchdog) as the StoreUnavailable that says what to do."""
+    try:
+        yield
+    except OSError as exc:
+        raise StoreUnavailable(NO_RECORD.format(name=name, where=state_dir, exc=exc)) from None
+
+
 def launch(
     name: str,
     build: Callable[[int, Path, Path], list[str]],
     ready: Callable[[ServerProcess], T],
+    settings: StoreSettings,
     *,
     env: dict[str, str] | None = None,
+    for_run: bool = False,
 ) -> tuple[ServerProcess, T]:
     """Start a server on a free port with a working directory of its own, and wait until it answers as ours.
 
     ``build(port, workdir, log)`` gives the command line; the process's output
     is appended to ``log`` (``<workdir>/<name>.log``). The server runs in a
     session of its own (a terminal's Ctrl-C reaches pytest, which stops it;
-    ``stop()`` ends its whole group).
+    ``stop()`` ends its whole group) and is guarded (:mod:`.orphans`): recorded
+    in the state directory, with a watchdog that ends it when its owner ends,
+    however that ends. Its owner is this process, or with ``for_run`` the run's
+    top process (the xdist controller, for a server every worker shares).
 
     ``ready(handle)`` waits until the server answers, calling ``handle.check()``
     between tries, and returns what it learnt (its version). The process that
@@ -140,11 +156,14 @@ def launch(
     port does), another port is tried, :data:`ATTEMPTS` in all. ``stop()`` of
     the returned handle ends the server and removes everything it left.
     """
+    run = run_of(settings)
+    with _recording(name, settings.state_dir):  # before anything starts
+        orphans.prepare(settings.state_dir)
     last: StoreUnavailable | None = None
     program = name
     for _ in range(ATTEMPTS):  # a free port can be taken between choosing it and binding it
         port = free_port()
-        workdir = tempfile.mkdtemp(prefix=f"pytest-rollback-{name}-")
+        workdir = tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{name}-")
         log = Path(workdir) / f"{name}.log"
         cmd = build(port, Path(workdir), log)
         with open(log, "ab") as out:
@@ -154,6 +173,8 @@ def launch(
         handle = ServerProcess(proc, workdir, log, port)
         program = handle.program
         try:
+            with _recording(name, settings.state_dir):
+                handle.guard = orphans.Guard(settings.state_dir, proc, port, workdir, run, for_run=for_run, log=log)
             result = ready(handle)
             handle.confirm()
         except (PortTaken, ServerExited) as exc:
@@ -201,7 +222,7 @@ def redis(settings: StoreSettings) -> Service:
         finally:
             client.close()
 
-    handle, version = launch("redis", build, ready)
+    handle, version = launch("redis", build, ready, settings)
     return Service(
         name="redis",
         provider="local",
@@ -212,7 +233,7 @@ def redis(settings: StoreSettings) -> Service:
         startup_ms=(time.perf_counter() - start) * 1000,
         owned=True,
         extra={"db": 0, "dbs": None, "pid": handle.pid, "binary": exe, "workdir": handle.workdir},
-        stop=_then(handle.stop, watch(settings, handle.pid, "redis-server")),
+        stop=handle.stop,
     )
 
 
@@ -228,10 +249,10 @@ def mongo(settings: StoreSettings) -> Service:
     exe = find_mongod()
     if exe is None:
         raise StoreUnavailable("no mongod on PATH")
-    return shared(settings, "mongo-local", lambda: _start_mongod(exe))
+    return shared(settings, "mongo-local", lambda: _start_mongod(exe, settings))
 
 
-def _start_mongod(exe: str) -> Service:
+def _start_mongod(exe: str, settings: StoreSettings) -> Service:
     import pymongo
 
     start = time.perf_counter()
@@ -254,7 +275,7 @@ def _start_mongod(exe: str) -> Service:
         finally:
             client.close()
 
-    handle, version = launch("mongod", build, ready)
+    handle, version = launch("mongod", build, ready, settings, for_run=True)
     return Service(
         name="mongo",
         provider="local",
@@ -352,7 +373,7 @@ def elasticsearch(settings: StoreSettings) -> Service:
         return wait_for_elasticsearch(f"http://127.0.0.1:{handle.port}", f"elasticsearch ({exe}) on port {handle.port}",
                                       handle.logs, handle.check)
 
-    handle, version = launch("elasticsearch", build, ready, env=env)
+    handle, version = launch("elasticsearch", build, ready, settings, env=env)
     return Service(
         name="elasticsearch",
         provider="local",
