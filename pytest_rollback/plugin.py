@@ -19,7 +19,7 @@ from .markers import ROLLBACK_MARKER_HELP
 from .options import Options, StoreSettings, addoption
 from .registry import RegistrationError, Registry
 from .reporting import Reporter
-from .services import shared
+from .services import orphans, shared
 
 SESSION_KEY = pytest.StashKey["RollbackSession"]()
 AUTO_ORDER = ("docker", "local", "embedded")
@@ -242,6 +242,8 @@ class RollbackSession:
             )
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if self.worker is None:  # before starting anything: end what a killed run left
+            self._early_lines += orphans.reap(self.options.state_dir)
         controller = self._is_xdist_controller()
         if not controller:
             self.register()

@@ -1,4 +1,4 @@
-"""Servers the plugin starts end with the pytest run, however it ends, and are its own.
+"""Servers the plugin starts end with the pytest run, however it ends; a later run reaps what a killed one left.
 
 Each test runs an inner pytest in a session of its own (as a terminal or a CI
 runner would), whose test starts real servers, writes what it started to a
@@ -247,6 +247,37 @@ def test_servers_of_an_xdist_run_end_when_its_controller_is_killed(inner: Inner)
     assert_all_gone(inner, records)
 
 
+@pytest.mark.parametrize("stores", [("redis",), ("mongo", "elasticsearch")], ids=["redis", "mongo+elasticsearch"])
+def test_a_later_run_reaps_what_a_run_killed_with_its_watchdogs_left(inner: Inner, stores: tuple[str, ...]) -> None:
+    """pytest and its watchdogs SIGKILLed: the servers run on until the next run ends them, saying so in one line."""
+    options = inner.project(*stores)
+    launched = time.time()
+    proc = inner.start(*options)
+    inner.wait_started()
+    records = inner.records()
+    assert [r["program"] for r in records] == [STORES[s][2] for s in stores]
+    for r in records:
+        inner.kill(r["watchdog"], r["watchdog_ticks"])
+    assert _eventually(lambda: not any(_running(r["watchdog"], r["watchdog_ticks"]) for r in records))
+    inner.kill(proc.pid, inner.started[0][1])
+    proc.wait(10)
+    time.sleep(0.5)
+    assert all(_running(r["pid"], r["ticks"]) for r in records), "nothing but the watchdogs ends the servers"
+    run = RunId.from_json(records[0]["owner"])
+    assert run.pid == proc.pid
+    assert abs(run.started - launched) < 2, "the run is named by when it started"
+
+    inner.start(*options, hold=0)
+    assert inner.finish() == 0, inner.output()
+    output = inner.output()
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started))
+    servers = ", ".join(f"{r['program']} on port {r['port']}" for r in records)
+    count = f"{len(stores)} server{'s' if len(stores) > 1 else ''}"
+    line = f"pytest-rollback: ended {count} left by an interrupted run (pid {proc.pid}, started {when}): {servers}"
+    assert [x for x in output.splitlines() if "interrupted run" in x] == [line]
+    assert_all_gone(inner, records, timeout=0.5)  # ended before the run started its own
+
+
 @pytest.mark.parametrize("xdist", [False, True], ids=["single", "xdist"])
 def test_a_normal_run_leaves_nothing(inner: Inner, xdist: bool) -> None:
     options = inner.project("mongo", "elasticsearch")
@@ -303,6 +334,60 @@ def test_a_server_whose_port_another_process_took_is_not_used(state_dir: Path, s
             service.stop()
     finally:
         first.stop()
+
+
+def test_reaping_ends_nothing_that_is_not_the_recorded_server(state_dir: Path, tmp_path: Path) -> None:
+    """A record of a dead run whose pid is now another process (its start time, or its command line, differs)
+    leaves that process alone; its record goes, and only a work dir named like the plugin's is removed."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_ticks = _stat(dead.pid)[1]  # type: ignore[index]
+    dead.wait()
+    owner = RunId(dead.pid, socket.gethostname(), time.time(), dead_ticks)
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        ticks = _stat(other.pid)[1]  # type: ignore[index]
+        not_ours = tmp_path / "user-data"
+        not_ours.mkdir()
+        ours = tmp_path / "pytest-rollback-redis-x"
+        ours.mkdir()
+        directory = state_dir / orphans.SERVERS
+        directory.mkdir()
+        cases = {
+            "reused-pid": orphans.Record("sleep", other.pid, ticks + 1, 1, str(not_ours), owner, owner),
+            "other-program": orphans.Record("redis-server", other.pid, ticks, 2, str(ours), owner, owner),
+        }
+        for name, record in cases.items():
+            (directory / f"{name}.json").write_text(json.dumps(record.to_json()))
+        lines = orphans.reap(state_dir)
+        assert other.poll() is None and _running(other.pid, ticks), "a process that is not the server was ended"
+        assert len(lines) == 1
+        assert lines[0].startswith("pytest-rollback: removed the files of 2 servers that had stopped, left by an ")
+        assert lines[0].endswith("redis-server on port 2, sleep on port 1"), "in the order they started"
+        assert list(directory.iterdir()) == []
+        assert not_ours.is_dir(), "a directory not named like the plugin's was removed"
+        assert not ours.exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_reaping_leaves_the_servers_of_a_live_run_alone(state_dir: Path, tmp_path: Path) -> None:
+    """Another session's record (its run is alive) is not touched: its server and files stay."""
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        ticks = _stat(other.pid)[1]  # type: ignore[index]
+        live = RunId(os.getpid(), socket.gethostname(), time.time(), _stat(os.getpid())[1])  # type: ignore[index]
+        workdir = tmp_path / "pytest-rollback-x"
+        workdir.mkdir()
+        directory = state_dir / orphans.SERVERS
+        directory.mkdir()
+        record = orphans.Record("sleep", other.pid, ticks, 1, str(workdir), live, live)
+        (directory / "live.json").write_text(json.dumps(record.to_json()))
+        assert orphans.reap(state_dir) == []
+        assert _running(other.pid, ticks) and workdir.is_dir() and (directory / "live.json").exists()
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_an_unwritable_state_directory_is_one_clear_line(tmp_path: Path) -> None:

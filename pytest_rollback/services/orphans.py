@@ -1,4 +1,4 @@
-"""Servers the plugin starts do not outlive it: their records and their watchdogs.
+"""Servers the plugin starts do not outlive it: their records, their watchdogs, and reaping what a dead run left.
 
 Every server the plugin starts (``local.launch``) is guarded twice:
 
@@ -8,6 +8,11 @@ Every server the plugin starts (``local.launch``) is guarded twice:
   (program, pid and start time, port, work directory), who owns it and which
   run it belongs to, and which process is its watchdog. A normal stop removes
   it; so does the watchdog once it has ended the server.
+
+A record whose owner is gone and whose watchdog is gone too (both killed) is
+what :func:`reap` finds at the next session's start (or ``--rollback-recover``):
+it ends the server if the process is still the one recorded, removes its work
+directory and the record, and returns one line per dead run.
 
 The owner of a server is the pytest process that started it, except for a
 server all pytest-xdist workers share: a worker starts it, the controller stops
@@ -24,6 +29,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +241,53 @@ def _records(state_dir: str | os.PathLike[str]) -> list[tuple[Path, Record]]:
         if record is not None:
             found.append((path, record))
     return sorted(found, key=lambda item: (item[1].ticks or 0, item[1].pid))  # in the order they started
+
+
+def _watched(record: Record) -> bool:
+    """True while the record's watchdog still runs (it is ending the server itself)."""
+    return record.watchdog is not None and bool(watchdog.is_ours(record.watchdog, record.watchdog_ticks, "watchdog"))
+
+
+def reap(state_dir: str | os.PathLike[str]) -> list[str]:
+    """End what runs that are gone left: servers, their work directories and records; one line per dead run.
+
+    A record is left alone while its owner and its run are alive (another
+    session's server), and while its watchdog runs (it is ending the server).
+    """
+    left: dict[tuple[int, str, int | None], tuple[RunId, dict[str, list[Record]]]] = {}
+    for path, record in _records(state_dir):
+        if (record.owner.alive() and record.run.alive()) or _watched(record):
+            continue
+        outcome = end(path, record)
+        key = (record.run.pid, record.run.host, record.run.ticks)
+        left.setdefault(key, (record.run, {}))[1].setdefault(outcome, []).append(record)
+    return [_line(run, outcomes) for run, outcomes in left.values()]
+
+
+def _line(run: RunId, outcomes: dict[str, list[Record]]) -> str:
+    """``pytest-rollback: ended 2 servers left by an interrupted run (pid 1234, started ...): ...``."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started))
+    who = f"an interrupted run (pid {run.pid}, started {when})"
+    ended, stopped, unsure = (outcomes.get(k, []) for k in ("ended", "stopped", "unsure"))
+
+    def servers(records: list[Record]) -> str:
+        return f"{len(records)} server{'s' if len(records) != 1 else ''}"
+
+    def names(records: list[Record]) -> str:
+        return ", ".join(r.describe() for r in records)
+
+    parts = []
+    if ended:
+        parts.append(f"ended {servers(ended)} left by {who}: {names(ended)}")
+    if stopped:
+        what = f"the files of {servers(stopped)} that had stopped"
+        by = "" if ended else f", left by {who}"
+        parts.append(f"removed {what}{by}: {names(stopped)}")
+    if unsure:
+        running = ", ".join(f"{r.describe()} (pid {r.pid})" for r in unsure)
+        parts.append(f"left {servers(unsure)} of {who} running, as this system cannot tell they are still ours "
+                     f"(end them yourself if they are): {running}")
+    return "pytest-rollback: " + "; ".join(parts)
 
 
 def end_run(state_dir: str | os.PathLike[str], run: RunId) -> None:
