@@ -9,6 +9,7 @@ is one an inner run started, checked by pid and start time first.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -179,8 +180,9 @@ class Inner:
         """End whatever the inner run started that is still running (only after a failed test)."""
         for pid, ticks in self.started:
             if _running(pid, ticks):
-                leads = os.getpgid(pid) == pid  # a server: its group (noida-db's launcher has a child)
-                (os.killpg if leads else os.kill)(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    leads = os.getpgid(pid) == pid  # a server: its group (noida-db's launcher has a child)
+                    (os.killpg if leads else os.kill)(pid, signal.SIGKILL)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
@@ -223,6 +225,18 @@ def test_servers_end_when_pytest_is_killed(inner: Inner, store: str) -> None:
     assert all(_running(r["pid"], r["ticks"]) and Path(r["workdir"]).is_dir() for r in records)
     inner.kill(proc.pid, inner.started[0][1])
     proc.wait(10)
+    assert_all_gone(inner, records)
+
+
+def test_servers_end_when_pytest_is_terminated(inner: Inner) -> None:
+    """SIGTERM (what a CI runner sends first) to pytest alone: its servers end with it too."""
+    options = inner.project("mongo", "elasticsearch")
+    proc = inner.start(*options)
+    inner.wait_started()
+    records = inner.records()
+    assert [r["program"] for r in records] == ["secantusd-py", "noida-db"]
+    inner.kill(proc.pid, inner.started[0][1], signal.SIGTERM)
+    proc.wait(30)
     assert_all_gone(inner, records)
 
 
