@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,6 +46,7 @@ def test_hold(request):
     who = os.environ.get("PYTEST_XDIST_WORKER", "main")
     records = pathlib.Path(os.environ["PYTEST_ROLLBACK_STATE_DIR"], "servers").glob("*.json")
     seen = {{
+        "run_dir": getattr(request.config, "workerinput", {{}}).get("rollback_shared_dir"),
         "pid": os.getpid(),
         "ticks": int(pathlib.Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]),
         "servers": [[s.extra["pid"], s.port] for s in services],
@@ -120,6 +122,7 @@ class Inner:
         self.pytester, self.state_dir, self.monkeypatch = pytester, state_dir, monkeypatch
         self.proc: subprocess.Popen[bytes] | None = None
         self.started: list[tuple[int, int]] = []  # (pid, start ticks) of what it started: to end if a test fails
+        self.dirs: set[str] = set()  # the temporary directories its servers and runs had: removed then too
 
     def project(self, *stores: str) -> list[str]:
         """Write the inner test for ``stores``; return the provider option they need."""
@@ -154,6 +157,7 @@ class Inner:
             pytest.fail(f"the inner run ended before holding:\n{self.output()}")
         seen = [json.loads(f.read_text()) for f in files]
         self.started += [(s["pid"], s["ticks"]) for s in seen if s["pid"] != self.proc.pid]  # xdist workers
+        self.dirs |= {s["run_dir"] for s in seen if s["run_dir"]}
         return seen
 
     def records(self) -> list[dict[str, Any]]:
@@ -164,6 +168,7 @@ class Inner:
         """``records`` in the order their servers started; what they name is ended at the end of the test."""
         for r in records:
             self.started += [(r["pid"], r["ticks"]), (r["watchdog"], r["watchdog_ticks"])]
+            self.dirs.add(r["workdir"])
         return sorted(records, key=lambda r: r["ticks"])
 
     def kill(self, pid: int, ticks: int | None, sig: signal.Signals = signal.SIGKILL) -> None:
@@ -186,6 +191,9 @@ class Inner:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        for where in self.dirs:
+            if Path(where).name.startswith("pytest-rollback-"):
+                shutil.rmtree(where, ignore_errors=True)
 
 
 @pytest.fixture
@@ -259,6 +267,12 @@ def test_servers_of_an_xdist_run_end_when_its_controller_is_killed(inner: Inner)
     inner.kill(proc.pid, inner.started[0][1])
     proc.wait(10)
     assert_all_gone(inner, records)
+    (run_dir,) = {s["run_dir"] for s in seen}
+    assert Path(run_dir, orphans.RUN_FILE).exists(), "the killed controller's directory names its run"
+
+    inner.start(*options, hold=0)  # the next run removes that directory (it held no server)
+    assert inner.finish() == 0, inner.output()
+    assert not Path(run_dir).exists()
 
 
 @pytest.mark.parametrize("stores", [("redis",), ("mongo", "elasticsearch")], ids=["redis", "mongo+elasticsearch"])

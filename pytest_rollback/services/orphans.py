@@ -12,7 +12,8 @@ Every server the plugin starts (``local.launch``) is guarded twice:
 A record whose owner is gone and whose watchdog is gone too (both killed) is
 what :func:`reap` finds at the next session's start (or ``--rollback-recover``):
 it ends the server if the process is still the one recorded, removes its work
-directory and the record, and returns one line per dead run.
+directory and the record, and returns one line per dead run. It also removes
+the temporary directory of an xdist run whose controller was killed.
 
 The owner of a server is the pytest process that started it, except for a
 server all pytest-xdist workers share: a worker starts it, the controller stops
@@ -27,8 +28,10 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,8 @@ from .state import RunId, ensure_dir, process_start_ticks, read_json, write_json
 SERVERS = "servers"
 #: in the pytest-xdist controller's shared directory: the controller's RunId, the run its workers belong to
 RUN_FILE = "run.json"
+#: the name of such a directory (in the temporary directory) starts so
+RUN_DIR_PREFIX = "pytest-rollback-shared-"
 
 _this: dict[int, RunId] = {}
 
@@ -70,9 +75,12 @@ def same_process(a: RunId, b: RunId) -> bool:
     return (a.pid, a.host, a.ticks) == (b.pid, b.host, b.ticks)
 
 
-def write_run(directory: str | os.PathLike[str]) -> None:
-    """In the xdist controller: name this run in its shared directory, for the servers its workers start."""
-    write_json(Path(directory) / RUN_FILE, this_process().to_json())
+def make_run_dir() -> str:
+    """In the xdist controller: a temporary directory for this run, that names the run (for the servers its
+    workers start, and for :func:`reap` to remove it once the run is gone)."""
+    where = tempfile.mkdtemp(prefix=RUN_DIR_PREFIX)
+    write_json(Path(where) / RUN_FILE, this_process().to_json())
+    return where
 
 
 def run_of(shared_dir: Path | None) -> RunId:
@@ -261,7 +269,16 @@ def reap(state_dir: str | os.PathLike[str]) -> list[str]:
         outcome = end(path, record)
         key = (record.run.pid, record.run.host, record.run.ticks)
         left.setdefault(key, (record.run, {}))[1].setdefault(outcome, []).append(record)
+    _remove_run_dirs_of_dead_runs()
     return [_line(run, outcomes) for run, outcomes in left.values()]
+
+
+def _remove_run_dirs_of_dead_runs() -> None:
+    """Remove the temporary directories of xdist runs that are gone (a killed controller never removes its own)."""
+    for where in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*"):
+        data = read_json(where / RUN_FILE)  # none yet: a run making it now
+        if isinstance(data, dict) and not RunId.from_json(data).alive():
+            shutil.rmtree(where, ignore_errors=True)
 
 
 def _line(run: RunId, outcomes: dict[str, list[Record]]) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -90,9 +89,7 @@ def shared(settings: StoreSettings, key: str, start: Callable[[], Service]) -> S
 
 def make_dir() -> str:
     """The controller's directory for this run's shared servers; it names the run, for the servers' records."""
-    where = tempfile.mkdtemp(prefix="pytest-rollback-shared-")
-    orphans.write_run(where)
-    return where
+    return orphans.make_run_dir()
 
 
 def run_of(settings: StoreSettings) -> RunId:
