@@ -29,6 +29,9 @@ from pytest_rollback.options import StoreSettings
 from pytest_rollback.services import embedded, free_port, local, orphans, ports
 from pytest_rollback.services.state import RunId
 
+#: what these tests look at (who listens on a port, a process's start time) is read from /proc
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
+
 INNER = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:asyncio")
 
 #: The inner test: start the servers of FIXTURES, write what this process (or
