@@ -19,7 +19,7 @@ from .markers import ROLLBACK_MARKER_HELP
 from .options import Options, StoreSettings, addoption
 from .registry import RegistrationError, Registry
 from .reporting import Reporter
-from .services import shared
+from .services import orphans, shared
 from .services.recovery import Holds, recover_all
 from .signals import HELD_NOTE, Signals
 
@@ -75,9 +75,11 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     except RegistrationError as exc:
         raise pytest.UsageError(str(exc)) from None
     recovers = {name: spec.recover for name, spec in registry.stores.items()}
-    lines, ok = recover_all(options.state_dir, recovers, dict(options.urls), options.timeout)
+    lines = orphans.reap(options.state_dir)  # servers a killed run started, if their watchdogs died too
+    put_back, ok = recover_all(options.state_dir, recovers, dict(options.urls), options.timeout)
+    lines += put_back
     if not lines:
-        lines = [f"pytest-rollback: nothing to recover: no interrupted run left a journal in {options.state_dir}"]
+        lines = [f"pytest-rollback: nothing to recover: no interrupted run left anything in {options.state_dir}"]
     for line in lines:
         print(line)
     return 0 if ok else 1
@@ -327,6 +329,8 @@ class RollbackSession:
             )
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if self.worker is None:  # before starting anything: end what a killed run left
+            self._early_lines += orphans.reap(self.options.state_dir)
         controller = self._is_xdist_controller()
         if not controller:
             self.register()
@@ -405,7 +409,7 @@ class RollbackSession:
     def _finish(self) -> list[str]:
         lines: list[str] = []
         if self.shared_dir is not None:  # every worker is done: stop the servers they shared
-            lines += shared.stop_all(self.shared_dir)
+            lines += shared.stop_all(self.shared_dir, self.options.state_dir)
             self.shared_dir = None
         failed: dict[str, BaseException] = {}
         for name in list(self.engine.adapters)[::-1]:

@@ -24,6 +24,8 @@ def _inner_runs_print_the_same_everywhere(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("CI", raising=False)  # with CI (or BUILD_NUMBER) set, pytest stops shortening them
     monkeypatch.delenv("BUILD_NUMBER", raising=False)
     monkeypatch.setenv("COLUMNS", "80")
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)  # this run's own xdist worker is not the inner run's
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from typing import Any
 from ..api import Service, StoreUnavailable
 from ..options import StoreSettings
 from . import wait_until
-from .local import launch
+from .local import ServerProcess, launch
 
 
 def redis(settings: StoreSettings) -> Service:
@@ -135,47 +135,48 @@ def secantusdb(settings: StoreSettings) -> Service:
     exe = find_secantusd()
     if exe is None:
         raise StoreUnavailable("SecantusDB is not installed (pip install 'pytest-rollback[secantusdb]')")
-    return shared(settings, "mongo-secantusdb", lambda: _start_secantusdb(exe))
+    return shared(settings, "mongo-secantusdb", lambda: _start_secantusdb(exe, settings))
 
 
-def _start_secantusdb(exe: str) -> Service:
+def _start_secantusdb(exe: str, settings: StoreSettings) -> Service:
     import pymongo
 
     start = time.perf_counter()
-    handle, port = launch(
+
+    def ready(handle: ServerProcess) -> str:
+        url = f"mongodb://127.0.0.1:{handle.port}/?directConnection=true"
+        client: pymongo.MongoClient[Any] = pymongo.MongoClient(url, serverSelectionTimeoutMS=500)
+
+        def answers() -> bool:
+            handle.check()
+            client.admin.command("ping")
+            return True
+
+        try:
+            wait_until(answers, 30, f"SecantusDB ({exe}) on port {handle.port}", handle.logs)
+            return str(client.server_info().get("version", "?"))
+        finally:
+            client.close()
+
+    handle, version = launch(
         "secantusdb",
         lambda port, workdir, log: [
             exe, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:", "--log-level", "WARNING"
         ],
+        ready,
+        settings,
+        for_run=True,  # under xdist every worker uses it: it ends with the controller
     )
-    proc = handle.proc
-    url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
-    client: pymongo.MongoClient[Any] = pymongo.MongoClient(url, serverSelectionTimeoutMS=500)
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise StoreUnavailable(f"secantusd-py exited with code {proc.returncode}")
-        client.admin.command("ping")
-        return True
-
-    try:
-        wait_until(ready, 30, f"SecantusDB ({exe}) on port {port}", handle.logs)
-        version = str(client.server_info().get("version", "?"))
-    except BaseException:
-        handle.stop()
-        raise
-    finally:
-        client.close()
     return Service(
         name="mongo",
         provider="embedded",
-        url=url,
+        url=f"mongodb://127.0.0.1:{handle.port}/?directConnection=true",
         host="127.0.0.1",
-        port=port,
+        port=handle.port,
         version=f"SecantusDB {version_of_secantusdb()} (as MongoDB {version})",
         startup_ms=(time.perf_counter() - start) * 1000,
         owned=True,
-        extra={"pid": proc.pid, "workdir": handle.workdir},
+        extra={"pid": handle.pid, "workdir": handle.workdir},
         stop=handle.stop,
     )
 
@@ -207,32 +208,29 @@ def elasticsearch(settings: StoreSettings) -> Service:
     except PackageNotFoundError:
         package = "?"
     start = time.perf_counter()
-    last: Exception | None = None
-    for _ in range(3):  # a free port can be taken between choosing it and binding it
-        handle, port = launch(
-            "noida",
-            lambda port, workdir, log: [
-                exe, "start", "--data-dir", str(workdir / "data"), "--only", "elasticsearch",
-                "--host", "127.0.0.1", "--elasticsearch-port", str(port),
-            ],
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            number = wait_for_elasticsearch(url, f"noida-db ({exe}) on port {port}", handle.logs, handle.proc.poll, 30)
-        except StoreUnavailable as exc:
-            last = exc
-            handle.stop()
-            continue
-        return Service(
-            name="elasticsearch",
-            provider="embedded",
-            url=url,
-            host="127.0.0.1",
-            port=port,
-            version=f"noida-db {package} (as Elasticsearch {number})",
-            startup_ms=(time.perf_counter() - start) * 1000,
-            owned=True,
-            extra={"prefix": "", "pid": handle.proc.pid, "workdir": handle.workdir},
-            stop=handle.stop,
-        )
-    raise StoreUnavailable(f"could not start noida-db: {last}")
+
+    def ready(handle: ServerProcess) -> str:
+        return wait_for_elasticsearch(f"http://127.0.0.1:{handle.port}", f"noida-db ({exe}) on port {handle.port}",
+                                      handle.logs, handle.check, 30)
+
+    handle, number = launch(
+        "noida",
+        lambda port, workdir, log: [
+            exe, "start", "--data-dir", str(workdir / "data"), "--only", "elasticsearch",
+            "--host", "127.0.0.1", "--elasticsearch-port", str(port),
+        ],
+        ready,
+        settings,
+    )
+    return Service(
+        name="elasticsearch",
+        provider="embedded",
+        url=f"http://127.0.0.1:{handle.port}",
+        host="127.0.0.1",
+        port=handle.port,
+        version=f"noida-db {package} (as Elasticsearch {number})",
+        startup_ms=(time.perf_counter() - start) * 1000,
+        owned=True,
+        extra={"prefix": "", "pid": handle.pid, "workdir": handle.workdir},
+        stop=handle.stop,
+    )

@@ -9,14 +9,15 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..api import Service, StoreUnavailable
 from ..options import StoreSettings
-from . import free_port, wait_until
-from .shared import watch
+from . import free_port, orphans, ports, wait_until
+from .shared import run_of
+from .watchdog import WORKDIR_PREFIX
 
 
 def find_redis_server() -> str | None:
@@ -32,20 +33,34 @@ def find_redis_server() -> str | None:
     return str(exe) if exe and os.path.exists(exe) else None
 
 
-class _Process:
-    """A server process this plugin started, with its working directory (removed by ``stop``)."""
+class PortTaken(StoreUnavailable):
+    """Another process listens on the port chosen for a server (taken between choosing and binding it)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], workdir: str, log: Path, group: bool = False) -> None:
-        self.proc, self.workdir, self.log = proc, workdir, log
-        #: whether the process leads a process group of its own (launch()): stop() ends the group
-        self.group = group
+
+class ServerExited(StoreUnavailable):
+    """A started server exited before it answered (as one that cannot bind its port does)."""
+
+
+class ServerProcess:
+    """A server this plugin started: its process, working directory, and the guard that ends it with its owner."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], workdir: str, log: Path, port: int) -> None:
+        self.proc, self.workdir, self.log, self.port = proc, workdir, log, port
+        self.program = Path(str(proc.args[0] if isinstance(proc.args, list) else proc.args)).name
+        #: its record and watchdog (see orphans), released by a normal stop
+        self.guard: orphans.Guard | None = None
+        #: when check() last looked at who listens on the port (a fast server is ready before the first look)
+        self._looked = time.monotonic()
+        #: set by a ready() that saw the server answer as this process (redis: INFO's process_id)
+        self.proven = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def _signal(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            if self.group:  # its children too, after the process itself has exited
-                os.killpg(self.proc.pid, sig)
-            elif self.proc.poll() is None:
-                self.proc.send_signal(sig)
+            os.killpg(self.proc.pid, sig)  # it leads a group of its own: its children too, even once it has exited
 
     def logs(self) -> str:
         try:
@@ -53,8 +68,33 @@ class _Process:
         except OSError:
             return ""
 
+    def check(self) -> None:
+        """Between tries to reach the server: raise when waiting longer cannot help.
+
+        :class:`ServerExited` when it exited, :class:`PortTaken` when another
+        process listens on its port (what would answer is not ours). Returns
+        None otherwise, so it also serves as the ``exited`` callable of the
+        wait functions below.
+        """
+        code = self.proc.poll()
+        if code is not None:
+            raise ServerExited(f"{self.program} exited with code {code}")
+        now = time.monotonic()
+        if now - self._looked >= PORT_LOOK_INTERVAL:  # reading /proc/net/tcp takes ~1 ms: not on every try
+            self._looked = now
+            if ports.listener(self.port, self.proc.pid) == "other":
+                raise PortTaken(f"port {self.port} is taken by another process")
+
+    def confirm(self) -> None:
+        """Once the server answers: raise :class:`PortTaken` unless its own process group listens on its port."""
+        if self.proven:
+            return
+        who = ports.listener(self.port, self.proc.pid)
+        if who not in ("ours", None):  # None: no /proc (not Linux), where this cannot be told
+            raise PortTaken(f"port {self.port} is taken by another process")
+
     def stop(self) -> None:
-        """End the server, and whatever it started when it leads a process group of its own (launch())."""
+        """End the server and whatever it started (its process group); remove its directory, record and watchdog."""
         self._signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
@@ -62,37 +102,90 @@ class _Process:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.guard is not None:
+            self.guard.release()
+            self.guard = None
 
 
-def _then(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
-    def both() -> None:
-        try:
-            first()
-        finally:
-            second()
+T = TypeVar("T")
 
-    return both
+#: how often check() looks at who listens on a starting server's port (confirm() always does, once it answers)
+PORT_LOOK_INTERVAL = 0.1
+
+#: how many ports launch() tries when the chosen one turns out to be taken
+ATTEMPTS = 3
+
+NO_RECORD = (
+    "cannot record the {name} server in the state directory {where} ({exc}), so it could outlive a killed run; "
+    "make the directory writable, or choose another with --rollback-state-dir"
+)
+
+
+@contextlib.contextmanager
+def _recording(name: str, state_dir: str) -> Iterator[None]:
+    """OSError (the state directory, the watchdog) as the StoreUnavailable that says what to do."""
+    try:
+        yield
+    except OSError as exc:
+        raise StoreUnavailable(NO_RECORD.format(name=name, where=state_dir, exc=exc)) from None
 
 
 def launch(
-    name: str, build: Callable[[int, Path, Path], list[str]], env: dict[str, str] | None = None
-) -> tuple[_Process, int]:
-    """Start a server on a free port with a working directory of its own.
+    name: str,
+    build: Callable[[int, Path, Path], list[str]],
+    ready: Callable[[ServerProcess], T],
+    settings: StoreSettings,
+    *,
+    env: dict[str, str] | None = None,
+    for_run: bool = False,
+) -> tuple[ServerProcess, T]:
+    """Start a server on a free port with a working directory of its own, and wait until it answers as ours.
 
-    ``build(port, workdir, log)`` gives the command line; the process's output is
-    appended to ``log`` (``<workdir>/<name>.log``). ``stop()`` of the returned
-    handle ends it and removes the working directory.
+    ``build(port, workdir, log)`` gives the command line; the process's output
+    is appended to ``log`` (``<workdir>/<name>.log``). The server runs in a
+    session of its own (a terminal's Ctrl-C reaches pytest, which stops it;
+    ``stop()`` ends its whole group) and is guarded (:mod:`.orphans`): recorded
+    in the state directory, with a watchdog that ends it when its owner ends,
+    however that ends. Its owner is this process, or with ``for_run`` the run's
+    top process (the xdist controller, for a server every worker shares).
+
+    ``ready(handle)`` waits until the server answers, calling ``handle.check()``
+    between tries, and returns what it learnt (its version). The process that
+    listens on the port must then be the server: when another process has the
+    port, or the server exited before answering (as one that cannot bind its
+    port does), another port is tried, :data:`ATTEMPTS` in all. ``stop()`` of
+    the returned handle ends the server and removes everything it left.
     """
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix=f"pytest-rollback-{name}-")
-    log = Path(workdir) / f"{name}.log"
-    cmd = build(port, Path(workdir), log)
-    with open(log, "ab") as out:
-        # A session of its own: stop() ends the whole group, so a launcher script's server goes too.
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    return _Process(proc, workdir, log, group=True), port
+    run = run_of(settings)
+    with _recording(name, settings.state_dir):  # before anything starts
+        orphans.prepare(settings.state_dir)
+    last: StoreUnavailable | None = None
+    program = name
+    for _ in range(ATTEMPTS):  # a free port can be taken between choosing it and binding it
+        port = free_port()
+        workdir = tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{name}-")
+        log = Path(workdir) / f"{name}.log"
+        cmd = build(port, Path(workdir), log)
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        handle = ServerProcess(proc, workdir, log, port)
+        program = handle.program
+        try:
+            with _recording(name, settings.state_dir):
+                handle.guard = orphans.Guard(settings.state_dir, proc, port, workdir, run, for_run=for_run, log=log)
+            result = ready(handle)
+            handle.confirm()
+        except (PortTaken, ServerExited) as exc:
+            last = exc
+            handle.stop()
+            continue
+        except BaseException:
+            handle.stop()
+            raise
+        return handle, result
+    raise StoreUnavailable(f"could not start {program}: {last}")
 
 
 def redis(settings: StoreSettings) -> Service:
@@ -103,50 +196,45 @@ def redis(settings: StoreSettings) -> Service:
     import redis as redis_py
 
     start = time.perf_counter()
-    last: Exception | None = None
-    for _ in range(3):  # a free port can be taken between choosing it and binding it
-        port = free_port()
-        workdir = tempfile.mkdtemp(prefix="pytest-rollback-redis-")
-        log = Path(workdir) / "redis.log"
-        cmd = [
-            exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-            "--dir", workdir, "--logfile", str(log), "--protected-mode", "yes", "--daemonize", "no",
-        ]
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        handle = _Process(proc, workdir, log)
-        client = redis_py.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
 
-        def ready(proc: subprocess.Popen[bytes] = proc, client: redis_py.Redis = client, port: int = port) -> bool:
-            if proc.poll() is not None:
-                raise StoreUnavailable(f"redis-server exited with code {proc.returncode}")
-            # the port may have been taken between choosing and binding it: a server that
-            # answers is ours only if it is our process (another one's data is not ours to roll back)
+    def build(port: int, workdir: Path, log: Path) -> list[str]:
+        return [
+            exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+            "--dir", str(workdir), "--logfile", str(log), "--protected-mode", "yes", "--daemonize", "no",
+        ]
+
+    def ready(handle: ServerProcess) -> str:
+        client = redis_py.Redis(host="127.0.0.1", port=handle.port, socket_connect_timeout=1)
+
+        def ours() -> bool:
+            handle.check()
+            # where /proc cannot tell (not Linux), INFO can: a server that answers is ours
+            # only if it is our process (another one's data is not ours to roll back)
             pid = client.info("server").get("process_id")
-            if pid != proc.pid:
-                raise StoreUnavailable(f"port {port} is taken by another server (process {pid})")
+            if pid != handle.pid:
+                raise PortTaken(f"port {handle.port} is taken by another server (process {pid})")
+            handle.proven = True  # no need to look at /proc/net/tcp (~2 ms)
             return True
 
         try:
-            wait_until(ready, 10, f"redis-server ({exe}) on port {port}", handle.logs)
-        except StoreUnavailable as exc:
-            last = exc
-            handle.stop()
-            continue
-        version = str(client.info("server").get("redis_version", "?"))
-        client.close()
-        return Service(
-            name="redis",
-            provider="local",
-            url=f"redis://127.0.0.1:{port}/0",
-            host="127.0.0.1",
-            port=port,
-            version=version,
-            startup_ms=(time.perf_counter() - start) * 1000,
-            owned=True,
-            extra={"db": 0, "dbs": None, "pid": proc.pid, "binary": exe},
-            stop=_then(handle.stop, watch(settings, proc.pid, "redis-server")),
-        )
-    raise StoreUnavailable(f"could not start redis-server: {last}")
+            wait_until(ours, 10, f"redis-server ({exe}) on port {handle.port}", handle.logs)
+            return str(client.info("server").get("redis_version", "?"))
+        finally:
+            client.close()
+
+    handle, version = launch("redis", build, ready, settings)
+    return Service(
+        name="redis",
+        provider="local",
+        url=f"redis://127.0.0.1:{handle.port}/0",
+        host="127.0.0.1",
+        port=handle.port,
+        version=version,
+        startup_ms=(time.perf_counter() - start) * 1000,
+        owned=True,
+        extra={"db": 0, "dbs": None, "pid": handle.pid, "binary": exe, "workdir": handle.workdir},
+        stop=handle.stop,
+    )
 
 
 def find_mongod() -> str | None:
@@ -161,10 +249,10 @@ def mongo(settings: StoreSettings) -> Service:
     exe = find_mongod()
     if exe is None:
         raise StoreUnavailable("no mongod on PATH")
-    return shared(settings, "mongo-local", lambda: _start_mongod(exe))
+    return shared(settings, "mongo-local", lambda: _start_mongod(exe, settings))
 
 
-def _start_mongod(exe: str) -> Service:
+def _start_mongod(exe: str, settings: StoreSettings) -> Service:
     import pymongo
 
     start = time.perf_counter()
@@ -177,28 +265,27 @@ def _start_mongod(exe: str) -> Service:
             "--wiredTigerCacheSizeGB", "0.25",
         ]
 
-    handle, port = launch("mongod", build)
-    proc = handle.proc
-    url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
-    client: pymongo.MongoClient[Any] = pymongo.MongoClient(url, serverSelectionTimeoutMS=500)
-    try:
-        version = initiate_replica_set(client, f"127.0.0.1:{port}", f"mongod ({exe}) on port {port}", handle.logs,
-                                       lambda: proc.poll())
-    except BaseException:
-        handle.stop()
-        raise
-    finally:
-        client.close()
+    def ready(handle: ServerProcess) -> str:
+        client: pymongo.MongoClient[Any] = pymongo.MongoClient(
+            f"mongodb://127.0.0.1:{handle.port}/?directConnection=true", serverSelectionTimeoutMS=500
+        )
+        try:
+            return initiate_replica_set(client, f"127.0.0.1:{handle.port}", f"mongod ({exe}) on port {handle.port}",
+                                        handle.logs, handle.check)
+        finally:
+            client.close()
+
+    handle, version = launch("mongod", build, ready, settings, for_run=True)
     return Service(
         name="mongo",
         provider="local",
-        url=url,
+        url=f"mongodb://127.0.0.1:{handle.port}/?directConnection=true",
         host="127.0.0.1",
-        port=port,
+        port=handle.port,
         version=version,
         startup_ms=(time.perf_counter() - start) * 1000,
         owned=True,
-        extra={"pid": proc.pid, "binary": exe, "workdir": handle.workdir},
+        extra={"pid": handle.pid, "binary": exe, "workdir": handle.workdir},
         stop=handle.stop,
     )
 
@@ -281,23 +368,21 @@ def elasticsearch(settings: StoreSettings) -> Service:
         return cmd
 
     env = {**os.environ, "ES_JAVA_OPTS": os.environ.get("ES_JAVA_OPTS", "-Xms512m -Xmx512m")}
-    handle, port = launch("elasticsearch", build, env)
-    proc = handle.proc
-    url = f"http://127.0.0.1:{port}"
-    try:
-        version = wait_for_elasticsearch(url, f"elasticsearch ({exe}) on port {port}", handle.logs, proc.poll)
-    except BaseException:
-        handle.stop()
-        raise
+
+    def ready(handle: ServerProcess) -> str:
+        return wait_for_elasticsearch(f"http://127.0.0.1:{handle.port}", f"elasticsearch ({exe}) on port {handle.port}",
+                                      handle.logs, handle.check)
+
+    handle, version = launch("elasticsearch", build, ready, settings, env=env)
     return Service(
         name="elasticsearch",
         provider="local",
-        url=url,
+        url=f"http://127.0.0.1:{handle.port}",
         host="127.0.0.1",
-        port=port,
+        port=handle.port,
         version=version,
         startup_ms=(time.perf_counter() - start) * 1000,
         owned=True,
-        extra={"prefix": "", "pid": proc.pid, "binary": exe, "workdir": handle.workdir},
+        extra={"prefix": "", "pid": handle.pid, "binary": exe, "workdir": handle.workdir},
         stop=handle.stop,
     )

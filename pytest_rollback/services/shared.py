@@ -3,24 +3,23 @@
 MongoDB (and Elasticsearch) take long to start, so under xdist the first
 worker that needs the server starts it and writes where it is to a file in a
 directory the controller made for this run (``rollback_shared_dir`` in the
-workers' input); the others read that file. The controller stops every shared
-server, by the process id recorded there, when the session ends.
+workers' input); the others read that file. The server belongs to the
+controller (see :mod:`.orphans`): its watchdog ends it if the controller dies,
+and the controller ends it, with whatever else of its run is left, when the
+session ends.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
-import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ..api import Service
 from ..options import StoreSettings
+from . import orphans
+from .state import RunId
 
 #: the key in ``workerinput`` under which the controller passes the directory
 WORKER_INPUT_KEY = "rollback_shared_dir"
@@ -79,7 +78,6 @@ def shared(settings: StoreSettings, key: str, start: Callable[[], Service]) -> S
                         "port": service.port,
                         "version": service.version,
                         "pid": service.extra.get("pid"),
-                        "workdir": service.extra.get("workdir"),
                         "started_by": settings.worker,
                     }
                 )
@@ -90,87 +88,18 @@ def shared(settings: StoreSettings, key: str, start: Callable[[], Service]) -> S
 
 
 def make_dir() -> str:
-    """The controller's directory for this run's shared servers."""
-    return tempfile.mkdtemp(prefix="pytest-rollback-shared-")
+    """The controller's directory for this run's shared servers; it names the run, for the servers' records."""
+    return orphans.make_run_dir()
 
 
-def watch(settings: StoreSettings, pid: int, program: str) -> Callable[[], None]:
-    """In an xdist worker, record a server it started for itself, so the controller can end it.
-
-    A worker that crashes never stops its servers; the controller ends those
-    still recorded when the run is over (checking that the process is still
-    ``program``). Returns the function that drops the record, for a normal stop.
-    """
-    where = _shared_dir(settings)
-    if settings.worker is None or where is None:
-        return lambda: None
-    record = where / f"{settings.worker}-{pid}.worker-server"
-    record.write_text(json.dumps({"pid": pid, "program": program}))
-    return lambda: record.unlink(missing_ok=True)
+def run_of(settings: StoreSettings) -> RunId:
+    """The run a server started here belongs to: in an xdist worker the controller, else this process."""
+    return orphans.run_of(_shared_dir(settings))
 
 
-def stop_all(where: str) -> list[str]:
-    """Stop the servers the workers started (by their recorded process id); return problems."""
-    problems: list[str] = []
-    for info in sorted(Path(where).glob("*.json")):
-        try:
-            data = json.loads(info.read_text())
-        except (OSError, ValueError) as exc:
-            problems.append(f"pytest-rollback: {info.name}: unreadable ({exc})")
-            continue
-        pid = data.get("pid")
-        if isinstance(pid, int):
-            _stop(pid)
-        if data.get("workdir"):
-            shutil.rmtree(data["workdir"], ignore_errors=True)
-    for record in sorted(Path(where).glob("*.worker-server")):  # left by a worker that crashed
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads(record.read_text())
-            pid, program = data.get("pid"), str(data.get("program") or "")
-            if isinstance(pid, int) and program and program in _command_line(pid):
-                _stop(pid)
+def stop_all(where: str, state_dir: str) -> list[str]:
+    """After every worker: end the servers of this run still recorded (the shared ones, and those of a worker
+    that crashed), and remove the shared directory; return problems."""
+    orphans.end_run(state_dir, orphans.this_process())
     shutil.rmtree(where, ignore_errors=True)
-    return problems
-
-
-def _stop(pid: int) -> None:
-    """SIGTERM, a moment to exit, then SIGKILL for what is left of its process group (launch() makes one)."""
-    _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.02)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)  # a launcher's server outliving it
-    if _alive(pid):
-        _signal(pid, signal.SIGKILL)
-
-
-def _signal(pid: int, sig: signal.Signals) -> None:
-    """Signal the process group ``pid`` leads, else the process alone."""
-    for kill in (os.killpg, os.kill):
-        try:
-            kill(pid, sig)
-            return
-        except (ProcessLookupError, PermissionError):
-            continue
-
-
-def _command_line(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a child of a worker that has exited is reparented; it is gone once it stops being a zombie
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+    return []
