@@ -16,6 +16,7 @@ from .api import PROVIDERS, Rollbackable, RollbackError, Service, StoreUnavailab
 from .branching import BRANCH_MARKER_HELP, Branches
 from .engine import Checkpoint, Engine
 from .markers import ROLLBACK_MARKER_HELP
+from .masking import mask
 from .options import Options, StoreSettings, addoption
 from .registry import RegistrationError, Registry
 from .reporting import Reporter
@@ -150,7 +151,7 @@ class RollbackSession:
             self.failures[store] = str(exc)
             raise
         except Exception as exc:
-            self.failures[store] = f"pytest-rollback: {store}: could not start: {exc!r}"
+            self.failures[store] = mask(f"pytest-rollback: {store}: could not start: {exc!r}")
             raise StoreUnavailable(self.failures[store]) from exc
         self.services[store] = service
         self.engine.activate(adapter)
@@ -294,7 +295,7 @@ class RollbackSession:
                 errors.append(f"pytest-rollback: {service.name}: stopping the server failed: {exc!r}")
         self.services.clear()
         for line in errors:
-            sys.stderr.write(line + "\n")
+            sys.stderr.write(mask(line) + "\n")
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         mode = "off (--no-rollback)" if self.options.disabled else "on"

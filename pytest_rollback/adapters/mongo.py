@@ -41,6 +41,7 @@ from pymongo import DeleteOne, IndexModel, MongoClient, ReplaceOne
 from pymongo.errors import PyMongoError
 
 from ..api import Changes, Observation, RestoreReport, RollbackError
+from ..masking import mask
 
 NS = tuple[str, str]
 Meta = tuple[dict[str, Any], list[dict[str, Any]]]  # collection options, index specs
@@ -176,7 +177,7 @@ class MongoAdapter:
             self._stream = self.client.watch(pipeline, show_expanded_events=True, max_await_time_ms=20)
         except PyMongoError as exc:
             raise RollbackError(
-                f"mongo at {self.url}: no change stream ({exc}); start MongoDB as a replica set "
+                f"mongo at {mask(self.url)}: no change stream ({exc}); start MongoDB as a replica set "
                 "(the docker and local providers do) or use SecantusDB"
             ) from exc
         self._sent = self._seen = 0

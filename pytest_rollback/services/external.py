@@ -7,6 +7,7 @@ import socket
 import time
 
 from ..api import Service, StoreUnavailable
+from ..masking import mask
 from ..options import EXAMPLE_URLS, StoreSettings
 from .shared import redis_flags_record
 
@@ -51,7 +52,7 @@ def redis(settings: StoreSettings) -> Service:
     try:
         params = parse_url(settings.url)
     except ValueError as exc:
-        raise StoreUnavailable(f"pytest-rollback: redis: bad URL {settings.url!r}: {exc}") from None
+        raise StoreUnavailable(mask(f"pytest-rollback: redis: bad URL {settings.url!r}: {exc}")) from None
     check_address(settings, params["host"])
     start = time.perf_counter()
     db = params["db"] or 0
@@ -64,7 +65,10 @@ def redis(settings: StoreSettings) -> Service:
         if params["db"] is not None:
             base = base.rsplit("/", 1)[0]
         url = f"{base}/{db}"
-    client = redis_py.Redis.from_url(url, socket_connect_timeout=5)
+    try:
+        client = redis_py.Redis.from_url(url, socket_connect_timeout=5)
+    except ValueError as exc:  # in the query: db=x, an unknown option...
+        raise StoreUnavailable(mask(f"pytest-rollback: redis: bad URL {settings.url!r}: {exc}")) from None
     try:
         version = str(client.info("server").get("redis_version", "?"))
     except redis_py.RedisError as exc:
@@ -103,7 +107,7 @@ def mongo(settings: StoreSettings) -> Service:
     try:
         parsed = parse_uri(settings.url)
     except (InvalidURI, ValueError) as exc:
-        raise StoreUnavailable(f"pytest-rollback: mongo: bad URL {settings.url!r}: {exc}") from None
+        raise StoreUnavailable(mask(f"pytest-rollback: mongo: bad URL {settings.url!r}: {exc}")) from None
     nodes = parsed.get("nodelist") or []
     for host, _port in nodes:
         check_address(settings, host)
@@ -155,11 +159,13 @@ def elasticsearch(settings: StoreSettings) -> Service:
         parts = urlsplit(settings.url)
         host, port = parts.hostname, parts.port or 9200
     except ValueError as exc:
-        raise StoreUnavailable(f"pytest-rollback: elasticsearch: bad URL {settings.url!r}: {exc}") from None
+        raise StoreUnavailable(mask(f"pytest-rollback: elasticsearch: bad URL {settings.url!r}: {exc}")) from None
     if parts.scheme not in ("http", "https") or not host:
         raise StoreUnavailable(
-            f"pytest-rollback: elasticsearch: bad URL {settings.url!r}: expected http://host:port "
-            f"(e.g. {EXAMPLE_URLS['elasticsearch']})"
+            mask(
+                f"pytest-rollback: elasticsearch: bad URL {settings.url!r}: expected http://host:port "
+                f"(e.g. {EXAMPLE_URLS['elasticsearch']})"
+            )
         )
     check_address(settings, host)
     start = time.perf_counter()
