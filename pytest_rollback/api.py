@@ -136,5 +136,23 @@ class RollbackError(Exception):
     """A checkpoint or rollback failed; the message names the store and what to do."""
 
 
+class StoreFault(RollbackError):
+    """A store's server failed the plugin: gone, not answering, or refusing its credentials.
+
+    The message is one line naming the store, its address (secrets masked) and
+    what to do; the plugin reports it as that line, without a traceback, and
+    once per scope's teardown. An adapter raises it for any such fault of its
+    connection, and leaves itself ready to try again (and to restore fully) on
+    its next call.
+    """
+
+    def __init__(self, line: str, store: str = "", gone: bool = False) -> None:
+        super().__init__(line)
+        #: The store whose server failed.
+        self.store = store
+        #: True when the server refused the connection (it is not running); False for a time-out or credentials.
+        self.gone = gone
+
+
 class RollbackWarning(UserWarning):
     """Something a store adapter could not put back exactly (shown in pytest's warnings summary)."""

@@ -10,7 +10,12 @@ from .registry import Registry, Store
 def _redis_adapter(service: Service, settings: StoreSettings) -> Rollbackable:
     from .adapters.redis import RedisAdapter
 
-    return RedisAdapter(service.url, dbs=service.extra.get("dbs"), flags_record=service.extra.get("flags_record"))
+    return RedisAdapter(
+        service.url,
+        dbs=service.extra.get("dbs"),
+        flags_record=service.extra.get("flags_record"),
+        timeout=settings.timeout,
+    )
 
 
 def redis_store() -> Store:
@@ -40,7 +45,7 @@ def _mongo_adapter(service: Service, settings: StoreSettings) -> Rollbackable:
         return MongomockAdapter(service.extra["mongomock"], dbs=service.extra.get("dbs"))
     from .adapters.mongo import MongoAdapter
 
-    return MongoAdapter(service.url, dbs=service.extra.get("dbs"))
+    return MongoAdapter(service.url, dbs=service.extra.get("dbs"), timeout=settings.timeout)
 
 
 def mongo_store() -> Store:
@@ -66,7 +71,7 @@ def mongo_store() -> Store:
 def _elasticsearch_adapter(service: Service, settings: StoreSettings) -> Rollbackable:
     from .adapters.elasticsearch import ElasticsearchAdapter
 
-    return ElasticsearchAdapter(service.url, prefix=str(service.extra.get("prefix") or ""))
+    return ElasticsearchAdapter(service.url, prefix=str(service.extra.get("prefix") or ""), timeout=settings.timeout)
 
 
 def elasticsearch_store() -> Store:

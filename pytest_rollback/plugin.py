@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from . import builtin, hookspecs, xdist_groups
-from .api import PROVIDERS, Rollbackable, RollbackError, Service, StoreUnavailable
+from .api import PROVIDERS, Rollbackable, RollbackError, Service, StoreFault, StoreUnavailable
 from .branching import BRANCH_MARKER_HELP, Branches
 from .engine import Checkpoint, Engine
 from .markers import ROLLBACK_MARKER_HELP
@@ -150,6 +150,9 @@ class RollbackSession:
         except StoreUnavailable as exc:
             self.failures[store] = str(exc)
             raise
+        except StoreFault as exc:  # the adapter found the server gone, frozen or refusing its credentials
+            self.failures[store] = str(exc)
+            raise StoreUnavailable(self.failures[store]) from None
         except Exception as exc:
             self.failures[store] = mask(f"pytest-rollback: {store}: could not start: {exc!r}")
             raise StoreUnavailable(self.failures[store]) from exc

@@ -135,10 +135,10 @@ def secantusdb(settings: StoreSettings) -> Service:
     exe = find_secantusd()
     if exe is None:
         raise StoreUnavailable("SecantusDB is not installed (pip install 'pytest-rollback[secantusdb]')")
-    return shared(settings, "mongo-secantusdb", lambda: _start_secantusdb(exe))
+    return shared(settings, "mongo-secantusdb", lambda: _start_secantusdb(exe, settings.timeout))
 
 
-def _start_secantusdb(exe: str) -> Service:
+def _start_secantusdb(exe: str, timeout: float = 30.0) -> Service:
     import pymongo
 
     start = time.perf_counter()
@@ -150,7 +150,9 @@ def _start_secantusdb(exe: str) -> Service:
     )
     proc = handle.proc
     url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
-    client: pymongo.MongoClient[Any] = pymongo.MongoClient(url, serverSelectionTimeoutMS=500)
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient(
+        url, serverSelectionTimeoutMS=500, socketTimeoutMS=int(timeout * 1000)
+    )
 
     def ready() -> bool:
         if proc.poll() is not None:

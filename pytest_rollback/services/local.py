@@ -114,7 +114,7 @@ def redis(settings: StoreSettings) -> Service:
         ]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         handle = _Process(proc, workdir, log)
-        client = redis_py.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+        client = redis_py.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1, socket_timeout=settings.timeout)
 
         def ready(proc: subprocess.Popen[bytes] = proc, client: redis_py.Redis = client, port: int = port) -> bool:
             if proc.poll() is not None:
@@ -161,10 +161,10 @@ def mongo(settings: StoreSettings) -> Service:
     exe = find_mongod()
     if exe is None:
         raise StoreUnavailable("no mongod on PATH")
-    return shared(settings, "mongo-local", lambda: _start_mongod(exe))
+    return shared(settings, "mongo-local", lambda: _start_mongod(exe, settings.timeout))
 
 
-def _start_mongod(exe: str) -> Service:
+def _start_mongod(exe: str, timeout: float = 30.0) -> Service:
     import pymongo
 
     start = time.perf_counter()
@@ -180,7 +180,9 @@ def _start_mongod(exe: str) -> Service:
     handle, port = launch("mongod", build)
     proc = handle.proc
     url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
-    client: pymongo.MongoClient[Any] = pymongo.MongoClient(url, serverSelectionTimeoutMS=500)
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient(
+        url, serverSelectionTimeoutMS=500, socketTimeoutMS=int(timeout * 1000)
+    )
     try:
         version = initiate_replica_set(client, f"127.0.0.1:{port}", f"mongod ({exe}) on port {port}", handle.logs,
                                        lambda: proc.poll())
