@@ -9,10 +9,13 @@ come, providers as the message of a :class:`~pytest_rollback.api.StoreUnavailabl
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import socket
-from collections.abc import Callable, Sequence
-from typing import Concatenate, ParamSpec, Protocol, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Concatenate, NoReturn, ParamSpec, Protocol, TypeVar
+
+import pytest
 
 from .api import StoreFault
 from .masking import mask
@@ -58,8 +61,9 @@ def seconds(timeout: float) -> str:
 
 def reason(exc: BaseException) -> str:
     """A short reason for a connection error: ``connection refused``, or the first line of its message."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror[:1].lower() + exc.strerror[1:]
+    cause = exc if isinstance(exc, OSError) else exc.__cause__  # (a connection's own error wraps the OSError)
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror[:1].lower() + cause.strerror[1:]
     lines = str(exc).strip().splitlines()
     return mask(lines[0]) if lines else type(exc).__name__
 
@@ -125,3 +129,35 @@ def refused(addresses: Sequence[tuple[str, int]], timeout: float) -> bool:
             return False
         return False
     return bool(addresses)
+
+
+def fail(line: str) -> NoReturn:
+    """Fail the running set-up, test or teardown with ``line`` alone: no traceback, no chained errors."""
+    raise pytest.fail.Exception(line, pytrace=False) from None
+
+
+class Shown:
+    """The stores whose fault a session has reported, so that the teardowns of its scopes do not repeat it.
+
+    A server that is gone fails every restore after it: the test that found it
+    errors with the line, and so does every later test that needs the store; the
+    module and session levels torn down after them (several at once, which pytest
+    would show as an exception group) and the session's end say nothing more.
+    """
+
+    def __init__(self) -> None:
+        self.stores: set[str] = set()
+
+    def __contains__(self, exc: BaseException) -> bool:
+        """True for a fault of a store that has had one reported."""
+        return isinstance(exc, StoreFault) and exc.store in self.stores
+
+    @contextlib.contextmanager
+    def one_line(self, repeat: bool = True) -> Iterator[None]:
+        """Report a :class:`StoreFault` raised in the block as its line; ``repeat=False``: unless its store had one."""
+        try:
+            yield
+        except StoreFault as exc:
+            if repeat or exc not in self:
+                self.stores.add(exc.store)
+                fail(str(exc))

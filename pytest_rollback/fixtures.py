@@ -339,13 +339,15 @@ def _rollback_test() -> Iterator[None]:
         yield
         return
     verify = marker.verify or session.options.verify
-    cp = engine.push(f"test {request.node.nodeid}", "test", verify=verify)
+    with session.shown.one_line():
+        cp = engine.push(f"test {request.node.nodeid}", "test", verify=verify)
     request.node._rollback_checkpoint = cp
     request.node._rollback_stores = marker.stores  # the stores it rolls back (empty: all), for its report
     try:
         yield
     finally:
-        problems = session.branches.end(request.node, cp, marker.stores)
+        with session.shown.one_line():
+            problems = session.branches.end(request.node, cp, marker.stores)
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
 
@@ -364,11 +366,15 @@ def _hold_module_level(request: pytest.FixtureRequest, engine: Engine) -> None:
     held: Checkpoint | None = getattr(module, "_rollback_module_level", None)
     if held is not None and held.alive:
         return
-    cp = engine.push(f"module {module.nodeid} (kept writes)", "module")
+    shown = _session(request).shown
+    with shown.one_line():
+        cp = engine.push(f"module {module.nodeid} (kept writes)", "module")
     module._rollback_module_level = cp
 
     def pop() -> None:
-        problems = engine.pop(cp)
+        problems: list[str] = []
+        with shown.one_line(repeat=False):
+            problems = engine.pop(cp)
         if problems:
             raise RollbackError("; ".join(problems))
 

@@ -15,6 +15,7 @@ from . import builtin, hookspecs, xdist_groups
 from .api import PROVIDERS, Rollbackable, RollbackError, Service, StoreFault, StoreUnavailable
 from .branching import BRANCH_MARKER_HELP, Branches
 from .engine import Checkpoint, Engine
+from .faults import Shown
 from .markers import ROLLBACK_MARKER_HELP
 from .masking import mask
 from .options import Options, StoreSettings, addoption
@@ -79,6 +80,8 @@ class RollbackSession:
         self.registry = Registry()
         self.services: dict[str, Service] = {}
         self.failures: dict[str, str] = {}
+        #: the fault lines (a server gone, frozen, refusing us) already reported
+        self.shown = Shown()
         self.registered = False
         self._header_done = False
         self._early_lines: list[str] = []
@@ -290,7 +293,8 @@ class RollbackSession:
         try:
             self.engine.close()
         except RollbackError as exc:
-            errors.append(str(exc))
+            if exc not in self.shown:  # a fault of a store that a test already reported is not said again
+                errors.append(str(exc))
         for service in self.services.values():
             try:
                 service.stop()
@@ -322,7 +326,9 @@ class RollbackSession:
             if fixturedef.argname == "_rollback_test":
                 hand_over(self, request)
             return (yield)
-        cp = self.engine.push(f"{fixturedef.scope} fixture {fixturedef.argname}", fixturedef.scope, owner=fixturedef)
+        label = f"{fixturedef.scope} fixture {fixturedef.argname}"
+        with self.shown.one_line():
+            cp = self.engine.push(label, fixturedef.scope, owner=fixturedef)
         cp.request = request  # type: ignore[attr-defined]
         try:
             return (yield)
@@ -338,7 +344,9 @@ class RollbackSession:
         if cp is None:
             return
         cp.owner = None  # finished: no longer to be torn down by the engine
-        problems = self.engine.pop(cp)
+        problems: list[str] = []
+        with self.shown.one_line(repeat=False):
+            problems = self.engine.pop(cp)
         if problems:
             raise RollbackError("; ".join(problems))
 

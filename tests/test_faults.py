@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from pytest_rollback.adapters._resp3 import ConnectionLost, Resp3Connection
-from pytest_rollback.faults import AUTH_FAILED
+from pytest_rollback.faults import AUTH_FAILED, GONE, NOT_ANSWERING
 from pytest_rollback.services import embedded, free_port, local
 from pytest_rollback.services.external import CANNOT_REACH
 
@@ -253,6 +253,55 @@ def assert_secret_not_shown(result: pytest.RunResult) -> None:
     assert SECRET not in result.stdout.str() + result.stderr.str(), "the password was printed"
 
 
+KILL_LAST = """
+import os
+import signal
+
+
+def test_writes():
+    {write}
+
+
+def test_kills_the_server():
+    os.kill({pid}, signal.SIGKILL)
+"""
+
+#: The last test stops the server; the server goes on once the test is over (after its teardown).
+FREEZE_LAST = """
+import os
+import signal
+
+
+def test_writes():
+    {write}
+
+
+def test_freezes_the_server():
+    {write}
+    os.kill({pid}, signal.SIGSTOP)
+"""
+#: ... and answers again before the run ends (its end restores the server's own data).
+CONTINUE_AFTER = """
+import os
+import signal
+import time
+
+
+def answers():
+    {answers}
+
+
+def pytest_runtest_logfinish(nodeid):
+    if nodeid.endswith("test_freezes_the_server"):
+        os.kill({pid}, signal.SIGCONT)
+        for _ in range(300):
+            try:
+                return answers()
+            except Exception:
+                time.sleep(0.1)
+"""
+
+
 # -- Redis -----------------------------------------------------------------------------
 
 
@@ -326,6 +375,37 @@ def test_redis_urls_that_fail_otherwise_do_not_show_the_password(
         result = run_inner(pytester, f"--rollback-redis-url={url}")
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         assert_one_line(result, f"ERROR: {pattern}")
+
+
+def test_redis_killed_during_the_run_is_one_line(pytester: pytest.Pytester, locked_redis: Server) -> None:
+    pytester.makeini(INI)
+    write = f"__import__('redis').Redis(port={locked_redis.port}, password={SECRET!r}).set('written', '1')"
+    pytester.makepyfile(KILL_LAST.format(write=write, pid=locked_redis.proc.pid))
+    result = run_inner(pytester, f"--rollback-redis-url=redis://:{SECRET}@127.0.0.1:{locked_redis.port}/0")
+    result.assert_outcomes(passed=2, errors=1)
+    # (refused, or reset when the dying server still took the new connection)
+    assert_one_line(result, GONE.format(store="redis", where=f"127.0.0.1:{locked_redis.port}", reason="connection *"))
+
+
+def test_redis_frozen_during_a_test_is_one_line_and_its_data_comes_back(
+    pytester: pytest.Pytester, locked_redis: Server
+) -> None:
+    import redis
+
+    client = redis.Redis(port=locked_redis.port, password=SECRET)
+    client.set("users:own", "data", ex=3600)
+    client.close()
+    before = _redis_keys(locked_redis)
+    pytester.makeini(INI)
+    write = f"__import__('redis').Redis(port={locked_redis.port}, password={SECRET!r}).incr('written')"
+    pytester.makepyfile(FREEZE_LAST.format(write=write, pid=locked_redis.proc.pid))
+    answers = f"__import__('redis').Redis(port={locked_redis.port}, password={SECRET!r}, socket_timeout=1).ping()"
+    pytester.makeconftest(CONTINUE_AFTER.format(pid=locked_redis.proc.pid, answers=answers))
+    url = f"redis://:{SECRET}@127.0.0.1:{locked_redis.port}/0"
+    result = run_inner(pytester, f"--rollback-redis-url={url}", "--rollback-timeout=2")
+    result.assert_outcomes(passed=2, errors=1)
+    assert_one_line(result, NOT_ANSWERING.format(store="redis", where=f"127.0.0.1:{locked_redis.port}", timeout=2))
+    assert _redis_keys(locked_redis) == before, "the end of the run did not put the server's data back"
 
 
 def test_redis_time_out_is_per_reply_not_per_command(locked_redis: Server) -> None:
@@ -434,6 +514,36 @@ def test_mongo_urls_that_fail_otherwise_do_not_show_the_password(pytester: pytes
         assert_one_line(result, f"ERROR: {pattern}".replace("?", "[?]"))
 
 
+def test_mongo_killed_during_the_run_is_one_line(pytester: pytest.Pytester, locked_mongo: Server) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(KILL_LAST.format(write=_mongo_write(locked_mongo.port), pid=locked_mongo.proc.pid))
+    result = run_inner(pytester, f"--rollback-mongo-url={mongo_url(locked_mongo.port)}")
+    result.assert_outcomes(passed=2, errors=1)
+    assert_one_line(result, GONE.format(store="mongo", where=f"127.0.0.1:{locked_mongo.port}", reason="*"))
+
+
+def test_mongo_frozen_during_a_test_is_one_line_and_its_data_comes_back(
+    pytester: pytest.Pytester, locked_mongo: Server
+) -> None:
+    import pymongo
+
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient(mongo_url(locked_mongo.port))
+    client.users.people.insert_one({"_id": 1, "name": "own data"})
+    client.close()
+    before = _mongo_state(locked_mongo)
+    pytester.makeini(INI)
+    pytester.makepyfile(FREEZE_LAST.format(write=_mongo_write(locked_mongo.port), pid=locked_mongo.proc.pid))
+    answers = (
+        f"__import__('pymongo').MongoClient({mongo_url(locked_mongo.port)!r}, serverSelectionTimeoutMS=1000)"
+        ".list_database_names()"
+    )
+    pytester.makeconftest(CONTINUE_AFTER.format(pid=locked_mongo.proc.pid, answers=answers))
+    result = run_inner(pytester, f"--rollback-mongo-url={mongo_url(locked_mongo.port)}", "--rollback-timeout=2")
+    result.assert_outcomes(passed=2, errors=1)
+    assert_one_line(result, NOT_ANSWERING.format(store="mongo", where=f"127.0.0.1:{locked_mongo.port}", timeout=2))
+    assert _mongo_state(locked_mongo) == before, "the end of the run did not put the server's data back"
+
+
 # -- Elasticsearch ---------------------------------------------------------------------
 
 
@@ -511,3 +621,31 @@ def test_elasticsearch_urls_that_fail_otherwise_do_not_show_the_password(pyteste
         result = run_inner(pytester, f"--rollback-elasticsearch-url={url}")
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         assert_one_line(result, f"ERROR: {pattern}")
+
+
+def test_elasticsearch_killed_during_the_run_is_one_line(pytester: pytest.Pytester, noida: Server) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(KILL_LAST.format(write=_es_write(noida.port), pid=noida.proc.pid))
+    result = run_inner(pytester, f"--rollback-elasticsearch-url=http://elastic:{SECRET}@127.0.0.1:{noida.port}")
+    result.assert_outcomes(passed=2, errors=1)
+    assert_one_line(result, GONE.format(store="elasticsearch", where=f"127.0.0.1:{noida.port}", reason="*"))
+
+
+def test_elasticsearch_frozen_during_a_test_is_one_line_and_its_data_comes_back(
+    pytester: pytest.Pytester, noida: Server
+) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", noida.port, timeout=10)
+    conn.request("PUT", "/users-own")
+    assert conn.getresponse().status == 200
+    conn.close()
+    before = _es_indices(noida.port)
+    pytester.makeini(INI)
+    pytester.makepyfile(FREEZE_LAST.format(write=_es_write(noida.port), pid=noida.proc.pid))
+    answers = f"__import__('urllib.request').request.urlopen('http://127.0.0.1:{noida.port}/', timeout=1)"
+    pytester.makeconftest(CONTINUE_AFTER.format(pid=noida.proc.pid, answers=answers))
+    url = f"http://elastic:{SECRET}@127.0.0.1:{noida.port}"
+    result = run_inner(pytester, f"--rollback-elasticsearch-url={url}", "--rollback-timeout=2")
+    result.assert_outcomes(passed=2, errors=1)
+    where = f"127.0.0.1:{noida.port}"
+    assert_one_line(result, NOT_ANSWERING.format(store="elasticsearch", where=where, timeout=2))
+    assert _es_indices(noida.port) == before, "the end of the run did not put the server's data back"
