@@ -3,8 +3,24 @@
 from __future__ import annotations
 
 from .api import Rollbackable, Service
+from .faults import require
 from .options import DEFAULT_IMAGES, StoreSettings
-from .registry import Registry, Store
+from .registry import ProviderFn, Registry, Store
+
+
+def _needs(store: str, package: str, extra: str, provider: ProviderFn) -> ProviderFn:
+    """``provider``, once ``package`` imports: else one line with the install command, and nothing started."""
+
+    def checked(settings: StoreSettings) -> Service:
+        require(store, package, extra)
+        return provider(settings)
+
+    checked.__doc__ = provider.__doc__
+    return checked
+
+
+def _needs_all(store: str, package: str, extra: str, providers: dict[str, ProviderFn]) -> dict[str, ProviderFn]:
+    return {name: _needs(store, package, extra, provider) for name, provider in providers.items()}
 
 
 def _redis_adapter(service: Service, settings: StoreSettings) -> Rollbackable:
@@ -24,12 +40,12 @@ def redis_store() -> Store:
     return Store(
         name="redis",
         make_adapter=_redis_adapter,
-        providers={
-            "external": external.redis,
-            "docker": docker.redis,
-            "local": local.redis,
-            "embedded": embedded.redis,
-        },
+        providers=_needs_all(
+            "redis",
+            "redis",
+            "redis",
+            {"external": external.redis, "docker": docker.redis, "local": local.redis, "embedded": embedded.redis},
+        ),
         default_image=DEFAULT_IMAGES["redis"],
         how_to_get=(
             "pip install 'pytest-rollback[all]' (ships a redis-server and fakeredis), "
@@ -48,6 +64,17 @@ def _mongo_adapter(service: Service, settings: StoreSettings) -> Rollbackable:
     return MongoAdapter(service.url, dbs=service.extra.get("dbs"), timeout=settings.timeout)
 
 
+def _mongo_embedded(embedded: ProviderFn) -> ProviderFn:
+    """The embedded MongoDB provider: pymongo is needed unless mongomock was chosen (it has no use for it)."""
+    checked = _needs("mongo", "pymongo", "mongo", embedded)
+
+    def provider(settings: StoreSettings) -> Service:
+        return (embedded if settings.extra.get("embedded") == "mongomock" else checked)(settings)
+
+    provider.__doc__ = embedded.__doc__
+    return provider
+
+
 def mongo_store() -> Store:
     from .services import docker, embedded, external, local
 
@@ -55,10 +82,9 @@ def mongo_store() -> Store:
         name="mongo",
         make_adapter=_mongo_adapter,
         providers={
-            "external": external.mongo,
-            "docker": docker.mongo,
-            "local": local.mongo,
-            "embedded": embedded.mongo,
+            **_needs_all("mongo", "pymongo", "mongo", {"external": external.mongo, "docker": docker.mongo}),
+            "local": _needs("mongo", "pymongo", "mongo", local.mongo),
+            "embedded": _mongo_embedded(embedded.mongo),
         },
         default_image=DEFAULT_IMAGES["mongo"],
         how_to_get=(
@@ -80,12 +106,17 @@ def elasticsearch_store() -> Store:
     return Store(
         name="elasticsearch",
         make_adapter=_elasticsearch_adapter,
-        providers={
-            "external": external.elasticsearch,
-            "docker": docker.elasticsearch,
-            "local": local.elasticsearch,
-            "embedded": embedded.elasticsearch,
-        },
+        providers=_needs_all(
+            "elasticsearch",
+            "elasticsearch",
+            "elasticsearch",
+            {
+                "external": external.elasticsearch,
+                "docker": docker.elasticsearch,
+                "local": local.elasticsearch,
+                "embedded": embedded.elasticsearch,
+            },
+        ),
         default_image=DEFAULT_IMAGES["elasticsearch"],
         how_to_get=(
             "pip install 'pytest-rollback[all]' (noida-db, an Elasticsearch-compatible server), "

@@ -1,7 +1,7 @@
 """One line for each way a store's server can fail the plugin.
 
-A server that went away, one that stopped answering, credentials it refuses:
-each is one line naming the store, its
+A server that went away, one that stopped answering, credentials it refuses, a
+client package that is not installed: each is one line naming the store, its
 address (secrets masked) and what to do. Adapters and providers build them
 here, so that every store words them alike (adapters raise them as they
 come, providers as the message of a :class:`~pytest_rollback.api.StoreUnavailable`).
@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from typing import Concatenate, NoReturn, ParamSpec, Protocol, TypeVar
 
 import pytest
 
-from .api import StoreFault
+from .api import StoreFault, StoreUnavailable
 from .masking import mask
 
 #: The server refused or closed the plugin's connection, and refuses a new one.
@@ -29,8 +30,19 @@ NOT_ANSWERING = (
 )
 #: The server refused the credentials of the URL (or wants some and the URL has none).
 AUTH_FAILED = "pytest-rollback: {store} at {where}: authentication failed ({reason}); fix the credentials in {option}"
+#: The store's client package cannot be imported.
+MISSING_CLIENT = (
+    "pytest-rollback: {store} needs the {package} package, which cannot be imported ({reason}); "
+    "install it: pip install 'pytest-rollback[{extra}]'"
+)
+
+
 #: The longest wait to learn whether a server that went away still refuses connections.
 PROBE_LIMIT = 1.0
+
+
+class MissingClient(StoreUnavailable):
+    """The store's client package cannot be imported: no provider is tried, nothing is started."""
 
 
 def gone(store: str, where: str, reason: str) -> StoreFault:
@@ -66,6 +78,16 @@ def reason(exc: BaseException) -> str:
         return cause.strerror[:1].lower() + cause.strerror[1:]
     lines = str(exc).strip().splitlines()
     return mask(lines[0]) if lines else type(exc).__name__
+
+
+def require(store: str, package: str, extra: str) -> None:
+    """Import ``package``, or raise :class:`MissingClient` with the command that installs it."""
+    try:
+        importlib.import_module(package)
+    except ImportError as exc:
+        raise MissingClient(
+            MISSING_CLIENT.format(store=store, package=package, reason=reason(exc), extra=extra)
+        ) from None
 
 
 class Faulting(Protocol):

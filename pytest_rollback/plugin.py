@@ -15,7 +15,7 @@ from . import builtin, hookspecs, xdist_groups
 from .api import PROVIDERS, Rollbackable, RollbackError, Service, StoreFault, StoreUnavailable
 from .branching import BRANCH_MARKER_HELP, Branches
 from .engine import Checkpoint, Engine
-from .faults import Shown
+from .faults import MissingClient, Shown
 from .markers import ROLLBACK_MARKER_HELP
 from .masking import mask
 from .options import Options, StoreSettings, addoption
@@ -229,6 +229,8 @@ class RollbackSession:
                 continue
             try:
                 return provider(settings)
+            except MissingClient:  # no provider can help: say what to install, start nothing
+                raise
             except StoreUnavailable as exc:
                 tried.append(f"{name}: {exc}")
         raise StoreUnavailable(NOTHING_PROVIDES.format(store=store, tried="; ".join(tried), how=spec.how_to_get))

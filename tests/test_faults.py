@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from pytest_rollback.adapters._resp3 import ConnectionLost, Resp3Connection
-from pytest_rollback.faults import AUTH_FAILED, GONE, NOT_ANSWERING
+from pytest_rollback.faults import AUTH_FAILED, GONE, MISSING_CLIENT, NOT_ANSWERING
 from pytest_rollback.services import embedded, free_port, local
 from pytest_rollback.services.external import CANNOT_REACH
 
@@ -649,3 +649,65 @@ def test_elasticsearch_frozen_during_a_test_is_one_line_and_its_data_comes_back(
     where = f"127.0.0.1:{noida.port}"
     assert_one_line(result, NOT_ANSWERING.format(store="elasticsearch", where=where, timeout=2))
     assert _es_indices(noida.port) == before, "the end of the run did not put the server's data back"
+
+
+# -- a client package that is not installed ---------------------------------------------
+
+#: Blocks one import, and records every process started and every connection made.
+BLOCKED = """
+import pathlib
+import socket
+import subprocess
+import sys
+
+sys.modules[{package!r}] = None
+LOG = pathlib.Path(__file__).with_name("activity.log")
+_init = subprocess.Popen.__init__
+_connect = socket.socket.connect
+
+
+def init(self, args, *rest, **kwargs):
+    with LOG.open("a") as log:
+        log.write(f"started {{args!r}}\\n")
+    _init(self, args, *rest, **kwargs)
+
+
+def connect(self, address):
+    with LOG.open("a") as log:
+        log.write(f"connected to {{address!r}}\\n")
+    return _connect(self, address)
+
+
+subprocess.Popen.__init__ = init
+socket.socket.connect = connect
+"""
+
+
+@pytest.mark.parametrize(
+    ("store", "package", "extra", "fixture"),
+    [
+        ("redis", "redis", "redis", "redis_client"),
+        ("mongo", "pymongo", "mongo", "mongo_db"),
+        ("elasticsearch", "elasticsearch", "elasticsearch", "es_client"),
+    ],
+)
+@pytest.mark.parametrize("how", ["fixture", "url"])
+def test_a_missing_client_package_is_one_line_and_starts_nothing(
+    pytester: pytest.Pytester, store: str, package: str, extra: str, fixture: str, how: str
+) -> None:
+    pytester.makeini(INI)
+    pytester.makeconftest(BLOCKED.format(package=package))
+    pytester.makepyfile(f"def test_uses_it({fixture}):\n    pass\n")
+    scheme = "http" if store == "elasticsearch" else store
+    args = [f"--rollback-{store}-url={scheme}://127.0.0.1:1"] if how == "url" else []
+    result = run_inner(pytester, *args)
+    reason = f"import of {package} halted; None in sys.modules"
+    line = MISSING_CLIENT.format(store=store, package=package, reason=reason, extra=extra)
+    if how == "url":
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        line = f"ERROR: {line}"
+    else:
+        result.assert_outcomes(errors=1)
+    assert_one_line(result, line.replace("[", "[[]"))
+    log = pytester.path / "activity.log"
+    assert not log.exists(), f"something was started or contacted:\n{log.read_text()}"
