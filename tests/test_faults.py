@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from pytest_rollback.adapters._resp3 import ConnectionLost, Resp3Connection
+from pytest_rollback.api import StoreFault
 from pytest_rollback.faults import AUTH_FAILED, GONE, MISSING_CLIENT, NOT_ANSWERING
 from pytest_rollback.services import embedded, free_port, local
 from pytest_rollback.services.external import CANNOT_REACH
@@ -543,6 +544,37 @@ def test_mongo_frozen_during_a_test_is_one_line_and_its_data_comes_back(
     assert_one_line(result, NOT_ANSWERING.format(store="mongo", where=f"127.0.0.1:{locked_mongo.port}", timeout=2))
     assert _mongo_state(locked_mongo) == before, "the end of the run did not put the server's data back"
 
+
+
+def test_a_server_that_went_away_is_not_waited_for_at_every_level(
+    locked_mongo: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While its port refuses connections, a gone server's adapter repeats the fault without asking the client.
+
+    (pymongo waits for a server selection on every call: each level the session tears
+    down would wait that long for a server that is not coming back.)
+    """
+    from pytest_rollback.adapters.mongo import MongoAdapter
+
+    adapter = MongoAdapter(mongo_url(locked_mongo.port), timeout=2)
+    try:
+        start = adapter.checkpoint("start")
+        locked_mongo.proc.kill()
+        locked_mongo.proc.wait()
+        with pytest.raises(StoreFault) as first:
+            adapter.rollback(start)
+        assert first.value.gone and first.value.store == "mongo"
+
+        def asks_the_server(*args: Any, **kwargs: Any) -> None:
+            raise AssertionError("the adapter asked the gone server again")
+
+        monkeypatch.setattr(adapter, "_drain", asks_the_server)
+        with pytest.raises(StoreFault) as again:
+            adapter.rollback(start)
+        assert str(again.value) == str(first.value)
+    finally:
+        monkeypatch.undo()
+        adapter.client.close()
 
 # -- Elasticsearch ---------------------------------------------------------------------
 
