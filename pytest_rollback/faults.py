@@ -36,7 +36,6 @@ MISSING_CLIENT = (
     "install it: pip install 'pytest-rollback[{extra}]'"
 )
 
-
 #: The longest wait to learn whether a server that went away still refuses connections.
 PROBE_LIMIT = 1.0
 

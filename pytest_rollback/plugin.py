@@ -80,7 +80,7 @@ class RollbackSession:
         self.registry = Registry()
         self.services: dict[str, Service] = {}
         self.failures: dict[str, str] = {}
-        #: the fault lines (a server gone, frozen, refusing us) already reported
+        #: the stores whose fault (a server gone, frozen, refusing us) was already reported
         self.shown = Shown()
         self.registered = False
         self._header_done = False
