@@ -10,6 +10,7 @@ from .api import (
     RollbackError,
     RollbackWarning,
     Service,
+    StoreFault,
     StoreUnavailable,
 )
 from .engine import Checkpoint
@@ -30,6 +31,7 @@ __all__ = [
     "Rollbackable",
     "Service",
     "Store",
+    "StoreFault",
     "StoreUnavailable",
     "__version__",
 ]
