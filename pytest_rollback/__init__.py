@@ -10,6 +10,8 @@ from .api import (
     RollbackError,
     RollbackWarning,
     Service,
+    StoreBroken,
+    StoreFault,
     StoreUnavailable,
 )
 from .engine import Checkpoint
@@ -30,6 +32,8 @@ __all__ = [
     "Rollbackable",
     "Service",
     "Store",
+    "StoreBroken",
+    "StoreFault",
     "StoreUnavailable",
     "__version__",
 ]

@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
+from .masking import mask
+
 PROVIDERS = ("auto", "docker", "local", "external", "embedded")
 
 
@@ -111,8 +113,15 @@ class Service:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     stop: Callable[[], None] = dataclasses.field(default=lambda: None, repr=False)
 
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{f.name}={mask(repr(getattr(self, f.name)))}" for f in dataclasses.fields(self) if f.repr
+        )
+        return f"{type(self).__name__}({fields})"
+
     def describe(self) -> str:
-        where = self.url if self.port else self.url or "in-process"
+        """The service line: store, provider, address (its password masked), version, start-up time."""
+        where = mask(self.url) or ("" if self.port else "in-process")
         return (
             f"pytest-rollback: {self.name} via {self.provider} at {where}, "
             f"version {self.version}, ready in {self.startup_ms:.0f} ms"
@@ -137,6 +146,24 @@ class StoreBroken(RollbackError):
     def __init__(self, lines: list[str], stores: list[str]) -> None:
         super().__init__("\n".join(lines))
         self.stores = stores
+
+
+class StoreFault(RollbackError):
+    """A store's server failed the plugin: gone, not answering, or refusing its credentials.
+
+    The message is one line naming the store, its address (secrets masked) and
+    what to do; the plugin reports it as that line, without a traceback, and
+    once per scope's teardown. An adapter raises it for any such fault of its
+    connection, and leaves itself ready to try again (and to restore fully) on
+    its next call.
+    """
+
+    def __init__(self, line: str, store: str = "", gone: bool = False) -> None:
+        super().__init__(line)
+        #: The store whose server failed.
+        self.store = store
+        #: True when the server refused the connection (it is not running); False for a time-out or credentials.
+        self.gone = gone
 
 
 class RollbackWarning(UserWarning):

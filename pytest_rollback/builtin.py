@@ -7,8 +7,24 @@ import uuid
 from pathlib import Path
 
 from .api import Rollbackable, Service
+from .faults import require
 from .options import DEFAULT_IMAGES, StoreSettings
-from .registry import Registry, Store
+from .registry import ProviderFn, Registry, Store
+
+
+def _needs(store: str, package: str, extra: str, provider: ProviderFn) -> ProviderFn:
+    """``provider``, once ``package`` imports: else one line with the install command, and nothing started."""
+
+    def checked(settings: StoreSettings) -> Service:
+        require(store, package, extra)
+        return provider(settings)
+
+    checked.__doc__ = provider.__doc__
+    return checked
+
+
+def _needs_all(store: str, package: str, extra: str, providers: dict[str, ProviderFn]) -> dict[str, ProviderFn]:
+    return {name: _needs(store, package, extra, provider) for name, provider in providers.items()}
 
 
 def _journal_file(service: Service, name: str) -> str | None:
@@ -29,6 +45,7 @@ def _redis_adapter(service: Service, settings: StoreSettings) -> Rollbackable:
         strategy=strategy,
         flags_record=_journal_file(service, FLAGS_FILE),
         others=service.extra.get("others"),
+        timeout=settings.timeout,
     )
 
 
@@ -44,12 +61,12 @@ def redis_store() -> Store:
     return Store(
         name="redis",
         make_adapter=_redis_adapter,
-        providers={
-            "external": external.redis,
-            "docker": docker.redis,
-            "local": local.redis,
-            "embedded": embedded.redis,
-        },
+        providers=_needs_all(
+            "redis",
+            "redis",
+            "redis",
+            {"external": external.redis, "docker": docker.redis, "local": local.redis, "embedded": embedded.redis},
+        ),
         default_image=DEFAULT_IMAGES["redis"],
         recover=_recover_redis,
         how_to_get=(
@@ -69,13 +86,26 @@ def _mongo_adapter(service: Service, settings: StoreSettings) -> Rollbackable:
     # the xdist controller keeps the whole server: it reads no change stream, write counters tell it what moved
     strategy = "counters" if settings.extra.get("controller") else "auto"
     extra = service.extra
-    return MongoAdapter(service.url, dbs=extra.get("dbs"), strategy=strategy, others=extra.get("others"))
+    return MongoAdapter(
+        service.url, dbs=extra.get("dbs"), strategy=strategy, others=extra.get("others"), timeout=settings.timeout
+    )
 
 
 def _recover_mongo(path: Path, url: str, restore_data: bool, timeout: float) -> str:
     from .adapters.mongo_journal import recover
 
     return recover(path, url, restore_data, timeout)
+
+
+def _mongo_embedded(embedded: ProviderFn) -> ProviderFn:
+    """The embedded MongoDB provider: pymongo is needed unless mongomock was chosen (it has no use for it)."""
+    checked = _needs("mongo", "pymongo", "mongo", embedded)
+
+    def provider(settings: StoreSettings) -> Service:
+        return (embedded if settings.extra.get("embedded") == "mongomock" else checked)(settings)
+
+    provider.__doc__ = embedded.__doc__
+    return provider
 
 
 def mongo_store() -> Store:
@@ -85,10 +115,9 @@ def mongo_store() -> Store:
         name="mongo",
         make_adapter=_mongo_adapter,
         providers={
-            "external": external.mongo,
-            "docker": docker.mongo,
-            "local": local.mongo,
-            "embedded": embedded.mongo,
+            **_needs_all("mongo", "pymongo", "mongo", {"external": external.mongo, "docker": docker.mongo}),
+            "local": _needs("mongo", "pymongo", "mongo", local.mongo),
+            "embedded": _mongo_embedded(embedded.mongo),
         },
         default_image=DEFAULT_IMAGES["mongo"],
         recover=_recover_mongo,
@@ -110,7 +139,8 @@ def _elasticsearch_adapter(service: Service, settings: StoreSettings) -> Rollbac
         ident = uuid.uuid4().hex[:8]
         who = settings.worker or ("controller" if settings.extra.get("controller") else "run")
         write_ident(Path(journal), ident, who)
-    return ElasticsearchAdapter(service.url, prefix=str(service.extra.get("prefix") or ""), ident=ident)
+    prefix = str(service.extra.get("prefix") or "")
+    return ElasticsearchAdapter(service.url, prefix=prefix, ident=ident, timeout=settings.timeout)
 
 
 def _recover_elasticsearch(path: Path, url: str, restore_data: bool, timeout: float) -> str:
@@ -125,12 +155,17 @@ def elasticsearch_store() -> Store:
     return Store(
         name="elasticsearch",
         make_adapter=_elasticsearch_adapter,
-        providers={
-            "external": external.elasticsearch,
-            "docker": docker.elasticsearch,
-            "local": local.elasticsearch,
-            "embedded": embedded.elasticsearch,
-        },
+        providers=_needs_all(
+            "elasticsearch",
+            "elasticsearch",
+            "elasticsearch",
+            {
+                "external": external.elasticsearch,
+                "docker": docker.elasticsearch,
+                "local": local.elasticsearch,
+                "embedded": embedded.elasticsearch,
+            },
+        ),
         default_image=DEFAULT_IMAGES["elasticsearch"],
         recover=_recover_elasticsearch,
         how_to_get=(

@@ -216,7 +216,7 @@ class Engine:
         for name, token in cp.tokens.items():
             adapter = self.adapters.get(name)
             release = getattr(adapter, "release", None)
-            if release is not None:
+            if release is not None and name not in self.broken:  # a broken store's server may be gone
                 release(token)
 
     def _check(self, cp: Checkpoint) -> None:

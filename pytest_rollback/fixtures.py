@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .api import Changes, RollbackError, Service, StoreBroken, StoreUnavailable
+from .api import Changes, RollbackError, Service, StoreBroken, StoreFault, StoreUnavailable
 from .engine import USES_BROKEN_STORE, Checkpoint, Engine
 from .markers import parse_rollback_marker
 
@@ -345,14 +345,14 @@ def _rollback_test() -> Iterator[None]:
         yield
         return
     verify = marker.verify or session.options.verify
-    with broken_fails():
+    with session.shown.one_line():
         cp = engine.push(f"test {request.node.nodeid}", "test", verify=verify)
     request.node._rollback_checkpoint = cp
     request.node._rollback_stores = marker.stores  # the stores it rolls back (empty: all), for its report
     try:
         yield
     finally:
-        with broken_fails():
+        with session.shown.one_line():
             problems = session.branches.end(request.node, cp, marker.stores)
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
@@ -373,10 +373,10 @@ def _refuse_broken_stores(request: pytest.FixtureRequest, engine: Engine, marked
 
 @contextlib.contextmanager
 def broken_fails() -> Iterator[None]:
-    """Turn ``StoreBroken`` into a one-line failure of the test (no traceback: the line says it all)."""
+    """Turn ``StoreBroken`` and ``StoreFault`` into a one-line failure of the test (the line says it all)."""
     try:
         yield
-    except StoreBroken as exc:
+    except (StoreBroken, StoreFault) as exc:
         raise pytest.fail.Exception(str(exc), pytrace=False) from None  # no "During handling of ..." chain
 
 
@@ -394,12 +394,14 @@ def _hold_module_level(request: pytest.FixtureRequest, engine: Engine) -> None:
     held: Checkpoint | None = getattr(module, "_rollback_module_level", None)
     if held is not None and held.alive:
         return
-    with broken_fails():
+    shown = _session(request).shown
+    with shown.one_line():
         cp = engine.push(f"module {module.nodeid} (kept writes)", "module")
     module._rollback_module_level = cp
 
     def pop() -> None:
-        with broken_fails():
+        problems: list[str] = []
+        with shown.one_line(repeat=False):
             problems = engine.pop(cp)
         if problems:
             raise RollbackError("; ".join(problems))

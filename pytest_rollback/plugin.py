@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 
 from . import builtin, hookspecs, xdist_groups
-from .api import PROVIDERS, RestoreReport, Rollbackable, RollbackError, Service, StoreUnavailable
+from .api import PROVIDERS, RestoreReport, Rollbackable, RollbackError, Service, StoreFault, StoreUnavailable
 from .branching import BRANCH_MARKER_HELP, Branches
 from .engine import Checkpoint, Engine
+from .faults import MissingClient, Shown
 from .markers import ROLLBACK_MARKER_HELP
+from .masking import mask
 from .options import Options, StoreSettings, addoption
 from .registry import RegistrationError, Registry
 from .reporting import Reporter
@@ -121,6 +123,8 @@ class RollbackSession:
         self.registry = Registry()
         self.services: dict[str, Service] = {}
         self.failures: dict[str, str] = {}
+        #: the stores whose fault (a server gone, frozen, refusing us) was already reported
+        self.shown = Shown()
         self.registered = False
         self._header_done = False
         self._early_lines: list[str] = []
@@ -203,8 +207,11 @@ class RollbackSession:
         except StoreUnavailable as exc:
             self.failures[store] = str(exc)
             raise
+        except StoreFault as exc:  # the adapter found the server gone, frozen or refusing its credentials
+            self.failures[store] = str(exc)
+            raise StoreUnavailable(self.failures[store]) from None
         except Exception as exc:
-            self.failures[store] = f"pytest-rollback: {store}: could not start: {exc!r}"
+            self.failures[store] = mask(f"pytest-rollback: {store}: could not start: {exc!r}")
             raise StoreUnavailable(self.failures[store]) from exc
         self.services[store] = service
         self._announce(service, adapter)
@@ -309,6 +316,8 @@ class RollbackSession:
                 continue
             try:
                 return provider(settings)
+            except MissingClient:  # no provider can help: say what to install, start nothing
+                raise
             except StoreUnavailable as exc:
                 tried.append(f"{name}: {exc}")
         raise StoreUnavailable(NOTHING_PROVIDES.format(store=store, tried="; ".join(tried), how=spec.how_to_get))
@@ -345,7 +354,7 @@ class RollbackSession:
                         self.service(store)
                 except StoreUnavailable as exc:
                     for done in self._finish():  # pytest ends the session without sessionfinish: put back now
-                        sys.stderr.write(done + "\n")
+                        sys.stderr.write(mask(done) + "\n")
                     raise pytest.UsageError(str(exc)) from None
         if self.worker is None:
             held = {k.lease.dir.name for k in self.holds.keepers.values()}
@@ -404,7 +413,7 @@ class RollbackSession:
         with self.signals.held(HELD_NOTE, interrupt_after=False):
             lines = self._finish()
         for line in lines:
-            sys.stderr.write(line + "\n")
+            sys.stderr.write(mask(line) + "\n")
 
     def _finish(self) -> list[str]:
         lines: list[str] = []
@@ -417,7 +426,7 @@ class RollbackSession:
                 self.engine.deactivate(name)
             except Exception as exc:
                 failed[name] = exc
-                if name not in self.holds.keepers:
+                if name not in self.holds.keepers and exc not in self.shown:  # a fault a test reported
                     lines.append(str(exc))
         for store, keeper in list(self.holds.keepers.items()):
             if keeper.adapter is not None:  # xdist controller: the whole server, after every worker
@@ -463,7 +472,7 @@ class RollbackSession:
                 hand_over(self, request)
             return (yield)
         label = f"{fixturedef.scope} fixture {fixturedef.argname}"
-        with broken_fails():
+        with self.shown.one_line():
             cp = self.engine.push(label, fixturedef.scope, owner=fixturedef)
         cp.request = request  # type: ignore[attr-defined]
         try:
@@ -480,7 +489,8 @@ class RollbackSession:
         if cp is None:
             return
         cp.owner = None  # finished: no longer to be torn down by the engine
-        with broken_fails():
+        problems: list[str] = []
+        with self.shown.one_line(repeat=False):
             problems = self.engine.pop(cp)
         if problems:
             raise RollbackError("; ".join(problems))
@@ -497,7 +507,6 @@ from .fixtures import (  # noqa: E402  (fixtures are found in the plugin module)
     async_es_client,
     async_mongo_client,
     async_redis_client,
-    broken_fails,
     elasticsearch_service,
     es_client,
     hand_over,

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .api import Changes, RestoreReport, Rollbackable
+from .masking import mask
 
 if TYPE_CHECKING:
     from .engine import Checkpoint
@@ -117,7 +118,7 @@ class Reporter:
             except Exception as exc:  # never an internal error: the test's own outcome matters more
                 text = SECTION_FAILED.format(error=_error(exc))
             if text:
-                report.sections.append((SECTION_TITLE, text))
+                report.sections.append((SECTION_TITLE, mask(text)))
         return report
 
     def changes_text(self, item: pytest.Item, keep_empty: bool = True) -> str:
@@ -205,7 +206,7 @@ class Reporter:
             return
         terminalreporter.write_sep("=", SUMMARY_TITLE)
         for line in lines:
-            terminalreporter.write_line(line)
+            terminalreporter.write_line(mask(line))  # reasons may quote a server's error, URL and all
 
     def summary_lines(self, verbose: bool = False) -> list[str]:
         """The summary: this process's restores and every worker's, per store ([] when there were none)."""

@@ -26,18 +26,31 @@ class HttpError(Exception):
         super().__init__(f"{method} {path} answered {status}: {str(reason)[:300]}")
 
 
+class ConnectionFailed(Exception):
+    """No answer: the server could not be reached, or gave no reply in time (``timed_out``)."""
+
+    def __init__(self, reason: str, timed_out: bool) -> None:
+        super().__init__(reason)
+        self.timed_out = timed_out
+
+
 class Http:
-    """Keep-alive JSON requests to one server (``http://host:port`` with optional credentials)."""
+    """Keep-alive JSON requests to one server (``http://host:port`` with optional credentials).
+
+    ``timeout`` bounds connecting and each wait for the server's reply; a server
+    that cannot be reached or does not reply in time raises :class:`ConnectionFailed`.
+    """
 
     def __init__(self, url: str, timeout: float = 60.0) -> None:
         parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 9200
         self.base = f"{parts.scheme or 'http'}://{parts.hostname}:{parts.port or 9200}{parts.path.rstrip('/')}"
         headers = {"accept": "application/json", "content-type": "application/json"}
         if parts.username:
             headers.update(urllib3.make_headers(basic_auth=f"{parts.username}:{parts.password or ''}"))
         self.headers = headers
         self.pool = urllib3.PoolManager(
-            num_pools=2, maxsize=2, timeout=urllib3.Timeout(connect=5.0, read=timeout), retries=False
+            num_pools=2, maxsize=2, timeout=urllib3.Timeout(connect=timeout, read=timeout), retries=False
         )
 
     def __call__(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (), **params: Any) -> Any:
@@ -45,7 +58,14 @@ class Http:
         query = {k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items() if v is not None}
         url = self.base + path + ("?" + urlencode(query) if query else "")
         data = None if body is None else json.dumps(body).encode()
-        resp = self.pool.request(method, url, body=data, headers=self.headers)
+        try:
+            resp = self.pool.request(method, url, body=data, headers=self.headers)
+        except urllib3.exceptions.NewConnectionError as exc:  # (a ConnectTimeoutError too, oddly)
+            raise ConnectionFailed(_cause(exc), timed_out=False) from None
+        except urllib3.exceptions.TimeoutError:
+            raise ConnectionFailed("no reply", timed_out=True) from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise ConnectionFailed(_cause(exc), timed_out=False) from None
         payload: Any = None
         if resp.data:
             try:
@@ -60,3 +80,12 @@ class Http:
 
     def close(self) -> None:
         self.pool.clear()
+
+
+def _cause(exc: Exception) -> str:
+    """``connection refused``: the innermost reason of a urllib3 error, without its pool and address."""
+    text = str(exc)
+    for known in ("Connection refused", "Connection reset by peer", "Remote end closed connection"):
+        if known in text:
+            return known.lower()
+    return text.rsplit(": ", 1)[-1].strip("()'\" ")[:200] or type(exc).__name__

@@ -23,7 +23,11 @@ class ReplyError(Exception):
 
 
 class ConnectionLost(Exception):
-    """The connection broke: closed by the server, killed, or timed out."""
+    """The connection broke: closed by the server, killed, or timed out (``timed_out``: no reply in time)."""
+
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 class Push(list):  # type: ignore[type-arg]
@@ -44,7 +48,13 @@ def encode(args: Sequence[Arg]) -> bytes:
 
 
 class Resp3Connection:
-    """One TCP connection speaking RESP3. Not thread-safe; never reconnects by itself."""
+    """One TCP connection speaking RESP3. Not thread-safe; never reconnects by itself.
+
+    ``timeout`` bounds each wait for the server (connecting, sending, every read of
+    a reply), not a whole command: a long pipeline whose replies keep coming is not
+    cut short. A wait that runs out closes the connection (a late reply would
+    answer the wrong command) with :class:`ConnectionLost` whose ``timed_out`` is set.
+    """
 
     def __init__(
         self,
@@ -66,7 +76,11 @@ class Resp3Connection:
         hello: list[Arg] = ["HELLO", 3]
         if password is not None:
             hello += ["AUTH", username or "default", password]
-        self.server_info = self.call(*hello)
+        try:
+            self.server_info = self.call(*hello)
+        except ReplyError:  # refused (credentials, no RESP3): nothing more is sent on it
+            self.close()
+            raise
 
     # -- sending -------------------------------------------------------------
     def send(self, commands: Iterable[Sequence[Arg]]) -> None:
@@ -74,7 +88,12 @@ class Resp3Connection:
         if self._sock is None:
             raise ConnectionLost("connection is closed")
         try:
-            self._sock.sendall(data)
+            view = memoryview(data)
+            while view:  # not sendall: its time-out bounds the whole send, this one each wait for room
+                view = view[self._sock.send(view) :]
+        except TimeoutError:
+            self.close()
+            raise self._timed_out() from None
         except OSError as exc:
             self.close()
             raise ConnectionLost(str(exc)) from exc
@@ -143,6 +162,9 @@ class Resp3Connection:
             self._pos = 0
         try:
             chunk = self._sock.recv(1 << 18)
+        except TimeoutError:
+            self.close()
+            raise self._timed_out() from None
         except OSError as exc:
             self.close()
             raise ConnectionLost(str(exc)) from exc
@@ -213,6 +235,9 @@ class Resp3Connection:
             return int(rest)
         self.close()
         raise ConnectionLost(f"unexpected RESP3 type byte {kind!r}")
+
+    def _timed_out(self) -> ConnectionLost:
+        return ConnectionLost(f"no reply in {self.timeout:g} s", timed_out=True)
 
     def close(self) -> None:
         if self._sock is not None:

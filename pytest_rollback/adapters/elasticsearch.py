@@ -51,8 +51,9 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from ..api import Changes, Observation, RestoreReport, RollbackError, RollbackWarning
-from ._http import Http, HttpError
+from .. import faults
+from ..api import Changes, Observation, RestoreReport, RollbackError, RollbackWarning, StoreFault
+from ._http import ConnectionFailed, Http, HttpError
 
 Fp = tuple[str, tuple[int, ...]]  # index uuid, max_seq_no per shard
 
@@ -143,6 +144,11 @@ class _Level:
         self.label, self.indices, self.globals, self.alive = label, indices, globals_, True
 
 
+def _is_fault(exc: Exception) -> bool:
+    """True for a server that cannot be reached, does not reply in time, or refuses the credentials (401)."""
+    return isinstance(exc, ConnectionFailed) or (isinstance(exc, HttpError) and exc.status == 401)
+
+
 _TEMPLATE_PATHS = {"index_template": "/_index_template/", "component_template": "/_component_template/",
                    "template": "/_template/"}
 
@@ -159,6 +165,9 @@ class ElasticsearchAdapter:
     :param park: ``"hidden"`` (snapshots are hidden indices), ``"closed"`` (also
         closed, for servers whose wildcards match hidden indices) or ``"auto"``
         (find out with a probe index when the adapter starts).
+    :param timeout: seconds to wait for each reply of the server (``--rollback-timeout``);
+        a server that is gone, does not answer in time or refuses the URL's
+        credentials raises :class:`~pytest_rollback.api.StoreFault` (one line).
     """
 
     name = "elasticsearch"
@@ -171,17 +180,26 @@ class ElasticsearchAdapter:
         reserved: str = ".pytest-rollback-",
         park: str = "auto",
         ident: str | None = None,
+        timeout: float = 60.0,
     ) -> None:
         if park not in ("auto", "hidden", "closed"):
             raise ValueError(f"park must be auto, hidden or closed, not {park!r}")
         self.url = url
-        self.http = Http(url)
+        self.timeout = timeout
+        self._gone: str | None = None
+        self.http = Http(url, timeout=timeout)
         self.prefix = prefix
         self.reserved = reserved
         #: names this adapter's snapshots (``<reserved><ident>-<n>``) and its probe index
         self._id = ident or uuid.uuid4().hex[:8]
         self._numbers = itertools.count(1)
-        self.park = self._probe_park() if park == "auto" else park
+        try:
+            self.park = self._probe_park() if park == "auto" else park
+        except (ConnectionFailed, HttpError) as exc:
+            if not _is_fault(exc):
+                raise
+            self.http.close()
+            raise self._fault(exc) from None
         self.strategy = "clone" if self.park == "hidden" else "clone (closed snapshots)"
         self._levels: list[_Level] = []
         #: the snapshot each live index equals, with the fingerprint it had when it did
@@ -193,6 +211,22 @@ class ElasticsearchAdapter:
         self._csv: int | None = None
         #: round trips of the last checkpoint or rollback (for the benchmark)
         self.last_round_trips = 0
+
+    def _fault(self, exc: ConnectionFailed | HttpError) -> StoreFault:
+        """The one line for a connection error: the server went away, stopped answering, or refuses us."""
+        where = f"{self.http.host}:{self.http.port}"
+        if isinstance(exc, HttpError):
+            answer = faults.reason(exc).split(" answered ", 1)[-1]  # "401: missing authentication credentials ..."
+            return faults.auth_failed("elasticsearch", where, answer)
+        if exc.timed_out:
+            return faults.not_answering("elasticsearch", where, self.timeout)
+        return faults.gone("elasticsearch", where, str(exc))
+
+    def _addresses(self) -> list[tuple[str, int]]:
+        return [(self.http.host, self.http.port)]
+
+    def _fault_of(self, exc: Exception) -> StoreFault | None:
+        return self._fault(exc) if isinstance(exc, (ConnectionFailed, HttpError)) and _is_fault(exc) else None
 
     # -- what the server holds -------------------------------------------
     @property
@@ -334,6 +368,7 @@ class ElasticsearchAdapter:
             self._call("DELETE", "/" + ",".join(batch), ok=(404,), expand_wildcards="all")
 
     # -- the adapter protocol --------------------------------------------------
+    @faults.one_line
     def checkpoint(self, label: str | None = None) -> _Level:
         """Mark the current state; clones only the indices that changed since their last snapshot."""
         self.last_round_trips = 0
@@ -379,6 +414,7 @@ class ElasticsearchAdapter:
         self._gc()
         return level
 
+    @faults.one_line
     def rollback(self, token: _Level) -> RestoreReport:
         """Make the indices, templates and cluster settings what they were at ``token``."""
         start = time.perf_counter()
@@ -555,6 +591,7 @@ class ElasticsearchAdapter:
     def _warn(self, what: str) -> None:
         warnings.warn(RollbackWarning(f"pytest-rollback: elasticsearch: {what}"), stacklevel=3)
 
+    @faults.one_line
     def release(self, token: _Level) -> None:
         """Forget ``token``; snapshots nothing else needs are deleted."""
         token.alive = False
@@ -568,6 +605,8 @@ class ElasticsearchAdapter:
         self._current.clear()
         try:
             self._gc()
+        except ConnectionFailed:
+            pass  # the server is gone or frozen (said when its restore failed): its snapshots cannot be deleted
         finally:
             self.http.close()
 
@@ -664,6 +703,7 @@ class ElasticsearchAdapter:
             if reopen:
                 self.http("POST", f"/{index}/_close")
 
+    @faults.one_line
     def changes(self, token: _Level) -> Changes:
         """Indices and documents added, modified and removed since ``token``.
 
@@ -715,6 +755,7 @@ class ElasticsearchAdapter:
             modified.add("cluster settings")
         return Changes("elasticsearch", frozenset(added), frozenset(modified), frozenset(removed))
 
+    @faults.one_line
     def observe(self) -> Observation:
         """The whole state: every owned index's definition and documents, templates, cluster settings."""
         meta = self._read_meta()

@@ -63,6 +63,7 @@ def recover(path: Path, url: str, restore_data: bool = True, timeout: float = 30
         reserved=str(data.get("reserved") or ".pytest-rollback-"),
         park=str(data.get("park") or "hidden"),
         ident=ident,
+        timeout=timeout,
     )
     try:
         if restore_data and data.get("indices") is not None:

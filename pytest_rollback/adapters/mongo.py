@@ -46,10 +46,12 @@ from typing import Any
 
 import bson
 from bson.raw_bson import RawBSONDocument
-from pymongo import DeleteOne, IndexModel, MongoClient, ReplaceOne, uri_parser
-from pymongo.errors import PyMongoError
+from pymongo import DeleteOne, IndexModel, MongoClient, ReplaceOne
+from pymongo.errors import ConnectionFailure, NetworkTimeout, OperationFailure, PyMongoError
 
-from ..api import Changes, Observation, RestoreReport, RollbackError, RollbackWarning
+from .. import faults
+from ..api import Changes, Observation, RestoreReport, RollbackError, RollbackWarning, StoreFault
+from ..masking import mask
 
 NS = tuple[str, str]
 Meta = tuple[dict[str, Any], list[dict[str, Any]]]  # collection options, index specs
@@ -65,6 +67,10 @@ _SON = bson.CodecOptions(document_class=bson.SON)
 NOT_RESTORED = "mongo at {where}: {count} collection(s) could not be restored: {failures}"
 #: The longest server error quoted per collection.
 _MAX_ERROR = 200
+#: Server error codes of credentials refused: AuthenticationFailed, and Unauthorized (none were given).
+_AUTH_CODES = (18, 13)
+#: The longest wait for a server to be found again after the connection to it failed.
+SERVER_SELECTION_LIMIT = 5.0
 
 
 def _idkey(doc_id: Any) -> bytes:
@@ -118,6 +124,23 @@ class _StreamLost(Exception):
     """The change stream can no longer be trusted to have shown every change."""
 
 
+def _is_fault(exc: BaseException) -> bool:
+    """True for the errors of a server that is gone, frozen or refuses the credentials (not of a command)."""
+    if isinstance(exc, OperationFailure):
+        return exc.code in _AUTH_CODES
+    return isinstance(exc, ConnectionFailure)
+
+
+def auth_reason(exc: PyMongoError) -> str | None:
+    """Why the server refused the credentials (None: it did not): a wrong password, or none given."""
+    code = exc.code if isinstance(exc, OperationFailure) else None
+    if code == 13:
+        return "the server wants credentials and the URL gives none"
+    if code == 18 or "authentication failed" in str(exc).lower():  # a server selection repeats the refusal
+        return "wrong user name, password or authSource"
+    return None
+
+
 class MongoAdapter:
     """Checkpoint and roll back the user databases of a MongoDB deployment.
 
@@ -127,6 +150,9 @@ class MongoAdapter:
     :param hidden_db: the adapter's own database (the change-stream barrier).
     :param strategy: ``"auto"`` (a change stream if the server has one, else
         write counters), ``"tracking"`` or ``"counters"``.
+    :param timeout: seconds to wait for each reply of the server (``--rollback-timeout``);
+        a server that is gone, does not answer in time or refuses the URL's
+        credentials raises :class:`~pytest_rollback.api.StoreFault` (one line).
     """
 
     name = "mongo"
@@ -141,9 +167,18 @@ class MongoAdapter:
         hidden_db: str = "__pytest_rollback__",
         strategy: str = "auto",
         others: Iterable[str] | None = None,
+        timeout: float = 30.0,
     ) -> None:
         self.url = url
-        self.client: MongoClient[Any] = MongoClient(url)
+        self.timeout = timeout
+        self._gone: str | None = None
+        ms = int(timeout * 1000)
+        self.client: MongoClient[Any] = MongoClient(
+            url,
+            connectTimeoutMS=ms,
+            socketTimeoutMS=ms,
+            serverSelectionTimeoutMS=int(min(timeout, SERVER_SELECTION_LIMIT) * 1000),
+        )
         #: this adapter's barrier document (adapters of several xdist workers share a server)
         self._barrier_id = f"barrier-{uuid.uuid4().hex}"
         self.hidden_db = hidden_db
@@ -161,6 +196,8 @@ class MongoAdapter:
         self._pending = _Level(None)
         self._gap: str | None = "first checkpoint"
         self._stream: Any = None
+        #: change streams of connections that failed (see _lost)
+        self._abandoned: list[Any] = []
         self._sent = 0
         self._seen = 0
         #: counters strategy: per collection, the write counters of ``top`` at the last reading
@@ -172,6 +209,9 @@ class MongoAdapter:
         if self.strategy == "tracking":
             try:
                 self._open_stream()
+            except StoreFault:
+                self.client.close()
+                raise
             except RollbackError:
                 if strategy == "tracking":
                     raise
@@ -200,11 +240,44 @@ class MongoAdapter:
         try:
             self._stream = self.client.watch(pipeline, show_expanded_events=True, max_await_time_ms=20)
         except PyMongoError as exc:
+            if _is_fault(exc):  # the server is gone, frozen or refuses us: not a question of replica sets
+                raise self._fault(exc) from None
             raise RollbackError(
-                f"mongo at {self.url}: no change stream ({exc}); start MongoDB as a replica set "
-                "(the docker and local providers do) or use SecantusDB"
+                f"pytest-rollback: mongo at {self._where()}: no change stream ({faults.reason(exc)}); "
+                "start MongoDB as a replica set (the docker and local providers do) or use SecantusDB"
             ) from exc
         self._sent = self._seen = 0
+
+    # -- connection faults -------------------------------------------------------
+    def _where(self) -> str:
+        """The server's address as ``host:port`` (several, comma-separated), else its URL, masked."""
+        return ",".join(f"{host}:{port}" for host, port in self._addresses()) or mask(self.url)
+
+    def _fault(self, exc: PyMongoError) -> StoreFault:
+        """The one line for a connection error: the server went away, stopped answering, or refuses us."""
+        refused = auth_reason(exc)
+        if refused is not None:
+            return faults.auth_failed("mongo", self._where(), refused)
+        # a server selection that timed out says why: "timed out" (no reply) or "refused" (gone)
+        if isinstance(exc, NetworkTimeout) or "timed out" in str(exc):
+            return faults.not_answering("mongo", self._where(), self.timeout)
+        return faults.gone("mongo", self._where(), _first_cause(exc))
+
+    def _addresses(self) -> list[tuple[str, int]]:
+        return [(host, port) for host, port in self.client.topology_description.server_descriptions() if port]
+
+    def _fault_of(self, exc: Exception) -> StoreFault | None:
+        return self._lost(exc) if isinstance(exc, PyMongoError) and _is_fault(exc) else None
+
+    def _lost(self, exc: PyMongoError) -> StoreFault:
+        """After a connection error: a gap (the next restore is a full one) and a new stream next time."""
+        self._gap = f"the connection to the server failed ({exc.__class__.__name__})"
+        if self._stream is not None:
+            # not closed (that waits for the server), and kept until the client is closed: a stream
+            # collected before that is killed by a background task, which logs a traceback when it fails
+            self._abandoned.append(self._stream)
+            self._stream = None
+        return self._fault(exc)
 
     # -- write counters (standalone servers) -------------------------------------
     def _read_top(self) -> dict[NS, tuple[int, ...]] | None:
@@ -253,6 +326,8 @@ class MongoAdapter:
             else:
                 self._collect_counters()
             return
+        if self._stream is None:  # lost with the connection: a new one from now (the gap restores fully)
+            self._open_stream()
         try:
             self._sent += 1
             self.client[self.hidden_db].barrier.update_one({"_id": self._barrier_id}, {"$inc": {"n": 1}}, upsert=True)
@@ -273,6 +348,8 @@ class MongoAdapter:
             self._gap = str(exc)
             self._reopen()
         except PyMongoError as exc:
+            if _is_fault(exc):
+                raise self._lost(exc) from None
             self._gap = f"the change stream failed ({exc.__class__.__name__}: {exc})"
             self._reopen()
 
@@ -439,15 +516,9 @@ class MongoAdapter:
             )
         return restored
 
-    def _where(self) -> str:
-        """The server's address from the URL, without asking the server (nor printing a password)."""
-        try:
-            nodes = uri_parser.parse_uri(self.url)["nodelist"]
-        except (PyMongoError, ValueError):
-            return "the configured server"
-        return ",".join(f"{host}:{port}" for host, port in nodes)
 
     # -- the adapter protocol ------------------------------------------------------
+    @faults.one_line
     def checkpoint(self, label: str | None = None) -> _Level:
         """Mark the current state: a barrier plus a read of what changed since the last mark."""
         level = _Level(label)
@@ -503,6 +574,7 @@ class MongoAdapter:
         if self.strategy == "counters":
             self._settle_counters()  # our reads (listIndexes, ...) are not the test's writes
 
+    @faults.one_line
     def rollback(self, token: _Level) -> RestoreReport:
         """Make the databases equal to ``token``'s state again; ``token`` stays valid."""
         start = time.perf_counter()
@@ -565,6 +637,7 @@ class MongoAdapter:
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         warnings.warn(RollbackWarning(OUTSIDE_WRITES.format(names=shown)), stacklevel=3)
 
+    @faults.one_line
     def observe(self) -> Observation:
         """The whole state of the databases this adapter owns (for ``verify``).
 
@@ -589,6 +662,7 @@ class MongoAdapter:
             self._settle_counters()  # our reads are not the test's writes
         return Observation(self.name, state)
 
+    @faults.one_line
     def changes(self, token: _Level) -> Changes:
         """Documents and collections added, modified and removed since ``token``.
 
@@ -695,13 +769,23 @@ class MongoAdapter:
 
     def close(self) -> None:
         """Close the stream and leave no barrier behind (the hidden database goes when empty)."""
-        if self._stream is not None:
-            self._stream.close()
         try:
-            barrier = self.client[self.hidden_db].barrier
-            barrier.delete_one({"_id": self._barrier_id})
-            if barrier.estimated_document_count() == 0:
-                self.client.drop_database(self.hidden_db)
+            if self._stream is not None:  # (None: counters, or the connection failed: nothing to tidy, or no way to)
+                self._stream.close()
+                barrier = self.client[self.hidden_db].barrier
+                barrier.delete_one({"_id": self._barrier_id})
+                if barrier.estimated_document_count() == 0:
+                    self.client.drop_database(self.hidden_db)
         except PyMongoError:
             pass  # the server is gone already: nothing is left on it to tidy
         self.client.close()
+        self._abandoned.clear()
+
+
+def _first_cause(exc: PyMongoError) -> str:
+    """``connection refused`` (of a server selection's long message), else the error's first line."""
+    text = str(exc)
+    for cause in ("Connection refused", "connection closed", "Connection reset by peer"):
+        if cause in text:
+            return cause.lower()
+    return faults.reason(exc).split(" (configured timeouts")[0]

@@ -89,7 +89,7 @@ def recover(path: Path, url: str, restore_data: bool = True, timeout: float = 30
     words: list[str] = []
     if restore_data and (path / COLLECTIONS_FILE).exists():
         meta, docs = read(path)
-        adapter = MongoAdapter(url, dbs=info.get("dbs"), hidden_db=hidden_db, strategy="counters")
+        adapter = MongoAdapter(url, dbs=info.get("dbs"), hidden_db=hidden_db, strategy="counters", timeout=timeout)
         try:
             adapter._meta, adapter._docs = meta, docs
             adapter._gap = "recovering from the journal"

@@ -58,7 +58,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ..api import Changes, Observation, RestoreReport, RollbackError, RollbackWarning
+from .. import faults
+from ..api import Changes, Observation, RestoreReport, RollbackError, RollbackWarning, StoreFault
 from ._resp3 import Arg, ConnectionLost, Push, ReplyError, Resp3Connection
 
 Key = tuple[int, bytes]
@@ -124,6 +125,16 @@ SCRIPT_UNKILLABLE = (
 )
 #: Server settings a rollback could not set back.
 CONFIG_NOT_PUT_BACK = "redis at {where}: server settings could not be put back: {settings}"
+#: How a reply refusing the connection's credentials begins (a HELLO without AUTH, a bad password).
+_AUTH_ERRORS = ("WRONGPASS", "NOAUTH", "HELLO must be called with the client already authenticated")
+#: What the server's refusal means, by a word of it (RESP3 and redis-py word them differently).
+_AUTH_REASONS = (
+    ("WRONGPASS", "wrong user name or password"),
+    ("invalid username-password pair", "wrong user name or password"),
+    ("NOAUTH", "the server wants a password and the URL gives none"),
+    ("HELLO must be called", "the server wants a password and the URL gives none"),
+    ("Authentication required", "the server wants a password and the URL gives none"),
+)
 
 
 def parse_url(url: str) -> dict[str, Any]:
@@ -211,6 +222,9 @@ class RedisAdapter:
         adapter puts them back when it closes (one finishing early would switch
         off the events the others still track): :func:`put_back_flags` does, once
         every process is done.
+    :param timeout: seconds to wait for each reply of the server (``--rollback-timeout``);
+        a server that is gone, does not answer in time or refuses the URL's
+        credentials raises :class:`~pytest_rollback.api.StoreFault` (one line).
     """
 
     name = "redis"
@@ -223,10 +237,13 @@ class RedisAdapter:
         strategy: str = "auto",
         flags_record: str | None = None,
         others: Iterable[int] | None = None,
+        timeout: float = 30.0,
     ) -> None:
         if strategy not in ("auto", "tracking", "snapshot"):
             raise ValueError(f"strategy must be auto, tracking or snapshot, not {strategy!r}")
         self.url = url
+        self.timeout = timeout
+        self._gone: str | None = None
         self._params = parse_url(url)
         self._owned: frozenset[int] | None = frozenset(dbs) if dbs is not None else None
         #: the databases of the other processes sharing the server (xdist workers); None: not shared
@@ -261,6 +278,9 @@ class RedisAdapter:
                 self._connect()
                 self.strategy = "tracking"
             except (ReplyError, ConnectionLost, OSError) as exc:
+                if _is_fault(exc):  # not a server without tracking: one that is gone, frozen or refuses us
+                    self._close_conn()
+                    raise self._fault(exc) from None
                 if strategy == "tracking":
                     raise RollbackError(
                         f"redis at {self._where()}: change tracking is not possible ({exc}); "
@@ -279,7 +299,12 @@ class RedisAdapter:
     def _connect(self) -> None:
         p = self._params
         conn = Resp3Connection(
-            p["host"], p["port"], username=p["username"], password=p["password"], on_push=self._on_push
+            p["host"],
+            p["port"],
+            username=p["username"],
+            password=p["password"],
+            timeout=self.timeout,
+            on_push=self._on_push,
         )
         self._conn = conn
         self._db = -1
@@ -376,6 +401,8 @@ class RedisAdapter:
             self._close_conn()
             self._gap = f"the adapter's connection was lost ({exc}); keyspace events may have been missed"
             self._config_stale = True
+            if exc.timed_out:  # a new connection would wait as long again: say so now
+                raise self._fault(exc) from None
             self._reconnect()
             return
         if counters != self._counters:
@@ -402,9 +429,30 @@ class RedisAdapter:
         try:
             self._connect()
         except (OSError, ConnectionLost, ReplyError) as exc:
-            raise RollbackError(
-                f"redis at {self._where()}: cannot reconnect ({exc}); is the server still running?"
-            ) from exc
+            self._close_conn()
+            raise self._fault(exc) from None
+
+    def _fault(self, exc: BaseException) -> StoreFault:
+        """The one line for a connection error: the server went away, stopped answering, or refuses us."""
+        if _timed_out(exc):
+            return faults.not_answering("redis", self._where(), self.timeout)
+        if isinstance(exc, ReplyError) or type(exc).__name__ == "AuthenticationError":
+            return faults.auth_failed("redis", self._where(), auth_reason(exc))
+        return faults.gone("redis", self._where(), faults.reason(exc))
+
+    def _addresses(self) -> list[tuple[str, int]]:
+        return [(self._params["host"], self._params["port"])]
+
+    def _fault_of(self, exc: Exception) -> StoreFault | None:
+        return self._lost(exc) if _is_fault(exc) else None
+
+    def _lost(self, exc: BaseException) -> StoreFault:
+        """Drop the connection after ``exc`` (the next call reconnects and restores fully); its one line."""
+        self._close_conn()
+        for client in self._clients.values():
+            client.close()
+        self._gap = f"the adapter's connection was lost ({faults.reason(exc)})"
+        return self._fault(exc)
 
     def _select(self, db: int, cmds: list[Sequence[Arg]]) -> None:
         if self._db != db:
@@ -620,6 +668,7 @@ class RedisAdapter:
         self._gap = None
 
     # -- the adapter protocol ------------------------------------------------
+    @faults.one_line
     def checkpoint(self, label: str | None = None) -> _Level:
         """Mark the current state; costs one round trip plus what changed since the last mark."""
         if self.strategy == "snapshot":
@@ -658,6 +707,7 @@ class RedisAdapter:
         self._gap = self._gap or f"{what} (the server's state is not known)"
         self._config_stale = True
 
+    @faults.one_line
     def rollback(self, token: _Level) -> RestoreReport:
         """Make the server equal to ``token``'s state again; ``token`` stays valid."""
         start = time.perf_counter()
@@ -827,6 +877,7 @@ class RedisAdapter:
         token.alive = False
         del self._levels[idx]
 
+    @faults.one_line
     def changes(self, token: _Level) -> Changes:
         """Keys added, modified and removed since ``token`` (``db:key`` strings)."""
         if self.strategy == "snapshot":
@@ -857,6 +908,7 @@ class RedisAdapter:
                 modified.add(name)
         return Changes("redis", frozenset(added), frozenset(modified), frozenset(removed), complete)
 
+    @faults.one_line
     def observe(self) -> Observation:
         """The whole logical state: every key's type, value and absolute expiry."""
         resolution = 1 if self._has_pexpiretime or self.strategy == "snapshot" else 1000
@@ -869,7 +921,13 @@ class RedisAdapter:
 
             p = self._params
             client = redis.Redis(
-                host=p["host"], port=p["port"], db=db, username=p["username"], password=p["password"]
+                host=p["host"],
+                port=p["port"],
+                db=db,
+                username=p["username"],
+                password=p["password"],
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
             )
             self._clients[db] = client
         return client
@@ -1018,6 +1076,29 @@ class RedisAdapter:
             frozenset(fmt(k) for k in current.keys() & target.keys() if current[k] != target[k]),  # value or expiry
             frozenset(fmt(k) for k in target.keys() - current.keys()),
         )
+
+
+def auth_reason(exc: BaseException) -> str:
+    """Why the server refused the credentials: a wrong password, or none given."""
+    text = str(exc)
+    return next((why for word, why in _AUTH_REASONS if word in text), faults.reason(exc))
+
+
+def _timed_out(exc: BaseException) -> bool:
+    return isinstance(exc, TimeoutError) or getattr(exc, "timed_out", False) or type(exc).__name__ == "TimeoutError"
+
+
+def _is_fault(exc: BaseException) -> bool:
+    """True for the errors of a server that is gone, frozen or refuses the credentials (not of a command)."""
+    if isinstance(exc, ReplyError):
+        return str(exc).startswith(_AUTH_ERRORS)
+    if isinstance(exc, (ConnectionLost, OSError)) or _timed_out(exc):
+        return True
+    try:
+        import redis
+    except ImportError:
+        return False
+    return isinstance(exc, redis.ConnectionError)
 
 
 def _first_flags(record: str, current: str) -> str:

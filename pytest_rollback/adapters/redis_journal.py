@@ -151,7 +151,7 @@ def recover(path: Path, url: str, restore_data: bool = True, timeout: float = 30
         keys_file = path / KEYS_FILE
         if restore_data and keys_file.exists():
             snapshot = read_keys(keys_file)
-            adapter = RedisAdapter(url, dbs=meta.get("dbs"), strategy="snapshot")
+            adapter = RedisAdapter(url, dbs=meta.get("dbs"), strategy="snapshot", timeout=timeout)
             try:
                 delta = _Delta()
                 delta.full_prev = snapshot

@@ -113,7 +113,7 @@ def redis(settings: StoreSettings) -> Service:
     start = time.perf_counter()
     container, host, port = _start(settings, 6379, "redis-server --save '' --appendonly no")
     try:
-        client = redis_py.Redis(host=host, port=port, socket_connect_timeout=1)
+        client = redis_py.Redis(host=host, port=port, socket_connect_timeout=1, socket_timeout=settings.timeout)
 
         logs = _logs(container)
 
@@ -153,7 +153,9 @@ def mongo(settings: StoreSettings) -> Service:
     container, host, port = _start(settings, 27017, "--replSet rs0 --bind_ip_all --quiet --wiredTigerCacheSizeGB 0.25")
     try:
         url = f"mongodb://{host}:{port}/?directConnection=true"
-        client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(url, serverSelectionTimeoutMS=500)
+        client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
+            url, serverSelectionTimeoutMS=500, socketTimeoutMS=int(settings.timeout * 1000)
+        )
 
         logs = _logs(container)
 

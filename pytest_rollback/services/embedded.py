@@ -145,7 +145,9 @@ def _start_secantusdb(exe: str, settings: StoreSettings) -> Service:
 
     def ready(handle: ServerProcess) -> str:
         url = f"mongodb://127.0.0.1:{handle.port}/?directConnection=true"
-        client: pymongo.MongoClient[Any] = pymongo.MongoClient(url, serverSelectionTimeoutMS=500)
+        client: pymongo.MongoClient[Any] = pymongo.MongoClient(
+            url, serverSelectionTimeoutMS=500, socketTimeoutMS=int(settings.timeout * 1000)
+        )
 
         def answers() -> bool:
             handle.check()

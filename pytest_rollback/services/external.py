@@ -6,9 +6,16 @@ import ipaddress
 import socket
 import time
 
+from .. import faults
 from ..api import Service, StoreUnavailable
+from ..masking import mask
 from ..options import EXAMPLE_URLS, StoreSettings
 
+#: The server refused the connection: nothing listens at the URL's address.
+CANNOT_REACH = (
+    "pytest-rollback: {store}: cannot reach {where} from the configured URL ({reason}); "
+    "start the server or fix {option}"
+)
 REMOTE_REFUSED = (
     "pytest-rollback: {store}: refusing {host!r} from the configured URL: it is not a loopback "
     "address, and pytest-rollback rolls back (rewrites) the data of the servers it uses; pass "
@@ -44,13 +51,13 @@ def redis(settings: StoreSettings) -> Service:
     """
     import redis as redis_py
 
-    from ..adapters.redis import parse_url
+    from ..adapters.redis import auth_reason, parse_url
 
     assert settings.url is not None
     try:
         params = parse_url(settings.url)
     except ValueError as exc:
-        raise StoreUnavailable(f"pytest-rollback: redis: bad URL {settings.url!r}: {exc}") from None
+        raise StoreUnavailable(mask(f"pytest-rollback: redis: bad URL {settings.url!r}: {exc}")) from None
     check_address(settings, params["host"])
     start = time.perf_counter()
     db = params["db"] or 0
@@ -65,14 +72,19 @@ def redis(settings: StoreSettings) -> Service:
         if params["db"] is not None:
             base = base.rsplit("/", 1)[0]
         url = f"{base}/{db}"
-    client = redis_py.Redis.from_url(url, socket_connect_timeout=5)
+    where = f"{params['host']}:{params['port']}"
+    try:
+        client = redis_py.Redis.from_url(url, socket_connect_timeout=settings.timeout, socket_timeout=settings.timeout)
+    except ValueError as exc:  # in the query: db=x, an unknown option...
+        raise StoreUnavailable(mask(f"pytest-rollback: redis: bad URL {settings.url!r}: {exc}")) from None
     try:
         version = str(client.info("server").get("redis_version", "?"))
+    except redis_py.AuthenticationError as exc:
+        raise StoreUnavailable(str(faults.auth_failed("redis", where, auth_reason(exc)))) from None
+    except redis_py.TimeoutError:
+        raise StoreUnavailable(str(faults.not_answering("redis", where, settings.timeout))) from None
     except redis_py.RedisError as exc:
-        raise StoreUnavailable(
-            f"pytest-rollback: redis: cannot reach {params['host']}:{params['port']} from the configured URL "
-            f"({exc}); start the server or fix --rollback-redis-url"
-        ) from None
+        raise StoreUnavailable(_cannot_reach("redis", where, exc)) from None
     finally:
         client.close()
     return Service(
@@ -97,14 +109,16 @@ def mongo(settings: StoreSettings) -> Service:
     worker gets ``<database>_<worker id>`` and its rollback covers only that.
     """
     import pymongo
-    from pymongo.errors import InvalidURI, PyMongoError
+    from pymongo.errors import InvalidURI, NetworkTimeout, OperationFailure, PyMongoError
     from pymongo.uri_parser import parse_uri
+
+    from ..adapters.mongo import SERVER_SELECTION_LIMIT, auth_reason
 
     assert settings.url is not None
     try:
         parsed = parse_uri(settings.url)
     except (InvalidURI, ValueError) as exc:
-        raise StoreUnavailable(f"pytest-rollback: mongo: bad URL {settings.url!r}: {exc}") from None
+        raise StoreUnavailable(mask(f"pytest-rollback: mongo: bad URL {settings.url!r}: {exc}")) from None
     nodes = parsed.get("nodelist") or []
     for host, _port in nodes:
         check_address(settings, host)
@@ -117,14 +131,26 @@ def mongo(settings: StoreSettings) -> Service:
         db = f"{db}_{settings.worker}"
         dbs = [db]
     start = time.perf_counter()
-    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(settings.url, serverSelectionTimeoutMS=5000)
+    ms = int(settings.timeout * 1000)
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
+        settings.url,
+        serverSelectionTimeoutMS=int(min(settings.timeout, SERVER_SELECTION_LIMIT) * 1000),
+        connectTimeoutMS=ms,
+        socketTimeoutMS=ms,
+    )
+    where = f"{host}:{port}"
     try:
         version = str(client.server_info().get("version", "?"))
+        client.list_database_names()  # what the adapter reads first: a server that wants credentials refuses it
     except PyMongoError as exc:
-        raise StoreUnavailable(
-            f"pytest-rollback: mongo: cannot reach {host}:{port} from the configured URL "
-            f"({exc.__class__.__name__}); start the server or fix --rollback-mongo-url"
-        ) from None
+        refused = auth_reason(exc)
+        if refused is not None:
+            raise StoreUnavailable(str(faults.auth_failed("mongo", where, refused))) from None
+        if isinstance(exc, OperationFailure):
+            raise StoreUnavailable(_cannot_reach("mongo", where, exc)) from None
+        if isinstance(exc, NetworkTimeout) or "timed out" in str(exc):
+            raise StoreUnavailable(str(faults.not_answering("mongo", where, settings.timeout))) from None
+        raise StoreUnavailable(_cannot_reach("mongo", where, exc.__class__.__name__)) from None
     finally:
         client.close()
     return Service(
@@ -151,29 +177,38 @@ def elasticsearch(settings: StoreSettings) -> Service:
     """
     from urllib.parse import urlsplit
 
-    from ..adapters._http import Http
+    from ..adapters._http import ConnectionFailed, Http, HttpError
 
     assert settings.url is not None
     try:
         parts = urlsplit(settings.url)
         host, port = parts.hostname, parts.port or 9200
     except ValueError as exc:
-        raise StoreUnavailable(f"pytest-rollback: elasticsearch: bad URL {settings.url!r}: {exc}") from None
+        raise StoreUnavailable(mask(f"pytest-rollback: elasticsearch: bad URL {settings.url!r}: {exc}")) from None
     if parts.scheme not in ("http", "https") or not host:
         raise StoreUnavailable(
-            f"pytest-rollback: elasticsearch: bad URL {settings.url!r}: expected http://host:port "
-            f"(e.g. {EXAMPLE_URLS['elasticsearch']})"
+            mask(
+                f"pytest-rollback: elasticsearch: bad URL {settings.url!r}: expected http://host:port "
+                f"(e.g. {EXAMPLE_URLS['elasticsearch']})"
+            )
         )
     check_address(settings, host)
     start = time.perf_counter()
-    http = Http(settings.url, timeout=10)
+    http = Http(settings.url, timeout=settings.timeout)
+    where = f"{host}:{port}"
     try:
         info = http("GET", "/")
+    except HttpError as exc:
+        if exc.status != 401:
+            raise StoreUnavailable(_cannot_reach("elasticsearch", where, exc)) from None
+        answer = faults.reason(exc).split(" answered ", 1)[-1]  # "401: missing authentication credentials ..."
+        raise StoreUnavailable(str(faults.auth_failed("elasticsearch", where, answer))) from None
+    except ConnectionFailed as exc:
+        if exc.timed_out:
+            raise StoreUnavailable(str(faults.not_answering("elasticsearch", where, settings.timeout))) from None
+        raise StoreUnavailable(_cannot_reach("elasticsearch", where, exc)) from None
     except Exception as exc:
-        raise StoreUnavailable(
-            f"pytest-rollback: elasticsearch: cannot reach {host}:{port} from the configured URL "
-            f"({exc.__class__.__name__}); start the server or fix --rollback-elasticsearch-url"
-        ) from None
+        raise StoreUnavailable(_cannot_reach("elasticsearch", where, exc.__class__.__name__)) from None
     finally:
         http.close()
     prefix = f"{settings.worker}-" if settings.worker is not None else ""
@@ -189,3 +224,8 @@ def elasticsearch(settings: StoreSettings) -> Service:
         extra={"prefix": prefix},
     )
 
+
+def _cannot_reach(store: str, where: str, why: BaseException | str) -> str:
+    """The line of a configured URL whose server cannot be reached at session start."""
+    reason = why if isinstance(why, str) else faults.reason(why)
+    return mask(CANNOT_REACH.format(store=store, where=where, reason=reason, option=faults.url_option(store)))

@@ -204,7 +204,8 @@ def redis(settings: StoreSettings) -> Service:
         ]
 
     def ready(handle: ServerProcess) -> str:
-        client = redis_py.Redis(host="127.0.0.1", port=handle.port, socket_connect_timeout=1)
+        client = redis_py.Redis(host="127.0.0.1", port=handle.port, socket_connect_timeout=1,
+                                socket_timeout=settings.timeout)
 
         def ours() -> bool:
             handle.check()
@@ -267,7 +268,8 @@ def _start_mongod(exe: str, settings: StoreSettings) -> Service:
 
     def ready(handle: ServerProcess) -> str:
         client: pymongo.MongoClient[Any] = pymongo.MongoClient(
-            f"mongodb://127.0.0.1:{handle.port}/?directConnection=true", serverSelectionTimeoutMS=500
+            f"mongodb://127.0.0.1:{handle.port}/?directConnection=true", serverSelectionTimeoutMS=500,
+            socketTimeoutMS=int(settings.timeout * 1000),
         )
         try:
             return initiate_replica_set(client, f"127.0.0.1:{handle.port}", f"mongod ({exe}) on port {handle.port}",

@@ -50,9 +50,8 @@ END_FAILED = (
     "instead: {what}"
 )
 KEPT = (
-    "pytest-rollback: {store} at {where}: the end-of-run restore failed ({error}), and so did putting it back "
-    "from the journal ({then}); the journal is kept in {journal}: make the server answer, then run "
-    "pytest --rollback-recover"
+    "pytest-rollback: {store} at {where}: its data from before this run could not be put back ({then}); it is "
+    "kept in {journal}: once the server answers, the next run puts it back, or run pytest --rollback-recover"
 )
 CLEANUP_FAILED = (
     "pytest-rollback: {store} at {where}: the data is back, but what the plugin set up could not be undone "
@@ -141,15 +140,14 @@ class Holds:
             complete = bool((keeper.lease.pending() or {}).get("complete"))
             if error is not None and (keeper.recover is None or not complete):
                 why = "this store keeps no journal" if keeper.recover is None else "the journal holds no data"
-                return [KEPT.format(store=store, where=where, error=_error(error), then=why, journal=journal)]
+                return [KEPT.format(store=store, where=where, then=f"{_error(error)}; {why}", journal=journal)]
             if keeper.recover is not None:
                 try:
                     what = keeper.recover(journal, keeper.url, error is not None, self.timeout)
                 except Exception as exc:
                     if error is None:
                         return [CLEANUP_FAILED.format(store=store, where=where, error=_error(exc), journal=journal)]
-                    return [KEPT.format(store=store, where=where, error=_error(error), then=_error(exc),
-                                        journal=journal)]
+                    return [KEPT.format(store=store, where=where, then=_error(exc), journal=journal)]
             keeper.lease.close_journal()
             if error is not None:
                 return [END_FAILED.format(store=store, where=where, error=_error(error), what=what)]
