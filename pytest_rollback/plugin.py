@@ -7,6 +7,7 @@ import sys
 import warnings
 from collections.abc import Generator
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -128,6 +129,9 @@ class RollbackSession:
         self.registered = False
         self._header_done = False
         self._early_lines: list[str] = []
+        #: every service line of this process, with where it was shown: "header", "shown" (-v, at
+        #: once) or "summary" (not yet: the rollback summary shows it)
+        self.service_lines: list[tuple[str, str]] = []
         #: the node id of the test being run (None between tests): its service lines are followed
         #: by its file's progress prefix again, and the reporter puts restores down to it
         self.running: str | None = None
@@ -240,14 +244,24 @@ class RollbackSession:
         lines.clear()
 
     def _announce(self, service: Service, adapter: Rollbackable) -> None:
+        """The service line: in the header when the server started before it; else in the summary.
+
+        With ``-v`` a server started during a test is also announced at once. A
+        progress line of dots is never broken by it.
+        """
         line = service.describe()
         strategy = getattr(adapter, "strategy", None)
         if strategy:
             line += f", {strategy} rollback"
         if not self._header_done:  # started in pytest_sessionstart: part of the header
             self._early_lines.append(line)
+            self.service_lines.append((line, "header"))
             return
-        self._write_line(line)
+        if self.config.get_verbosity() > 0:
+            self._write_line(line)
+            self.service_lines.append((line, "shown"))
+        else:
+            self.service_lines.append((line, "summary"))
 
     def _write_line(self, line: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -458,8 +472,12 @@ class RollbackSession:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self._header_done = True
-        for line in self._early_lines:  # no header was printed (-q)
-            self._write_line(line)
+        if self._early_lines:  # no header was printed (-q): service lines go to the summary
+            shown = [(line, "summary" if where == "header" else where) for line, where in self.service_lines]
+            self.service_lines = shown
+            others = [line for line in self._early_lines if line not in {ln for ln, _ in shown}]
+            for line in others:  # recoveries and the like: said now
+                self._write_line(line)
         self._early_lines = []
 
     # -- scopes --------------------------------------------------------------
@@ -471,7 +489,7 @@ class RollbackSession:
             if fixturedef.argname == "_rollback_test":
                 hand_over(self, request)
             return (yield)
-        label = f"{fixturedef.scope} fixture {fixturedef.argname}"
+        label = self._level_label(fixturedef)
         with self.shown.one_line():
             cp = self.engine.push(label, fixturedef.scope, owner=fixturedef)
         cp.request = request  # type: ignore[attr-defined]
@@ -481,6 +499,16 @@ class RollbackSession:
             if cp.alive:
                 self.engine.pop(cp)
             raise
+
+    def _level_label(self, fixturedef: pytest.FixtureDef[Any]) -> str:
+        """``session fixture seed_catalogue``: a fixture of the user's, by name; another plugin's or an
+        internal one (``_name``) by its scope only, which is all the user can act on."""
+        code = getattr(fixturedef.func, "__code__", None)
+        path = Path(code.co_filename) if code is not None else None
+        own = path is not None and path.is_relative_to(self.config.rootpath) and "site-packages" not in path.parts
+        if own and not fixturedef.argname.startswith("_"):
+            return f"{fixturedef.scope} fixture {fixturedef.argname}"
+        return f"{fixturedef.scope} scope"
 
     def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> None:
         if fixturedef.scope == "function":

@@ -3,7 +3,7 @@
 Two things live here, both in the :class:`Reporter` plugin object:
 
 * **What a test changed.** When a test fails, its report gains a section titled
-  ``rollback: what this test changed``: per active store, the keys, documents or
+  ``rollback: what this test changed``: per store it changed, the keys, documents or
   indices the test added, modified and removed (at most :data:`MAX_PER_KIND` of
   each, then a count). It is computed in ``pytest_runtest_makereport``, while the
   test's checkpoint is still alive (its teardown has not run yet), and only when
@@ -43,8 +43,6 @@ MAX_PER_KIND = 10
 MAX_NAME_CHARS = 120
 #: First line of a store that changed: ``redis: 2 added, 1 removed``.
 CHANGED = "{store}: {counts}"
-#: A store the test did not change.
-NOTHING_CHANGED = "{store}: nothing changed"
 #: One changed name, under its store's line; ``sign`` is ``+`` (added), ``~`` (modified) or ``-`` (removed).
 CHANGED_NAME = "  {sign} {name}"
 #: After :data:`MAX_PER_KIND` names of one kind.
@@ -106,6 +104,8 @@ class Reporter:
         self.workers: dict[str, dict[str, StoreStats]] = {}
         #: xdist controller: workers that went down without sending figures.
         self.missing: list[str] = []
+        #: xdist controller: each worker's service lines (its servers, or the shared one it joined).
+        self.worker_services: dict[str, list[str]] = {}
 
     # -- what a test changed -------------------------------------------------
     @pytest.hookimpl(wrapper=True)
@@ -114,18 +114,18 @@ class Reporter:
         report = yield
         if call.when in ("setup", "call") and _shown(report, item.config):
             try:
-                text = self.changes_text(item, keep_empty=report.failed)
+                text = self.changes_text(item)
             except Exception as exc:  # never an internal error: the test's own outcome matters more
                 text = SECTION_FAILED.format(error=_error(exc))
             if text:
                 report.sections.append((SECTION_TITLE, mask(text)))
         return report
 
-    def changes_text(self, item: pytest.Item, keep_empty: bool = True) -> str:
-        """The section's text for ``item``: one block per active store ("" when there is nothing to say).
+    def changes_text(self, item: pytest.Item) -> str:
+        """The section's text for ``item``: one block per store it changed ("" when it changed none).
 
-        ``keep_empty=False`` gives "" when no store changed (a passing test's
-        report then gets no section).
+        A store the test did not touch is left out, and a test that touched none
+        gets no section at all, as pytest leaves out empty capture sections.
         """
         cp: Checkpoint | None = getattr(item, "_rollback_checkpoint", None)
         engine = self.session.engine
@@ -139,11 +139,12 @@ class Reporter:
             if token is None:
                 continue
             block, differs = _store_block(name, adapter, token)
-            if rolled_back and name not in rolled_back and differs:
+            if differs and block and rolled_back and name not in rolled_back:
                 block[0] += KEPT.format(store=name)
-            lines += block
+            lines += block  # empty for a store the test did not touch
             changed = changed or differs
-        return "\n".join(lines) if changed or keep_empty else ""
+        # a store that cannot tell (no changes() method) is named only in a section that exists anyway
+        return "\n".join(lines) if changed else ""
 
     # -- restores ------------------------------------------------------------
     def pytest_rollback_after_rollback(self, adapter: Rollbackable, report: RestoreReport) -> None:
@@ -178,6 +179,7 @@ class Reporter:
             output[WORKER_OUTPUT_KEY] = {
                 "version": _FORMAT_VERSION,
                 "stores": {name: stats.to_json() for name, stats in self.stats.items()},
+                "services": [line for line, _ in self.session.service_lines],
             }
 
     @pytest.hookimpl(optionalhook=True)
@@ -191,10 +193,12 @@ class Reporter:
             if sent.get("version") != _FORMAT_VERSION:
                 raise ValueError(sent.get("version"))
             stores = {name: StoreStats.from_json(value) for name, value in sent["stores"].items()}
+            services = [str(line) for line in sent.get("services", [])]
         except Exception:  # crashed before sessionfinish, or another version of the plugin
             self.missing.append(worker)
             return
         self.workers[worker] = stores
+        self.worker_services[worker] = services
 
     # -- the summary ---------------------------------------------------------
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
@@ -208,8 +212,33 @@ class Reporter:
         for line in lines:
             terminalreporter.write_line(mask(line))  # reasons may quote a server's error, URL and all
 
+    def service_summary(self, verbose: bool = False) -> list[str]:
+        """The service lines not shown yet: servers started during the run, and every xdist worker's.
+
+        Under xdist one line per store: the first worker's, then which workers share
+        that server or how many started one of their own; with ``-v`` every worker's.
+        """
+        lines = [line for line, where in self.session.service_lines if where == "summary"]
+        servers: dict[str, dict[str, tuple[str, list[str]]]] = {}  # store -> address -> (line, workers)
+        for worker in sorted(self.worker_services, key=_natural):
+            for line in self.worker_services[worker]:
+                if verbose:
+                    lines.append(f"{line} ({worker})")
+                    continue
+                address = line.split(", version ")[0]
+                store = address.split(" via ")[0]
+                servers.setdefault(store, {}).setdefault(address, (line, []))[1].append(worker)
+        for by_address in servers.values():
+            (line, workers), *others = by_address.values()
+            if others:
+                lines.append(f"{line} ({workers[0]}; {len(others)} more worker(s) started one of their own)")
+            else:
+                lines.append(f"{line} ({', '.join(workers)})")
+        return lines
+
     def summary_lines(self, verbose: bool = False) -> list[str]:
-        """The summary: this process's restores and every worker's, per store ([] when there were none)."""
+        """The summary: the service lines not shown yet, then the restores of this process and every
+        worker's, per store ([] when there were none)."""
         combined: dict[str, StoreStats] = {}
         for name, stats in self.stats.items():
             combined.setdefault(name, StoreStats()).merge(stats)
@@ -233,7 +262,7 @@ class Reporter:
                         lines.append(mine.line(SUMMARY_WORKER, worker=worker))
         if self.missing:
             lines.append(SUMMARY_MISSING.format(workers=", ".join(sorted(self.missing, key=_natural))))
-        return lines
+        return self.service_summary(verbose) + lines if lines else lines
 
 
 @dataclasses.dataclass
@@ -359,13 +388,13 @@ def _store_block(name: str, adapter: Rollbackable, token: Any) -> tuple[list[str
         return [NO_CHANGES_METHOD.format(store=name)], False
     try:
         changes: Changes = fn(token)
-    except Exception as exc:
+    except Exception as exc:  # said in a section that exists anyway, as for a store with no changes()
         return [CHANGES_FAILED.format(store=name, error=_error(exc))], False
     counts = [(kind, sign, _sorted(getattr(changes, kind))) for kind, sign in _KINDS]
     if not any(names for _, _, names in counts):
         if not changes.complete:
             return [NOT_KNOWN.format(store=name)], True
-        return [NOTHING_CHANGED.format(store=name)], False
+        return [], False
     head = CHANGED.format(store=name, counts=", ".join(f"{len(names)} {kind}" for kind, _, names in counts if names))
     lines = [head + ("" if changes.complete else INCOMPLETE)]
     for kind, sign, names in counts:
@@ -409,8 +438,10 @@ def _cause(label: str | None, running: str | None) -> str:
 
 
 def _duration(seconds: float) -> str:
-    """``0.31 ms``, ``12.4 ms``, ``1.20 s``."""
+    """``8 µs``, ``0.31 ms``, ``12.4 ms``, ``1.20 s``: never ``0.00 ms``."""
     ms = seconds * 1000
+    if ms < 0.1:
+        return f"{max(seconds * 1e6, 1):.0f} µs"
     if ms < 10:
         return f"{ms:.2f} ms"
     if ms < 1000:

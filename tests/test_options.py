@@ -68,8 +68,8 @@ def test_provider_from_environment(pytester: pytest.Pytester, monkeypatch: pytes
     result.stdout.fnmatch_lines(
         [
             "rollback: on, provider embedded *",
-            "pytest-rollback: redis via embedded at redis://127.0.0.1:*",
             "*PROVIDER embedded*",
+            "pytest-rollback: redis via embedded at redis://127.0.0.1:*",
         ]
     )
 
@@ -81,7 +81,7 @@ def test_ini_beats_environment(pytester: pytest.Pytester, monkeypatch: pytest.Mo
     result = pytester.runpytest(*INNER, "-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
-        ["rollback: on, provider local *", "pytest-rollback: redis via local at redis://127.0.0.1:*", "*PROVIDER local"]
+        ["rollback: on, provider local *", "*PROVIDER local", "pytest-rollback: redis via local at redis://127.0.0.1:*"]
     )
 
 
@@ -92,7 +92,7 @@ def test_command_line_beats_ini_and_environment(pytester: pytest.Pytester, monke
     result = pytester.runpytest(*INNER, "-s", "--rollback-provider=embedded")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
-        ["rollback: on, provider embedded *", "pytest-rollback: redis via embedded *", "*PROVIDER embedded"]
+        ["rollback: on, provider embedded *", "*PROVIDER embedded", "pytest-rollback: redis via embedded *"]
     )
 
 

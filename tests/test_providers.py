@@ -98,10 +98,15 @@ def test_local_provider_prints_one_service_line(pytester: pytest.Pytester) -> No
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines([SERVICE_LINE.format(provider="local")])
     assert len(_service_lines(result)) == 1
-    # printed on a line of its own, and the progress goes on under its file's name
-    result.stdout.fnmatch_lines(["", "test_one.py ", SERVICE_LINE.format(provider="local"), "test_one.py .*"])
+    # started during a test: the progress line is not broken, the line opens the rollback summary
+    result.stdout.fnmatch_lines(
+        ["test_one.py .*", "test_two.py ..*", "", "*= rollback summary =*", SERVICE_LINE.format(provider="local"),
+         "redis (local): * restores, *"],
+        consecutive=True,
+    )
     result = pytester.runpytest(*INNER, "--rollback-provider=local", "-q")
-    result.stdout.fnmatch_lines(["", SERVICE_LINE.format(provider="local"), "... *[[]100%[]]"])
+    result.stdout.fnmatch_lines(["... *[[]100%[]]", "*= rollback summary =*", SERVICE_LINE.format(provider="local")],
+                                consecutive=True)
     # -v: the test's name again, its result after it, and no blank line between
     result = pytester.runpytest(*INNER, "--rollback-provider=local", "-v")
     result.stdout.fnmatch_lines(
