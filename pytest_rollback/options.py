@@ -1,4 +1,4 @@
-"""Options, read with one precedence: command line > ini file > environment > default."""
+"""Options, read with one precedence: command line > environment > ini file > default (as pytest-django)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,14 @@ class _Spec:
     kind: str = "str"  # "str" | "bool" | "float"
     default: Any = None
     choices: tuple[str, ...] = ()
+    #: older ini names and environment variables, still read (after the current ones)
+    old_ini: tuple[str, ...] = ()
+    old_env: tuple[str, ...] = ()
+
+    @property
+    def negative(self) -> str:
+        """The flag that switches a flag off: ``--no-rollback-verify``; ``--rollback`` for ``--no-rollback``."""
+        return "--" + self.flag[len("--no-") :] if self.flag.startswith("--no-") else "--no-" + self.flag[2:]
 
 
 def _specs() -> list[_Spec]:
@@ -68,9 +76,9 @@ def _specs() -> list[_Spec]:
             kind="bool", default=False,
         ),
         _Spec(
-            "rollback_disabled", "--no-rollback", "rollback_disabled", "PYTEST_ROLLBACK_DISABLED",
+            "rollback_disabled", "--no-rollback", "no_rollback", "PYTEST_NO_ROLLBACK",
             "give tests their servers but take no checkpoints and roll nothing back",
-            kind="bool", default=False,
+            kind="bool", default=False, old_ini=("rollback_disabled",), old_env=("PYTEST_ROLLBACK_DISABLED",),
         ),
         _Spec(
             "rollback_mongo_embedded", "--rollback-mongo-embedded", "rollback_mongo_embedded",
@@ -119,9 +127,15 @@ def addoption(parser: pytest.Parser) -> None:
     for spec in _specs():
         if spec.kind == "bool":
             group.addoption(spec.flag, action="store_true", dest=spec.dest, default=None, help=spec.help)
+            group.addoption(
+                spec.negative, action="store_false", dest=spec.dest, default=None,
+                help=f"switch {spec.flag} off, whatever the ini file or the environment say",
+            )
         else:
             group.addoption(spec.flag, action="store", dest=spec.dest, default=None, metavar="VALUE", help=spec.help)
         parser.addini(spec.ini, help=f"{spec.help} (also {spec.flag}, ${spec.env})", default="")
+        for old in spec.old_ini:
+            parser.addini(old, help=f"the older name of {spec.ini}", default="")
 
 
 def _parse(spec: _Spec, raw: object, source: str) -> Any:
@@ -149,15 +163,18 @@ def _parse(spec: _Spec, raw: object, source: str) -> Any:
 
 
 def _resolve(config: pytest.Config, spec: _Spec) -> Any:
+    """The option's value: command line, else environment, else ini file, else default (as pytest-django)."""
     cli = config.getoption(spec.dest, None)
     if cli is not None:
         return _parse(spec, cli, spec.flag)
-    ini = config.getini(spec.ini)
-    if ini not in ("", None, []):
-        return _parse(spec, ini, f"ini option {spec.ini}")
-    env = os.environ.get(spec.env)
-    if env not in (None, ""):
-        return _parse(spec, env, f"${spec.env}")
+    for env_name in (spec.env, *spec.old_env):
+        env = os.environ.get(env_name)
+        if env not in (None, ""):
+            return _parse(spec, env, f"${env_name}")
+    for ini_name in (spec.ini, *spec.old_ini):
+        ini = config.getini(ini_name)
+        if ini not in ("", None, []):
+            return _parse(spec, ini, f"ini option {ini_name}")
     return spec.default
 
 

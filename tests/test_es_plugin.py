@@ -205,7 +205,7 @@ def test_unreachable_url_is_one_line(pytester: pytest.Pytester) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("http://192.0.2.7:9200", "*elasticsearch: refusing '192.0.2.7' from the configured URL: it is not a loop*"),
+        ("http://192.0.2.7:9200", "*elasticsearch: refusing '192.0.2.7' from the configured URL: it is not this*"),
         ("127.0.0.1:9200", "*elasticsearch: bad URL '127.0.0.1:9200': expected http://host:port*"),
     ],
 )

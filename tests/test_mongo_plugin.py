@@ -254,7 +254,7 @@ def test_remote_url_is_refused_before_any_connection(pytester: pytest.Pytester) 
     pytester.makepyfile("def test_a():\n    pass\n")
     result = pytester.runpytest(*INNER, "--rollback-mongo-url=mongodb://192.0.2.7:27017/test")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*mongo: refusing '192.0.2.7' from the configured URL: it is not a loopback*"])
+    result.stderr.fnmatch_lines(["*mongo: refusing '192.0.2.7' from the configured URL: it is not this machine*"])
 
 
 def test_unknown_embedded_choice_is_one_line(pytester: pytest.Pytester) -> None:

@@ -74,14 +74,15 @@ def test_provider_from_environment(pytester: pytest.Pytester, monkeypatch: pytes
     )
 
 
-def test_ini_beats_environment(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_beats_ini(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As pytest-django: a CI variable overrides a checked-in ini value."""
     monkeypatch.setenv("PYTEST_ROLLBACK_PROVIDER", "embedded")
     pytester.makeini(INI + "rollback_provider = local\n")
     pytester.makepyfile(SERVICE_TEST)
     result = pytester.runpytest(*INNER, "-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
-        ["rollback: on, provider local *", "*PROVIDER local", "pytest-rollback: redis via local at redis://127.0.0.1:*"]
+        ["rollback: on, provider embedded *", "*PROVIDER embedded", "pytest-rollback: redis via embedded *"]
     )
 
 
@@ -96,14 +97,46 @@ def test_command_line_beats_ini_and_environment(pytester: pytest.Pytester, monke
     )
 
 
-def test_bool_option_precedence(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bool_option_precedence_and_switching_a_flag_off(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytester.makepyfile("def test_nothing(): pass")
+    off, on = "rollback: off (--no-rollback), provider auto *", "rollback: on, provider auto *"
+    pytester.makeini(INI + "no_rollback = true\n")
+    pytester.runpytest(*INNER).stdout.fnmatch_lines([off])
+    monkeypatch.setenv("PYTEST_NO_ROLLBACK", "no")  # the environment beats the ini file
+    pytester.runpytest(*INNER).stdout.fnmatch_lines([on])
+    pytester.runpytest(*INNER, "--no-rollback").stdout.fnmatch_lines([off])  # the command line beats both
+    monkeypatch.setenv("PYTEST_NO_ROLLBACK", "yes")
+    pytester.runpytest(*INNER, "--rollback").stdout.fnmatch_lines([on])  # and switches a flag off
+    # the older names still work
+    monkeypatch.delenv("PYTEST_NO_ROLLBACK")
     monkeypatch.setenv("PYTEST_ROLLBACK_DISABLED", "yes")
     pytester.makeini(INI)
-    pytester.runpytest(*INNER).stdout.fnmatch_lines(["rollback: off (--no-rollback), provider auto *"])
-    pytester.makeini(INI + "rollback_disabled = false\n")
-    pytester.runpytest(*INNER).stdout.fnmatch_lines(["rollback: on, provider auto *"])
-    pytester.runpytest(*INNER, "--no-rollback").stdout.fnmatch_lines(["rollback: off (--no-rollback), provider auto *"])
+    pytester.runpytest(*INNER).stdout.fnmatch_lines([off])
+    monkeypatch.delenv("PYTEST_ROLLBACK_DISABLED")
+    pytester.makeini(INI + "rollback_disabled = true\n")
+    pytester.runpytest(*INNER).stdout.fnmatch_lines([off])
+
+
+def test_every_flag_can_be_switched_off_on_the_command_line(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTEST_ROLLBACK_VERIFY", "1")
+    pytester.makeini(INI)
+    pytester.makeconftest(
+        """
+        def pytest_sessionstart(session):
+            from pytest_rollback.plugin import get_session
+            print("VERIFY", get_session(session.config).options.verify)
+        """
+    )
+    pytester.makepyfile("def test_nothing(): pass")
+    pytester.runpytest(*INNER, "-s").stdout.fnmatch_lines(["VERIFY True"])
+    pytester.runpytest(*INNER, "-s", "--no-rollback-verify").stdout.fnmatch_lines(["VERIFY False"])
+    help_text = pytester.runpytest(*INNER, "--help").stdout.str()
+    for flag in ("--no-rollback-verify", "--no-rollback-allow-remote", "--rollback "):
+        assert flag in help_text, flag
 
 
 # -- bad values ---------------------------------------------------------------------
@@ -282,3 +315,40 @@ def test_fixtures_are_documented(pytester: pytest.Pytester) -> None:
     )
     result.stdout.fnmatch_lines(["rollback -- *fixtures.py:*", "    Control rollback from inside a test."])
     result.stdout.no_fnmatch_line("_rollback_test*")
+
+
+@pytest.mark.parametrize(
+    ("host", "resolves_to", "allowed"),
+    [
+        ("redis", ["172.18.0.5"], True),  # a docker-compose or GitLab CI service
+        ("mongo", ["10.1.0.7", "fd00::7"], True),  # a CI service network with IPv6 too
+        ("cache", ["203.0.113.9"], False),  # a short name on a public address
+        ("db.prod.example.com", ["10.0.3.4"], False),  # a name with dots: production-looking
+        ("10.0.3.4", None, False),  # an address written out, even a private one
+        ("localhost", None, True),
+        ("127.0.0.1", None, True),
+        ("nowhere", [], False),  # does not resolve
+    ],
+)
+def test_ci_and_compose_services_pass_without_allow_remote(
+    monkeypatch: pytest.MonkeyPatch, host: str, resolves_to: list[str] | None, allowed: bool
+) -> None:
+    import socket
+
+    from pytest_rollback.api import StoreUnavailable
+    from pytest_rollback.options import StoreSettings
+    from pytest_rollback.services import external
+
+    if resolves_to is not None:
+        def fake(name: str, *args: object, **kwargs: object) -> list[tuple[object, ...]]:
+            if name != host or not resolves_to:
+                raise OSError("no such host")
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, 0)) for a in resolves_to]
+
+        monkeypatch.setattr(socket, "getaddrinfo", fake)
+    settings = StoreSettings("redis", "external", f"redis://{host}:6379/0", "", False, None, None)  # type: ignore[arg-type]
+    if allowed:
+        external.check_address(settings, host)
+    else:
+        with pytest.raises(StoreUnavailable, match="not this machine nor a CI or compose service"):
+            external.check_address(settings, host)

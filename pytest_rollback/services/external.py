@@ -17,30 +17,63 @@ CANNOT_REACH = (
     "start the server or fix {option}"
 )
 REMOTE_REFUSED = (
-    "pytest-rollback: {store}: refusing {host!r} from the configured URL: it is not a loopback "
-    "address, and pytest-rollback rolls back (rewrites) the data of the servers it uses; pass "
-    "--rollback-allow-remote if that is intended"
+    "pytest-rollback: {store}: refusing {host!r} from the configured URL: it is not this machine nor a "
+    "CI or compose service (a name without dots on a private network), and pytest-rollback rolls back "
+    "(rewrites) the data of the servers it uses; pass --rollback-allow-remote if that is intended"
 )
+
+
+#: the private networks CI and compose services live on (RFC 1918 and IPv6 unique local addresses)
+_SERVICE_NETWORKS = tuple(
+    ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+)
+
+
+def _addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Every address ``host`` names ([] when it does not resolve); no traffic is sent to it."""
+    try:
+        return [ipaddress.ip_address(host.strip("[]"))]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return []
+    return [ipaddress.ip_address(str(i[4][0]).split("%")[0]) for i in infos]
 
 
 def is_loopback(host: str) -> bool:
     """True when every address ``host`` names is a loopback address (no traffic is sent)."""
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        pass
     if host == "localhost":
         return True
+    found = _addresses(host)
+    return bool(found) and all(a.is_loopback for a in found)
+
+
+def is_service_name(host: str) -> bool:
+    """True for a CI or compose service: a name without dots whose every address is private.
+
+    GitLab and GitHub Actions services and docker-compose services are reached
+    by a short name (``redis``, ``mongo``) on a private network. A name with
+    dots (``db.prod.example.com``) or an address written out (even a private
+    one: production servers live on private networks too) is not one.
+    """
     try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
+        ipaddress.ip_address(host.strip("[]"))
         return False
-    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+    except ValueError:
+        pass
+    if not host or "." in host:
+        return False
+    found = _addresses(host)
+    return bool(found) and all(any(a in net for net in _SERVICE_NETWORKS if a.version == net.version) for a in found)
 
 
 def check_address(settings: StoreSettings, host: str) -> None:
-    if not settings.allow_remote and not is_loopback(host):
-        raise StoreUnavailable(REMOTE_REFUSED.format(store=settings.store, host=host))
+    """Refuse a configured host that is neither this machine nor a CI/compose service, unless allowed."""
+    if settings.allow_remote or is_loopback(host) or is_service_name(host):
+        return
+    raise StoreUnavailable(REMOTE_REFUSED.format(store=settings.store, host=host))
 
 
 def redis(settings: StoreSettings) -> Service:
