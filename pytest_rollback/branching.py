@@ -37,6 +37,16 @@ UNKNOWN_PARENT = "no test {name!r} in {where}"
 AMBIGUOUS_PARENT = "{name!r} names {count} tests ({some}); name one of them"
 CYCLE = "{nodeid}: @pytest.mark.branch_from: the branches form a cycle (each branches from the next): {path}"
 SELF_PARENT = "a test cannot branch from itself"
+#: ``@pytest.mark.branch_from(test_parent)``: pytest applies a mark called with a lone function to that
+#: function, and the result, called with the child, runs the parent at import time
+FUNCTION_GIVEN = (
+    "{where}: @pytest.mark.branch_from({name}) was given the test function itself, so pytest marked "
+    "{name} instead and called it with the test below; pass the name: @pytest.mark.branch_from(\"{name}\")"
+)
+NO_PARENT_NAMED = (
+    "no test is named (if the test function itself was given, pytest marked that function instead); "
+    "pass the parent's name as a string"
+)
 
 SKIP_FAILED = "branch_from: parent {parent} failed"
 SKIP_ERRORED = "branch_from: parent {parent} errored"
@@ -91,6 +101,17 @@ class Branches:
         self.held: list[_Node] = []
 
     # -- collection ----------------------------------------------------------
+    @pytest.hookimpl(wrapper=True)
+    def pytest_make_collect_report(self, collector: pytest.Collector) -> Generator[None, Any, Any]:
+        """A module whose import ran a parent given as a function to ``branch_from``: one line saying so."""
+        report = yield
+        call = getattr(report, "call", None)  # pytest keeps it there until the report is logged
+        if report.failed and isinstance(collector, pytest.Module) and call is not None and call.excinfo is not None:
+            name = _function_given(call.excinfo.tb)
+            if name is not None:
+                report.longrepr = FUNCTION_GIVEN.format(where=collector.nodeid, name=name)
+        return report
+
     @pytest.hookimpl(wrapper=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> Generator[None, Any, Any]:
         """Resolve the trees among all collected tests, then order what remains after deselection."""
@@ -313,6 +334,20 @@ def _signature(test: object) -> object:
     return test
 
 
+def _function_given(tb: Any) -> str | None:
+    """The name of a function of the module being imported that carries a ``branch_from`` mark without
+    arguments: what ``@pytest.mark.branch_from(test_parent)`` leaves (None when there is none)."""
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "<module>":
+            for name, value in list(frame.f_globals.items()):
+                marks = getattr(value, "pytestmark", None) if callable(value) else None
+                if marks and any(m.name == "branch_from" and not m.args and not m.kwargs for m in marks):
+                    return str(name)
+        tb = tb.tb_next
+    return None
+
+
 class _Index:
     """The collected tests by node id and by file, built once: a lookup then costs its file's size, not the run's."""
 
@@ -328,6 +363,8 @@ def resolve(item: pytest.Item, index: _Index) -> pytest.Item:
     """The test that ``item``'s ``branch_from`` names, among the collected tests of ``index``."""
     mark = item.get_closest_marker("branch_from")
     assert mark is not None
+    if not mark.args and not mark.kwargs:
+        raise _BadBranch(NO_PARENT_NAMED)
     try:
         name = _signature(*mark.args, **mark.kwargs)
     except TypeError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import warnings
 from collections.abc import Generator
@@ -103,6 +104,18 @@ def pytest_rollback_rollback(adapter: Rollbackable, checkpoint: Any) -> Any:
     return True if result is None else result
 
 
+#: an async client fixture asked for by a fixture of a wider scope (pytest says only "ScopeMismatch")
+ASYNC_SCOPE = (
+    "pytest-rollback: {fixture} is function-scoped (its connections belong to the test's event loop), and "
+    "the {scope}-scoped fixture {requester} asked for it; in a {scope} fixture use {sync} (session-scoped), "
+    "or open {how} in that fixture, on its own event loop"
+)
+_ASYNC_FIXTURES = {
+    "async_redis_client": ("redis_client", "redis.asyncio.Redis.from_url(redis_service.url)"),
+    "async_mongo_client": ("mongo_client", "pymongo.AsyncMongoClient(mongo_service.url)"),
+    "async_es_client": ("es_client", "elasticsearch.AsyncElasticsearch(elasticsearch_service.url)"),
+}
+_SCOPE_MISMATCH = re.compile(r"access the function scoped fixture (\w+) with a (\w+) scoped request object")
 #: the key in ``workerinput`` under which the xdist controller passes the journals of the servers it holds
 JOURNALS_KEY = "rollback_journals"
 PUT_BACK_AT_END = (
@@ -297,6 +310,22 @@ class RollbackSession:
         """Hold Ctrl-C while an adapter restores (never half-way through)."""
         with self.signals.held():
             return (yield)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+        """pytest's ScopeMismatch for an async client in a wider fixture becomes a line saying what to use."""
+        report = yield
+        if call.when == "setup" and report.failed:
+            text = str(report.longrepr)
+            found = _SCOPE_MISMATCH.search(text)
+            if found and found.group(1) in _ASYNC_FIXTURES:
+                sync, how = _ASYNC_FIXTURES[found.group(1)]
+                requester = re.search(r"def (\w+)\(", text.split("Requesting fixture stack:", 1)[-1])
+                report.longrepr = ASYNC_SCOPE.format(
+                    fixture=found.group(1), scope=found.group(2), requester=requester.group(1) if requester else "?",
+                    sync=sync, how=how,
+                )
+        return report
 
     def pytest_runtest_logstart(self, nodeid: str) -> None:
         """Remember the running test (for service lines and the summary's causes)."""

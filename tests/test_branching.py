@@ -12,6 +12,8 @@ from pytest_rollback.branching import (
     AMBIGUOUS_PARENT,
     BAD_BRANCH,
     CYCLE,
+    FUNCTION_GIVEN,
+    NO_PARENT_NAMED,
     SKIP_ERRORED,
     SKIP_FAILED,
     SKIP_NOT_SELECTED,
@@ -267,7 +269,7 @@ def test_a_rerun_of_a_failed_child_says_how_to_run_its_parent_too(
             UNKNOWN_PARENT.format(name="test_bad.py::test_nowhere", where="the collected tests"),
         ),
         ('"test_param"', AMBIGUOUS_PARENT.format(name="test_param", count=2, some="test_param[1], test_param[2]")),
-        ("", "branch_from() missing 1 required positional argument: 'test'"),
+        ("", NO_PARENT_NAMED),
         ("3", "3 is not a test name or node id"),
         ('"test_child"', "a test cannot branch from itself"),
     ],
@@ -648,3 +650,30 @@ def test_a_parents_state_is_released_when_its_last_child_is_skipped_by_a_marker(
         """
     )
     run().assert_outcomes(passed=3, skipped=1)
+
+
+@pytest.mark.parametrize("parent_body", ["redis_client.set('x', 1)", "pass"], ids=["raises-inside", "takes-no-arg"])
+def test_a_parent_given_as_a_function_is_one_line_naming_it(
+    pytester: pytest.Pytester, run: Callable[..., pytest.RunResult], parent_body: str
+) -> None:
+    """pytest applies a mark called with a lone function to it: the module's import runs the parent."""
+    args = "redis_client" if "redis_client" in parent_body else ""
+    pytester.makepyfile(
+        test_fn=f"""
+        import pytest
+
+        def test_parent({args}):
+            {parent_body}
+
+        @pytest.mark.branch_from(test_parent)
+        def test_child():
+            pass
+        """,
+        test_fine="def test_fine(): pass",
+    )
+    result = run("--continue-on-collection-errors")
+    result.assert_outcomes(passed=1, errors=1)
+    line = FUNCTION_GIVEN.format(where="test_fn.py", name="test_parent")
+    assert sum(text == line for text in result.stdout.lines) == 1, result.stdout.str()
+    assert "Traceback" not in result.stdout.str() and "AttributeError" not in result.stdout.str()
+

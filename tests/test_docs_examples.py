@@ -174,3 +174,17 @@ def test_the_hooks_table_lists_every_hook() -> None:
     reference = (ROOT / "docs" / "reference" / "hooks.md").read_text()
     assert all(f"## `{name}`" in reference for name in hooks)
     assert "](reference/hooks.md)" in table
+
+
+def test_the_readme_snippet_runs_as_its_files(pytester: pytest.Pytester) -> None:
+    """The README's conftest.py and test_cart.py, as a user would paste them, pass (imports included)."""
+    text = (ROOT / "README.md").read_text()
+    code = next(m.group(2) for m in FENCE.finditer(text) if m.group(1) == "python" and "# conftest.py" in m.group(2))
+    files = dict(re.findall(r"^# (\w+\.py)\n(.*?)(?=^# \w+\.py\n|\Z)", code, re.S | re.M))
+    assert set(files) == {"conftest.py", "test_cart.py"}, files
+    pytester.makeini(INI)
+    helper = "def load_100k_products(client):\n    client.mset({f'product:{i}': i for i in range(1000)})\n"
+    pytester.makeconftest(helper + files["conftest.py"])
+    pytester.makepyfile(test_cart=files["test_cart.py"])
+    result = pytester.runpytest(*INNER, "--rollback-provider=local", "-p", "no:randomly")
+    result.assert_outcomes(passed=2)

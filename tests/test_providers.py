@@ -314,3 +314,28 @@ def test_the_plugin_loads_and_rolls_back_where_fcntl_is_missing(pytester: pytest
     result = pytester.run(sys.executable, "-c", code)
     assert result.ret == 0, result.stdout.str() + result.stderr.str()
     result.stdout.fnmatch_lines(["*2 passed*"])
+
+
+@pytest.mark.parametrize("fixture", ["async_redis_client", "async_mongo_client", "async_es_client"])
+def test_an_async_client_in_a_session_fixture_says_what_to_use_instead(pytester: pytest.Pytester, fixture: str) -> None:
+    from pytest_rollback.plugin import _ASYNC_FIXTURES, ASYNC_SCOPE
+
+    pytester.makeini(INI + "asyncio_mode = auto\n")
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        @pytest.fixture(scope="session")
+        async def seeded({fixture}):
+            pass
+
+        def test_x(seeded):
+            pass
+        """
+    )
+    result = pytester.runpytest(*INNER, "--rollback-provider=embedded")
+    result.assert_outcomes(errors=1)
+    sync, how = _ASYNC_FIXTURES[fixture]
+    line = ASYNC_SCOPE.format(fixture=fixture, scope="session", requester="seeded", sync=sync, how=how)
+    assert sum(text == line for text in result.stdout.lines) == 1, result.stdout.str()
+    assert "ScopeMismatch" not in result.stdout.str()
