@@ -339,3 +339,19 @@ def test_an_async_client_in_a_session_fixture_says_what_to_use_instead(pytester:
     line = ASYNC_SCOPE.format(fixture=fixture, scope="session", requester="seeded", sync=sync, how=how)
     assert sum(text == line for text in result.stdout.lines) == 1, result.stdout.str()
     assert "ScopeMismatch" not in result.stdout.str()
+
+
+def test_the_embedded_redis_runs_lua(pytester: pytest.Pytester) -> None:
+    """fakeredis comes with its Lua extra in [all]: EVAL works on the embedded server, and is rolled back."""
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        """
+        def test_script(redis_client):
+            assert redis_client.eval("redis.call('SET', KEYS[1], ARGV[1]); return 2", 1, "k", "v") == 2
+
+        def test_gone(redis_client):
+            assert not redis_client.exists("k")
+        """
+    )
+    result = pytester.runpytest(*INNER, "--rollback-provider=embedded", "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
