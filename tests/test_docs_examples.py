@@ -188,3 +188,43 @@ def test_the_readme_snippet_runs_as_its_files(pytester: pytest.Pytester) -> None
     pytester.makepyfile(test_cart=files["test_cart.py"])
     result = pytester.runpytest(*INNER, "--rollback-provider=local", "-p", "no:randomly")
     result.assert_outcomes(passed=2)
+
+
+def _adopting_sections() -> list[tuple[str, dict[str, str]]]:
+    """Per section of docs/adopting.md: the files shown after "After:" (conftest.py and the tests)."""
+    text = (ROOT / "docs" / "adopting.md").read_text()
+    out = []
+    for section in re.split(r"^## ", text, flags=re.M)[1:]:
+        title, _, body = section.partition("\n")
+        if "\nAfter:\n" not in body:
+            continue
+        after = body.split("\nAfter:\n", 1)[1]
+        files = {}
+        for m in FENCE.finditer(after):
+            first, _, rest = m.group(2).partition("\n")
+            if m.group(1) == "python" and first.startswith("# "):
+                files[first[2:].strip()] = rest
+        out.append((title.strip(), files))
+    return out
+
+
+@pytest.mark.parametrize(("title", "files"), _adopting_sections(), ids=lambda v: v if isinstance(v, str) else "")
+def test_each_adopting_example_runs_after_the_switch(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, title: str, files: dict[str, str]
+) -> None:
+    assert "conftest.py" in files and any(name.startswith("test_") for name in files), files
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # the same servers on every machine
+    pytester.makeini(INI)
+    for name, code in files.items():
+        pytester.path.joinpath(name).write_text(code)
+    result = pytester.runpytest_subprocess(*INNER, "-p", "no:randomly", timeout=180)
+    tests = sum(len(re.findall(r"^def test_", code, re.M)) for name, code in files.items() if name != "conftest.py")
+    result.assert_outcomes(passed=tests)
+
+
+def test_the_adopting_page_covers_every_starting_point() -> None:
+    titles = [title for title, _ in _adopting_sections()]
+    assert titles == [
+        "From flush fixtures", "From pytest-redis", "From pytest-mongo", "From pytest-elasticsearch",
+        "From testcontainers fixtures",
+    ]
