@@ -141,7 +141,7 @@ def test_verify_catches_a_restore_that_leaves_a_write_behind(pytester: pytest.Py
 def test_embedded_is_the_default_without_docker_or_elasticsearch(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # an engine with images would win
     monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin")
     pytester.makeini(INI)
     pytester.makepyfile(test_a=SCOPES, test_b=OTHER_MODULE)
