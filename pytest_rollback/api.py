@@ -122,9 +122,10 @@ class Service:
     def describe(self) -> str:
         """The service line: store, provider, address (its password masked), version, start-up time."""
         where = mask(self.url) or ("" if self.port else "in-process")
+        detail = self.extra.get("detail")  # a container: its name, or "reused <name> (started <when>)"
         return (
             f"pytest-rollback: {self.name} via {self.provider} at {where}, "
-            f"version {self.version}, ready in {self.startup_ms:.0f} ms"
+            f"version {self.version}, ready in {self.startup_ms:.0f} ms" + (f", {detail}" if detail else "")
         )
 
 

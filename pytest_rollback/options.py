@@ -49,6 +49,8 @@ class _Spec:
     #: older ini names and environment variables, still read (after the current ones)
     old_ini: tuple[str, ...] = ()
     old_env: tuple[str, ...] = ()
+    #: other spellings of the flag
+    aliases: tuple[str, ...] = ()
 
     @property
     def negative(self) -> str:
@@ -100,6 +102,19 @@ def _specs() -> list[_Spec]:
             kind="bool", default=False,
         ),
         _Spec(
+            "rollback_docker_reuse", "--rollback-docker-reuse", "rollback_docker_reuse", "PYTEST_ROLLBACK_DOCKER_REUSE",
+            "keep the Docker containers at the end and reuse them (emptied) in the next run of this project; off "
+            "when $CI is set, unless given on the command line or in the environment",
+            kind="bool", default=False, old_ini=("rollback_reuse",), old_env=("PYTEST_ROLLBACK_REUSE",),
+            aliases=("--rollback-reuse",),
+        ),
+        _Spec(
+            "rollback_docker_prune", "--rollback-docker-prune", "rollback_docker_prune", "PYTEST_ROLLBACK_DOCKER_PRUNE",
+            "remove the Docker containers kept for reuse (and those of interrupted runs), list them, and exit "
+            "without running tests",
+            kind="bool", default=False,
+        ),
+        _Spec(
             "rollback_timeout", "--rollback-timeout", "rollback_timeout", "PYTEST_ROLLBACK_TIMEOUT",
             "seconds a server may take to answer one request of the plugin before it counts as "
             "stopped answering (default 30)",
@@ -126,9 +141,10 @@ def addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("rollback", "pytest-rollback: real servers, rolled back after every test")
     for spec in _specs():
         if spec.kind == "bool":
-            group.addoption(spec.flag, action="store_true", dest=spec.dest, default=None, help=spec.help)
+            group.addoption(spec.flag, *spec.aliases, action="store_true", dest=spec.dest, default=None, help=spec.help)
+            negatives = (_Spec(spec.dest, alias, "", "", "").negative for alias in spec.aliases)
             group.addoption(
-                spec.negative, action="store_false", dest=spec.dest, default=None,
+                spec.negative, *negatives, action="store_false", dest=spec.dest, default=None,
                 help=f"switch {spec.flag} off, whatever the ini file or the environment say",
             )
         else:
@@ -164,18 +180,23 @@ def _parse(spec: _Spec, raw: object, source: str) -> Any:
 
 def _resolve(config: pytest.Config, spec: _Spec) -> Any:
     """The option's value: command line, else environment, else ini file, else default (as pytest-django)."""
+    return _resolve_from(config, spec)[0]
+
+
+def _resolve_from(config: pytest.Config, spec: _Spec) -> tuple[Any, str]:
+    """The option's value and where it came from: ``cli``, ``env``, ``ini`` or ``default``."""
     cli = config.getoption(spec.dest, None)
     if cli is not None:
-        return _parse(spec, cli, spec.flag)
+        return _parse(spec, cli, spec.flag), "cli"
     for env_name in (spec.env, *spec.old_env):
         env = os.environ.get(env_name)
         if env not in (None, ""):
-            return _parse(spec, env, f"${env_name}")
+            return _parse(spec, env, f"${env_name}"), "env"
     for ini_name in (spec.ini, *spec.old_ini):
         ini = config.getini(ini_name)
         if ini not in ("", None, []):
-            return _parse(spec, ini, f"ini option {ini_name}")
-    return spec.default
+            return _parse(spec, ini, f"ini option {ini_name}"), "ini"
+    return spec.default, "default"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,12 +211,19 @@ class Options:
     state_dir: str = ""
     recover: bool = False
     timeout: float = 30.0
+    #: keep Docker containers for the next run, and reuse kept ones (``--rollback-docker-reuse``)
+    docker_reuse: bool = False
+    docker_prune: bool = False
     urls: dict[str, str | None] = dataclasses.field(default_factory=dict)
     images: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Options:
-        values = {spec.dest: _resolve(config, spec) for spec in _specs()}
+        specs = _specs()
+        values = {spec.dest: _resolve(config, spec) for spec in specs}
+        reuse, source = _resolve_from(config, next(s for s in specs if s.dest == "rollback_docker_reuse"))
+        if source == "ini" and os.environ.get("CI"):  # a checked-in ini value does not keep containers on CI
+            reuse = False
         return cls(
             provider=values["rollback_provider"],
             verify=values["rollback_verify"],
@@ -205,6 +233,8 @@ class Options:
             state_dir=str(values["rollback_state_dir"] or default_state_dir()),
             recover=values["rollback_recover"],
             timeout=values["rollback_timeout"],
+            docker_reuse=reuse,
+            docker_prune=values["rollback_docker_prune"],
             urls={s: values[f"rollback_{s}_url"] for s in STORES},
             images={s: values[f"rollback_{s}_image"] for s in STORES},
         )

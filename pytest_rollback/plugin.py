@@ -24,6 +24,7 @@ from .options import Options, StoreSettings, addoption
 from .registry import RegistrationError, Registry
 from .reporting import Reporter
 from .services import orphans, shared
+from .services.docker import ImageUnavailable
 from .services.recovery import Holds, recover_all
 from .signals import HELD_NOTE, Signals
 
@@ -69,6 +70,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     """``--rollback-recover``: put back what interrupted runs left, report, and exit without running tests."""
     options = Options.from_config(config)
+    if options.docker_prune:
+        from .services import docker
+
+        for line in docker.prune():
+            print(line)
+        return 0
     if not options.recover:
         return None
     registry = Registry()
@@ -80,6 +87,7 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
         raise pytest.UsageError(str(exc)) from None
     recovers = {name: spec.recover for name, spec in registry.stores.items()}
     lines = orphans.reap(options.state_dir)  # servers a killed run started, if their watchdogs died too
+    lines += _reap_containers()
     put_back, ok = recover_all(options.state_dir, recovers, dict(options.urls), options.timeout)
     lines += put_back
     if not lines:
@@ -87,6 +95,16 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     for line in lines:
         print(line)
     return 0 if ok else 1
+
+
+def _reap_containers() -> list[str]:
+    """The containers of runs that are gone, removed (where a Docker engine answers)."""
+    from .services import docker
+
+    try:
+        return docker.reap()
+    except Exception as exc:  # the engine went away meanwhile: nothing to remove from it
+        return [f"pytest-rollback: could not look for containers of interrupted runs: {exc!r}"]
 
 
 def get_session(config: pytest.Config) -> RollbackSession:
@@ -192,6 +210,7 @@ class RollbackSession:
             extra={
                 **({"embedded": self.options.mongo_embedded} if store == "mongo" else {}),
                 **({"controller": True} if self._is_xdist_controller() else {}),
+                "reuse": self.options.docker_reuse,
             },
             state_dir=self.options.state_dir,
             timeout=self.options.timeout,
@@ -266,15 +285,16 @@ class RollbackSession:
         strategy = getattr(adapter, "strategy", None)
         if strategy:
             line += f", {strategy} rollback"
-        if not self._header_done:  # started in pytest_sessionstart: part of the header
-            self._early_lines.append(line)
-            self.service_lines.append((line, "header"))
-            return
-        if self.config.get_verbosity() > 0:
-            self._write_line(line)
-            self.service_lines.append((line, "shown"))
-        else:
-            self.service_lines.append((line, "summary"))
+        # what came before it: why auto fell back, the containers of interrupted runs removed
+        for each in [*service.extra.pop("notes", []), line]:
+            if not self._header_done:  # started in pytest_sessionstart: part of the header
+                self._early_lines.append(each)
+                self.service_lines.append((each, "header"))
+            elif self.config.get_verbosity() > 0:
+                self._write_line(each)
+                self.service_lines.append((each, "shown"))
+            else:
+                self.service_lines.append((each, "summary"))
 
     def _write_line(self, line: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -352,17 +372,26 @@ class RollbackSession:
             )
         order = AUTO_ORDER if settings.provider == "auto" else (settings.provider,)
         tried: list[str] = []
+        fell_back: list[str] = []
         for name in order:
             provider = spec.providers.get(name)
             if provider is None:
                 tried.append(f"{name}: not offered for {store}")
                 continue
             try:
-                return provider(settings)
+                service: Service = provider(settings)
             except MissingClient:  # no provider can help: say what to install, start nothing
                 raise
+            except ImageUnavailable as exc:  # the engine answers, the image cannot be had: say so, go on
+                tried.append(f"{name}: {exc}")
+                fell_back.append(f"pytest-rollback: {store}: not via {name}: {exc}")
             except StoreUnavailable as exc:
                 tried.append(f"{name}: {exc}")
+            else:
+                if fell_back:
+                    service.extra["notes"] = [f"{line}; using {name}" for line in fell_back] + list(
+                        service.extra.get("notes") or [])
+                return service
         raise StoreUnavailable(NOTHING_PROVIDES.format(store=store, tried="; ".join(tried), how=spec.how_to_get))
 
     # -- session -------------------------------------------------------------

@@ -1,14 +1,65 @@
-"""The ``docker`` provider: a pinned image started with testcontainers."""
+"""The ``docker`` provider: one labelled container per server per run, published on 127.0.0.1 only.
+
+A container is started with the Docker SDK (the ``docker`` package) from a
+pinned image, its port published on the loopback address and nowhere else.
+Its labels say whose it is:
+
+- ``org.pytest-rollback.project``: a hash of the project's root directory;
+- ``org.pytest-rollback.server``: the server's name (``redis``, ``mongo``,
+  ``elasticsearch``, or a server declared with :func:`pytest_rollback.server`);
+- ``org.pytest-rollback.config``: a hash of the image's id, the command, the
+  environment and the port: what must match for a container to be reused;
+- ``org.pytest-rollback.run``: the run that started it (``host/pid/ticks``; the
+  xdist controller under xdist), so that a later run can tell a dead run's;
+- ``org.pytest-rollback.reuse``: ``1`` when it is kept for the next run.
+
+Under pytest-xdist the workers share one container per server (each on its own
+database, database name or index prefix): the first worker that needs it starts
+it, the controller removes it after every worker. A run killed with SIGKILL
+leaves its containers; the next run that uses Docker (or ``--rollback-recover``,
+or ``--rollback-docker-prune``) removes the containers of runs that are gone.
+No reaper container (Ryuk) is needed: it is one more image a registry-less
+engine does not have.
+
+With reuse (``--rollback-docker-reuse``) a container is kept at the end, and the
+next run of the same project with the same configuration takes it again: it
+checks that it answers and that it is not in use by another run (a lock in the
+state directory), empties it, and announces ``reused <container> (started <when>)``.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
+import json
 import os
+import socket
+import sys
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from ..api import Service, StoreUnavailable
 from ..options import StoreSettings
+from .state import RunId, ensure_dir
+
+LABEL = "org.pytest-rollback"
+#: where the Docker how-to lives (named in the line of an image that cannot be had)
+HOW_TO = "the Docker how-to of pytest-rollback's docs (docker.md: build or load the image)"
+
+IMAGE_UNAVAILABLE = (
+    "image {image} is not on the Docker engine and could not be pulled ({why}); build or load it under that "
+    "name (see {how}), or pass --rollback-{store}-image"
+)
+START_FAILED = "pytest-rollback: {server}: container {name} ({image}) did not start: {why}"
+REMOVED_DEAD = "pytest-rollback: removed {count} container{s} left by {who}: {names}"
+
+
+class ImageUnavailable(StoreUnavailable):
+    """The engine answers but the image is neither on it nor obtainable: ``auto`` says so and falls back."""
 
 
 def engine_answers(timeout: float = 2.0) -> str | None:
@@ -28,184 +79,588 @@ def engine_answers(timeout: float = 2.0) -> str | None:
     return None
 
 
-IMAGE_UNAVAILABLE = (
-    "image {image} is not on the Docker engine and could not be pulled ({why}); build or load it under that "
-    "name, or pass --rollback-{store}-image"
-)
+@contextlib.contextmanager
+def _client(timeout: float = 60) -> Iterator[Any]:
+    import docker
+
+    client = docker.from_env(timeout=timeout)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def has_image(image: str) -> bool:
     """True when the engine has ``image`` already (no pull)."""
     import docker
 
-    client = docker.from_env(timeout=10)
-    try:
-        client.images.get(image)
-        return True
-    except docker.errors.ImageNotFound:
-        return False
-    finally:
-        client.close()
+    with _client(10) as client:
+        try:
+            client.images.get(image)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
 
 
-def ensure_image(image: str, store: str) -> None:
-    """Pull ``image`` if the engine does not have it; StoreUnavailable when that fails (no registry)."""
-    if has_image(image):
-        return
+def ensure_image(image: str, store: str, out: Any = None) -> str:
+    """The id of ``image``, pulled first if the engine lacks it (one updating progress line on ``out``).
+
+    :class:`ImageUnavailable` when it cannot be had (no registry, no such image).
+    """
     import docker
 
-    client = docker.from_env(timeout=300)
+    with _client(300) as client:
+        try:
+            return str(client.images.get(image).id)
+        except docker.errors.ImageNotFound:
+            pass
+        try:
+            _pull(client, image, out if out is not None else sys.__stderr__)
+            return str(client.images.get(image).id)
+        except docker.errors.DockerException as exc:
+            why = str(getattr(exc, "explanation", None) or exc).splitlines()[0][:200]
+            raise ImageUnavailable(IMAGE_UNAVAILABLE.format(image=image, why=why, store=store, how=HOW_TO)) from None
+
+
+def _pull(client: Any, image: str, out: Any) -> None:
+    """Pull ``image``, showing how far it got on one line that updates itself (at most 5 times a second)."""
+    import docker
+
+    repository, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "latest")
+    progress = PullProgress(image)
+    shown = 0.0
+    for event in client.api.pull(repository, tag=tag, stream=True, decode=True):
+        if "error" in event:
+            raise docker.errors.APIError(str(event["error"]))
+        progress.update(event)
+        if out is not None and time.monotonic() - shown > 0.2:
+            shown = time.monotonic()
+            with contextlib.suppress(Exception):
+                out.write("\r" + progress.line())
+                out.flush()
+    if out is not None and shown:
+        with contextlib.suppress(Exception):
+            out.write("\r" + progress.line() + "\n")
+            out.flush()
+
+
+class PullProgress:
+    """How far a pull got, from the engine's progress events: bytes done of bytes known, per layer."""
+
+    def __init__(self, image: str) -> None:
+        self.image = image
+        self.layers: dict[str, tuple[int, int]] = {}
+        self.done_layers: set[str] = set()
+
+    def update(self, event: dict[str, Any]) -> None:
+        layer = event.get("id")
+        detail = event.get("progressDetail") or {}
+        if not layer:
+            return
+        if detail.get("total"):
+            self.layers[layer] = (int(detail.get("current") or 0), int(detail["total"]))
+        if event.get("status") in ("Pull complete", "Already exists"):
+            self.done_layers.add(layer)
+            if layer in self.layers:
+                self.layers[layer] = (self.layers[layer][1], self.layers[layer][1])
+
+    def line(self) -> str:
+        done = sum(current for current, _ in self.layers.values())
+        total = sum(size for _, size in self.layers.values())
+        share = f" ({100 * done // total}%)" if total else ""
+        return (f"pytest-rollback: pulling {self.image}: {done / 1e6:.1f} of {total / 1e6:.1f} MB{share}, "
+                f"{len(self.done_layers)} layer(s) done")
+
+
+# -- who a container belongs to -------------------------------------------------------------------
+def project_of(settings: StoreSettings) -> str:
+    """A short hash of the project's root directory (the run's rootdir; the working directory without one)."""
+    root = getattr(settings.config, "rootpath", None) if settings.config is not None else None
+    return hashlib.sha256(str(root or os.getcwd()).encode()).hexdigest()[:12]
+
+
+def run_label(run: RunId) -> str:
+    return f"{run.host}/{run.pid}/{run.ticks if run.ticks is not None else ''}"
+
+
+def parse_run(label: str, started: float = 0.0) -> RunId | None:
+    host, _, rest = label.rpartition("/")
+    host, _, pid = host.rpartition("/")
     try:
-        client.images.pull(image)
-    except docker.errors.DockerException as exc:
-        why = str(getattr(exc, "explanation", None) or exc).splitlines()[0][:200]
-        raise StoreUnavailable(IMAGE_UNAVAILABLE.format(image=image, why=why, store=store)) from None
-    finally:
-        client.close()
+        return RunId(int(pid), host, started, int(rest) if rest else None)
+    except ValueError:
+        return None
 
 
-def _start(
-    settings: StoreSettings, inner_port: int, command: str | None, env: dict[str, str] | None = None, image: str = ""
-) -> tuple[Any, str, int]:
-    """Start ``image`` (default ``settings.image``) with ``command`` and ``env``; the container and its port."""
+def _run_of(settings: StoreSettings) -> RunId:
+    from .shared import run_of
+
+    return run_of(settings)
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerSpec:
+    """What one server's container runs, and how to tell it is ready and to empty it."""
+
+    #: the server's name: ``redis``, ``mongo``, ``elasticsearch``, or a declared server's
+    server: str
+    #: the store (its option names, its messages)
+    store: str
+    image: str
+    #: the port inside the container
+    port: int
+    command: tuple[str, ...] | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    #: ``ready(host, port, logs) -> version``: waits until the server answers (StoreUnavailable if it never does)
+    ready: Callable[[str, int, Callable[[], str]], str] = dataclasses.field(default=lambda h, p, logs: "?",
+                                                                           compare=False)
+    #: ``reset(host, port)``: empty a reused server (nothing of an earlier run may leak into this one)
+    reset: Callable[[str, int], None] = dataclasses.field(default=lambda h, p: None, compare=False)
+
+    def config_hash(self, image_id: str) -> str:
+        text = json.dumps([image_id, self.command, sorted(self.env), self.port, self.server])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class Started:
+    """A container running for this run: the service's address and what to do with it at the end."""
+
+    host: str
+    port: int
+    version: str
+    container: str
+    name: str
+    reused: str | None  # when it started, for a reused one
+    startup_ms: float
+    stop: Callable[[], None]
+
+
+_reaped: set[int] = set()
+
+
+def reap(client: Any = None, host: str | None = None) -> list[str]:
+    """Remove the containers of runs of this host that are gone (not those kept for reuse); one line per run."""
+    if client is None:
+        if engine_answers() is not None:
+            return []
+        with _client() as fresh:
+            return reap(fresh, host)
+    host = host or socket.gethostname()
+    runs: dict[str, tuple[RunId, list[str]]] = {}
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL}.run"}):
+        labels = container.labels or {}
+        if labels.get(f"{LABEL}.reuse") == "1" and container.status == "running":
+            continue  # kept for the next run: --rollback-docker-prune removes it
+        run = parse_run(labels.get(f"{LABEL}.run", ""), float(labels.get(f"{LABEL}.started") or 0))
+        if run is None or run.host != host or run.alive():
+            continue
+        with contextlib.suppress(Exception):
+            container.remove(force=True, v=True)
+            runs.setdefault(run_label(run), (run, []))[1].append(container.name)
+    lines = []
+    for run, names in runs.values():
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started)) if run.started else "?"
+        lines.append(REMOVED_DEAD.format(count=len(names), s="s" if len(names) != 1 else "",
+                                         who=f"an interrupted run (pid {run.pid}, started {when})",
+                                         names=", ".join(sorted(names))))
+    return lines
+
+
+def kept(client: Any = None) -> list[dict[str, str]]:
+    """The containers kept for reuse (of every project): name, server, status, started, image."""
+    if client is None:
+        with _client() as fresh:
+            return kept(fresh)
+    found = []
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL}.reuse=1"}):
+        labels = container.labels or {}
+        found.append({"id": container.id, "name": container.name, "server": labels.get(f"{LABEL}.server", "?"),
+                      "status": container.status, "started": _when(labels.get(f"{LABEL}.started")),
+                      "image": labels.get(f"{LABEL}.image", "?")})
+    return found
+
+
+def prune(client: Any = None) -> list[str]:
+    """Remove every container the plugin kept for reuse, and those of dead runs; one line each."""
     reason = engine_answers()
     if reason is not None:
-        raise StoreUnavailable(reason)
+        return [f"pytest-rollback: --rollback-docker-prune: {reason}"]
+    with _client() as client:
+        lines = reap(client)
+        for info in kept(client):
+            with contextlib.suppress(Exception):
+                client.containers.get(info["id"]).remove(force=True, v=True)
+                lines.append(f"pytest-rollback: removed {info['name']} ({info['server']}, {info['image']}, "
+                             f"started {info['started']})")
+    return lines or ["pytest-rollback: no container of pytest-rollback to remove"]
+
+
+def _when(started: str | None) -> str:
     try:
-        from testcontainers.core.config import testcontainers_config
-        from testcontainers.core.container import DockerContainer
-    except ImportError:
-        raise StoreUnavailable("testcontainers is not installed (pip install 'pytest-rollback[docker]')") from None
-    image = image or settings.image
-    ensure_image(image, settings.store)
-    if not testcontainers_config.ryuk_disabled and not has_image(testcontainers_config.ryuk_image):
-        # the reaper is one more image to pull: without it, the plugin stops its containers itself
-        testcontainers_config.ryuk_disabled = True
-    container = DockerContainer(image).with_exposed_ports(inner_port)
-    if command:
-        container.with_command(command)
-    for key, value in (env or {}).items():
-        container.with_env(key, value)
-    container.start()
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(started or "")))
+    except ValueError:
+        return "?"
+
+
+# -- starting (or reusing) a container ------------------------------------------------------------
+def _lock_path(settings: StoreSettings, container_id: str) -> Path:
+    return ensure_dir(Path(settings.state_dir) / "docker") / f"{container_id[:16]}.lock"
+
+
+_held: dict[str, Any] = {}
+
+
+def _take(settings: StoreSettings, container_id: str) -> bool:
+    """Lock a kept container for this process (False: another run uses it now)."""
+    import fcntl
+
+    fh = open(_lock_path(settings, container_id), "w")
     try:
-        return container, container.get_container_host_ip(), int(container.get_exposed_port(inner_port))
-    except BaseException:
-        container.stop()
-        raise
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return False
+    _held[container_id] = fh
+    return True
+
+
+def _release(container_id: str) -> None:
+    fh = _held.pop(container_id, None)
+    if fh is not None:
+        fh.close()
+
+
+def _published(container: Any, port: int, timeout: float = 10) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        container.reload()
+        bound = ((container.attrs.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{port}/tcp")
+        if bound:
+            return int(bound[0]["HostPort"])
+        if container.status == "exited" or time.monotonic() > deadline:
+            raise StoreUnavailable(f"the container's port {port} was not published")
+        time.sleep(0.05)
 
 
 def _logs(container: Any) -> Callable[[], str]:
     """A function that returns the container's output so far (for start-up errors)."""
 
     def logs() -> str:
-        out, err = container.get_logs()
-        return str((out + err).decode(errors="replace"))
+        with contextlib.suppress(Exception):
+            return str(container.logs(tail=20).decode(errors="replace"))
+        return ""
 
     return logs
 
 
+def _exited(container: Any) -> Callable[[], int | None]:
+    def exited() -> int | None:
+        with contextlib.suppress(Exception):
+            container.reload()
+            if container.status in ("exited", "dead"):
+                return int(container.attrs.get("State", {}).get("ExitCode", -1))
+        return None
+
+    return exited
+
+
+def _tail(logs: Callable[[], str], lines: int = 5) -> str:
+    tail = [line for line in logs().strip().splitlines() if line.strip()][-lines:]
+    return f"; last log lines: {' | '.join(tail)}" if tail else ""
+
+
+def start(settings: StoreSettings, spec: ContainerSpec) -> Started:
+    """Run ``spec`` (or, with reuse, take a kept container of the same configuration); StoreUnavailable if not."""
+    reason = engine_answers()
+    if reason is not None:
+        raise StoreUnavailable(reason)
+    try:
+        import docker  # noqa: F401
+    except ImportError:
+        raise StoreUnavailable("the docker package is not installed (pip install 'pytest-rollback[docker]')") from None
+    begin = time.perf_counter()
+    image_id = ensure_image(spec.image, spec.store)
+    with _client() as client:
+        if os.getpid() not in _reaped:
+            _reaped.add(os.getpid())
+            settings.extra.setdefault("notes", []).extend(reap(client))
+        config = spec.config_hash(image_id)
+        project = project_of(settings)
+        reuse = bool(settings.extra.get("reuse"))
+        if reuse:
+            found = _reusable(client, settings, spec, project, config, begin)
+            if found is not None:
+                return found
+        run = _run_of(settings)
+        labels = {
+            f"{LABEL}.project": project, f"{LABEL}.server": spec.server, f"{LABEL}.config": config,
+            f"{LABEL}.run": run_label(run), f"{LABEL}.reuse": "1" if reuse else "0",
+            f"{LABEL}.started": f"{time.time():.0f}", f"{LABEL}.image": spec.image,
+        }
+        name = f"pytest-rollback-{spec.server}-{project[:6]}-{uuid.uuid4().hex[:6]}"
+        container = client.containers.run(
+            spec.image, list(spec.command) if spec.command is not None else None, name=name, detach=True,
+            environment=dict(spec.env), labels=labels, ports={f"{spec.port}/tcp": ("127.0.0.1", None)},
+        )
+        logs = _logs(container)
+        try:
+            port = _published(container, spec.port)
+            version = spec.ready("127.0.0.1", port, _with_exit(logs, _exited(container)))
+        except BaseException as exc:
+            why = str(exc) if isinstance(exc, StoreUnavailable) else repr(exc)
+            tail = "" if "last log lines" in why else _tail(logs)
+            with contextlib.suppress(Exception):
+                container.remove(force=True, v=True)
+            if isinstance(exc, Exception):
+                raise StoreUnavailable(START_FAILED.format(server=spec.server, name=name, image=spec.image,
+                                                           why=why + tail)) from None
+            raise
+        if reuse:
+            _take(settings, container.id)
+        stop = _keep(container.id) if reuse else _remover(container.id)
+        return Started("127.0.0.1", port, version, container.id, name, None,
+                       (time.perf_counter() - begin) * 1000, stop)
+
+
+def _with_exit(logs: Callable[[], str], exited: Callable[[], int | None]) -> Callable[[], str]:
+    logs.exited = exited  # type: ignore[attr-defined]
+    return logs
+
+
+def _reusable(
+    client: Any, settings: StoreSettings, spec: ContainerSpec, project: str, config: str, begin: float
+) -> Started | None:
+    """A kept container of this project and configuration that answers and no other run uses, emptied."""
+    filters = {"label": [f"{LABEL}.project={project}", f"{LABEL}.server={spec.server}", f"{LABEL}.config={config}",
+                         f"{LABEL}.reuse=1"], "status": "running"}
+    for container in client.containers.list(filters=filters):
+        if not _take(settings, container.id):
+            continue  # another run has it
+        try:
+            port = _published(container, spec.port, timeout=1)
+            version = spec.ready("127.0.0.1", port, _logs(container))
+            spec.reset("127.0.0.1", port)
+        except Exception:  # it does not answer (or cannot be emptied): not reused, and not kept
+            _release(container.id)
+            with contextlib.suppress(Exception):
+                container.remove(force=True, v=True)
+            continue
+        when = _when((container.labels or {}).get(f"{LABEL}.started"))
+        return Started("127.0.0.1", port, version, container.id, container.name, when,
+                       (time.perf_counter() - begin) * 1000, _keep(container.id))
+    return None
+
+
+def _remover(container_id: str) -> Callable[[], None]:
+    def stop() -> None:
+        remove(container_id)
+
+    return stop
+
+
+def _keep(container_id: str) -> Callable[[], None]:
+    def stop() -> None:
+        _release(container_id)
+
+    return stop
+
+
+def remove(container_id: str) -> None:
+    """Remove a container (and its anonymous volumes); gone already is fine."""
+    import docker
+
+    with _client() as client:
+        try:
+            client.containers.get(container_id).remove(force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+
+
+def serve(
+    settings: StoreSettings, spec: ContainerSpec, url: Callable[[str, int], str], extra: dict[str, Any]
+) -> Service:
+    """Start (or reuse) ``spec``'s container, shared by every xdist worker of the run; its Service."""
+    from .shared import shared
+
+    def make() -> Service:
+        started = start(settings, spec)
+        detail = (f"reused {started.name} (started {started.reused})" if started.reused is not None
+                  else f"container {started.name}")
+        return Service(
+            name=spec.server, provider="docker", url=url(started.host, started.port), host=started.host,
+            port=started.port, version=started.version, startup_ms=started.startup_ms, owned=True,
+            extra={**extra, "image": spec.image, "container": started.container, "container_name": started.name,
+                   "detail": detail, "kept": started.reused is not None or bool(settings.extra.get("reuse")),
+                   "notes": settings.extra.pop("notes", [])},
+            stop=started.stop,
+        )
+
+    return shared(settings, f"{spec.server}-docker", make)
+
+
+# -- the three stores -----------------------------------------------------------------------------
+def _image(settings: StoreSettings) -> str:
+    return str(settings.extra.get("image") or settings.image)
+
+
+def _server(settings: StoreSettings) -> str:
+    return str(settings.extra.get("server") or settings.store)
+
+
+def _args(settings: StoreSettings) -> tuple[str, ...]:
+    return tuple(settings.extra.get("args") or ())
+
+
+def _env(settings: StoreSettings, base: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted({**base, **(settings.extra.get("env") or {})}.items()))
+
+
 def redis(settings: StoreSettings) -> Service:
-    """Start ``settings.image`` (default pinned in options) and wait for Redis to answer."""
+    """A Redis container (``settings.image``, pinned in options), shared by the xdist workers.
+
+    Each worker gets its own database number (its index), and rollback covers
+    only that database.
+    """
     import redis as redis_py
 
     from . import wait_until
 
-    start = time.perf_counter()
-    container, host, port = _start(settings, 6379, "redis-server --save '' --appendonly no")
-    try:
+    def ready(host: str, port: int, logs: Callable[[], str]) -> str:
         client = redis_py.Redis(host=host, port=port, socket_connect_timeout=1, socket_timeout=settings.timeout)
+        try:
+            wait_until(lambda: _alive(logs) and bool(client.ping()), 60, f"redis container {_image(settings)}", logs)
+            return str(client.info("server").get("redis_version", "?"))
+        finally:
+            client.close()
 
-        logs = _logs(container)
+    def reset(host: str, port: int) -> None:
+        client = redis_py.Redis(host=host, port=port, socket_timeout=settings.timeout)
+        try:
+            client.flushall()
+            client.script_flush()
+            client.config_set("notify-keyspace-events", "")
+        finally:
+            client.close()
 
-        wait_until(lambda: bool(client.ping()), 60, f"redis container {settings.image}", logs)
-        version = str(client.info("server").get("redis_version", "?"))
-        client.close()
-    except BaseException:
-        container.stop()
-        raise
-    return Service(
-        name="redis",
-        provider="docker",
-        url=f"redis://{host}:{port}/0",
-        host=host,
-        port=port,
-        version=version,
-        startup_ms=(time.perf_counter() - start) * 1000,
-        owned=True,
-        extra={"db": 0, "dbs": None, "image": settings.image},
-        stop=container.stop,
+    spec = ContainerSpec(
+        server=_server(settings), store="redis", image=_image(settings), port=6379,
+        command=("redis-server", "--save", "", "--appendonly", "no", *_args(settings)),
+        env=_env(settings, {}), ready=ready, reset=reset,
     )
+    service = serve(settings, spec, lambda host, port: f"redis://{host}:{port}/0", {})
+    db = settings.worker_index if settings.worker is not None else 0
+    service.url = f"redis://{service.host}:{service.port}/{db}"
+    service.extra.update(
+        db=db,
+        dbs=None if settings.worker is None else [db],
+        others=None if settings.worker is None else [i for i in range(settings.worker_count) if i != db],
+    )
+    return service
+
+
+def _alive(logs: Callable[[], str]) -> bool:
+    """Raise StoreUnavailable when the container of ``logs`` exited (waiting longer cannot help)."""
+    exited = getattr(logs, "exited", None)
+    code = exited() if exited is not None else None
+    if code is not None:
+        raise StoreUnavailable(f"the container exited with code {code}")
+    return True
 
 
 def mongo(settings: StoreSettings) -> Service:
-    """Start ``settings.image`` as a single-node replica set (change streams need one).
+    """A MongoDB container as a single-node replica set (change streams need one), shared by the xdist workers.
 
-    Ready means elected primary, not merely answering a ping. Under xdist each
-    worker starts its own container: testcontainers ties a container's life to
-    the process that started it, so it cannot be shared between workers.
+    Ready means elected primary, not merely answering a ping. Each worker gets
+    its own database (``test_gw0``, ...).
     """
     import pymongo
 
     from .local import initiate_replica_set
     from .shared import worker_database
 
-    start = time.perf_counter()
-    container, host, port = _start(settings, 27017, "--replSet rs0 --bind_ip_all --quiet --wiredTigerCacheSizeGB 0.25")
-    try:
-        url = f"mongodb://{host}:{port}/?directConnection=true"
-        client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
-            url, serverSelectionTimeoutMS=500, socketTimeoutMS=int(settings.timeout * 1000)
-        )
+    def client_of(host: str, port: int) -> pymongo.MongoClient[dict[str, Any]]:
+        return pymongo.MongoClient(f"mongodb://{host}:{port}/?directConnection=true", serverSelectionTimeoutMS=500,
+                                   socketTimeoutMS=int(settings.timeout * 1000))
 
-        logs = _logs(container)
-
+    def ready(host: str, port: int, logs: Callable[[], str]) -> str:
+        client = client_of(host, port)
         try:
             # the member's address as the container sees itself; clients use directConnection
-            version = initiate_replica_set(client, "127.0.0.1:27017", f"mongo container {settings.image}", logs)
+            return initiate_replica_set(client, "127.0.0.1:27017", f"mongo container {_image(settings)}", logs,
+                                        getattr(logs, "exited", lambda: None))
         finally:
             client.close()
-    except BaseException:
-        container.stop()
-        raise
-    return Service(
-        name="mongo",
-        provider="docker",
-        url=url,
-        host=host,
-        port=port,
-        version=version,
-        startup_ms=(time.perf_counter() - start) * 1000,
-        owned=True,
-        extra={"db": worker_database(settings), "dbs": None, "image": settings.image},
-        stop=container.stop,
+
+    def reset(host: str, port: int) -> None:
+        client = client_of(host, port)
+        try:
+            for name in client.list_database_names():
+                if name not in ("admin", "local", "config"):
+                    client.drop_database(name)
+        finally:
+            client.close()
+
+    spec = ContainerSpec(
+        server=_server(settings), store="mongo", image=_image(settings), port=27017,
+        command=("--replSet", "rs0", "--bind_ip_all", "--port", "27017", "--quiet", "--wiredTigerCacheSizeGB", "0.25",
+                 *_args(settings)),
+        env=_env(settings, {}), ready=ready, reset=reset,
     )
+    service = serve(settings, spec, lambda host, port: f"mongodb://{host}:{port}/?directConnection=true", {})
+    service.extra.setdefault("db", worker_database(settings))
+    return service
 
 
 def elasticsearch_image(settings: StoreSettings) -> str:
     """The configured image; when left at the default, one the installed client can talk to."""
     from ..options import DEFAULT_IMAGES, ELASTICSEARCH_9_IMAGE
 
-    if settings.image != DEFAULT_IMAGES["elasticsearch"]:
-        return settings.image
+    image = _image(settings)
+    if image != DEFAULT_IMAGES["elasticsearch"]:
+        return image
     try:
         from importlib.metadata import version
 
         major = int(version("elasticsearch").split(".")[0])
     except Exception:
-        return settings.image
-    return ELASTICSEARCH_9_IMAGE if major >= 9 else settings.image
+        return image
+    return ELASTICSEARCH_9_IMAGE if major >= 9 else image
 
 
 def elasticsearch(settings: StoreSettings) -> Service:
-    """Start a single Elasticsearch node: security off, a 512 MB heap, no built-in templates.
+    """A single Elasticsearch node (security off, a 512 MB heap), shared by the xdist workers.
 
-    Ready when the cluster's health is yellow or green. Each xdist worker starts
-    its own container.
+    Ready when the cluster's health is yellow or green. Each worker owns the
+    indices named with its prefix (``gw0-``, ...), as on a shared external server.
     """
+    from ..adapters._http import Http
     from .local import wait_for_elasticsearch
 
-    start = time.perf_counter()
     image = elasticsearch_image(settings)
+
+    def ready(host: str, port: int, logs: Callable[[], str]) -> str:
+        return wait_for_elasticsearch(f"http://{host}:{port}", f"elasticsearch container {image}", logs,
+                                      getattr(logs, "exited", lambda: None), timeout=180)
+
+    def reset(host: str, port: int) -> None:
+        http = Http(f"http://{host}:{port}", timeout=settings.timeout)
+        names = [name for name in http("GET", "/*", expand_wildcards="all") or {}
+                 if not name.startswith(".") or name.startswith(".pytest-rollback-")]
+        if names:
+            http("DELETE", "/" + ",".join(names), expand_wildcards="all", ok=(404,))
+        for kind, key in (("_index_template", "index_templates"), ("_component_template", "component_templates")):
+            found = http("GET", f"/{kind}", ok=(404,))
+            for item in found.get(key, []) if isinstance(found, dict) else []:
+                http("DELETE", f"/{kind}/{item['name']}", ok=(404,))
+        legacy = http("GET", "/_template", ok=(404,))
+        for name in legacy if isinstance(legacy, dict) else []:
+            http("DELETE", f"/_template/{name}", ok=(404,))
+        current = http("GET", "/_cluster/settings", flat_settings="true")
+        cleared = {kind: dict.fromkeys(current.get(kind) or {}) for kind in ("persistent", "transient")}
+        if any(cleared.values()):
+            http("PUT", "/_cluster/settings", cleared)
+
     env = {
         "discovery.type": "single-node",
         "xpack.security.enabled": "false",
@@ -214,25 +669,10 @@ def elasticsearch(settings: StoreSettings) -> Service:
         "ingest.geoip.downloader.enabled": "false",
         "cluster.routing.allocation.disk.threshold_enabled": "false",
     }
-    container, host, port = _start(settings, 9200, None, env, image)
-    try:
-
-        logs = _logs(container)
-
-        url = f"http://{host}:{port}"
-        version = wait_for_elasticsearch(url, f"elasticsearch container {image}", logs, timeout=180)
-    except BaseException:
-        container.stop()
-        raise
-    return Service(
-        name="elasticsearch",
-        provider="docker",
-        url=url,
-        host=host,
-        port=port,
-        version=version,
-        startup_ms=(time.perf_counter() - start) * 1000,
-        owned=True,
-        extra={"prefix": "", "image": image},
-        stop=container.stop,
+    spec = ContainerSpec(
+        server=_server(settings), store="elasticsearch", image=image, port=9200,
+        command=_args(settings) or None, env=_env(settings, env), ready=ready, reset=reset,
     )
+    service = serve(settings, spec, lambda host, port: f"http://{host}:{port}", {})
+    service.extra["prefix"] = f"{settings.worker}-" if settings.worker is not None else ""
+    return service

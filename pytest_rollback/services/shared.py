@@ -19,7 +19,7 @@ from pathlib import Path
 from ..api import Service
 from ..options import StoreSettings
 from . import orphans
-from .state import RunId
+from .state import RunId, read_json
 
 #: the key in ``workerinput`` under which the controller passes the directory
 WORKER_INPUT_KEY = "rollback_shared_dir"
@@ -64,7 +64,7 @@ def shared(settings: StoreSettings, key: str, start: Callable[[], Service]) -> S
                 version=data["version"],
                 startup_ms=0.0,
                 owned=False,
-                extra={"pid": data["pid"], "started_by": data["started_by"]},
+                extra={"pid": data["pid"], "started_by": data["started_by"], "container": data.get("container")},
             )
         else:
             service = start()
@@ -79,6 +79,9 @@ def shared(settings: StoreSettings, key: str, start: Callable[[], Service]) -> S
                         "version": service.version,
                         "pid": service.extra.get("pid"),
                         "started_by": settings.worker,
+                        # a container: the controller removes it after every worker (unless it is kept)
+                        "container": service.extra.get("container"),
+                        "kept": bool(service.extra.get("kept")),
                     }
                 )
             )
@@ -101,5 +104,15 @@ def stop_all(where: str, state_dir: str) -> list[str]:
     """After every worker: end the servers of this run still recorded (the shared ones, and those of a worker
     that crashed), and remove the shared directory; return problems."""
     orphans.end_run(state_dir, orphans.this_process())
+    problems = []
+    for info in sorted(Path(where).glob("*.json")):
+        data = read_json(info)
+        if isinstance(data, dict) and data.get("container") and not data.get("kept"):
+            try:
+                from . import docker
+
+                docker.remove(str(data["container"]))
+            except Exception as exc:
+                problems.append(f"pytest-rollback: {data.get('name')}: removing its container failed: {exc!r}")
     shutil.rmtree(where, ignore_errors=True)
-    return []
+    return problems
