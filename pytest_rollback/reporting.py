@@ -225,9 +225,13 @@ class Reporter:
                 if verbose:
                     lines.append(f"{line} ({worker})")
                     continue
-                address = line.split(", version ")[0]
+                # one server whatever database a worker has on it (redis://host:port/1 is host:port's)
+                address = re.sub(r"/\d+$", "", line.split(", version ")[0])
                 store = address.split(" via ")[0]
-                servers.setdefault(store, {}).setdefault(address, (line, []))[1].append(worker)
+                first, workers = servers.setdefault(store, {}).setdefault(address, (line, []))
+                workers.append(worker)
+                if _ready_ms(line) > _ready_ms(first):  # the line of the worker that started it, not a joiner's
+                    servers[store][address] = (line, workers)
         for by_address in servers.values():
             (line, workers), *others = by_address.values()
             if others:
@@ -447,3 +451,9 @@ def _duration(seconds: float) -> str:
     if ms < 1000:
         return f"{ms:.1f} ms"
     return f"{seconds:.2f} s"
+
+
+def _ready_ms(line: str) -> float:
+    """The start-up time a service line gives (0 when none)."""
+    found = re.search(r", ready in (\d+) ms", line)
+    return float(found.group(1)) if found else 0.0

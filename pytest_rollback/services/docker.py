@@ -48,11 +48,11 @@ from .state import RunId, ensure_dir
 
 LABEL = "org.pytest-rollback"
 #: where the Docker how-to lives (named in the line of an image that cannot be had)
-HOW_TO = "the Docker how-to of pytest-rollback's docs (docker.md: build or load the image)"
+HOW_TO = "the Docker how-to, docker.md in the docs, shows how"
 
 IMAGE_UNAVAILABLE = (
     "image {image} is not on the Docker engine and could not be pulled ({why}); build or load it under that "
-    "name (see {how}), or pass --rollback-{store}-image"
+    "name ({how}), or pass --rollback-{store}-image"
 )
 START_FAILED = "pytest-rollback: {server}: container {name} ({image}) did not start: {why}"
 REMOVED_DEAD = "pytest-rollback: removed {count} container{s} left by {who}: {names}"
@@ -539,13 +539,16 @@ def redis(settings: StoreSettings) -> Service:
         try:
             client.flushall()
             client.script_flush()
-            client.config_set("notify-keyspace-events", "")
+            client.config_set("notify-keyspace-events", "KA")  # as started
         finally:
             client.close()
 
     spec = ContainerSpec(
         server=_server(settings), store="redis", image=_image(settings), port=6379,
-        command=("redis-server", "--save", "", "--appendonly", "no", *_args(settings)),
+        # keyspace events on from the start: no worker sharing it has to switch them on (a CONFIG SET the
+        # others would have to restore fully after)
+        command=("redis-server", "--save", "", "--appendonly", "no", "--notify-keyspace-events", "KA",
+                 *_args(settings)),
         env=_env(settings, {}), ready=ready, reset=reset,
     )
     service = serve(settings, spec, lambda host, port: f"redis://{host}:{port}/0", {})
