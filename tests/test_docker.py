@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import INNER, docker_unavailable
+
 from pytest_rollback.api import StoreUnavailable
 from pytest_rollback.options import DEFAULT_IMAGES, ELASTICSEARCH_9_IMAGE, StoreSettings
 from pytest_rollback.services import docker
