@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -109,18 +110,26 @@ def _embedded(store: str, start: Callable[[StoreSettings], Service], what: str) 
     service.stop()
 
 
+#: set (CI does): a Docker engine with the stand-in images (.ci/images) is required, and its absence fails
+NEED_DOCKER = "ROLLBACK_TESTS_NEED_DOCKER"
+
+
 def docker_unavailable(image: str) -> str | None:
-    """None when a Docker engine answers and has ``image`` (or can pull it), else why not."""
+    """None when a Docker engine answers and has ``image`` (or can pull it), else why not.
+
+    With ``$ROLLBACK_TESTS_NEED_DOCKER`` set, a missing engine or image fails the test instead.
+    """
     from pytest_rollback.services import docker
 
     reason = docker.engine_answers()
-    if reason is not None:
-        return reason
-    try:
-        docker.ensure_image(image, "test")
-    except StoreUnavailable as exc:
-        return str(exc)
-    return None
+    if reason is None:
+        try:
+            docker.ensure_image(image, "test")
+        except StoreUnavailable as exc:
+            reason = str(exc)
+    if reason is not None and os.environ.get(NEED_DOCKER):
+        pytest.fail(f"${NEED_DOCKER} is set, and Docker cannot run {image}: {reason} (run .ci/images)", pytrace=False)
+    return reason
 
 
 def real_server(store: str, image: str, starts: tuple[Callable[[StoreSettings], Service], ...]) -> Iterator[Service]:

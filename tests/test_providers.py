@@ -186,9 +186,9 @@ def test_external_server_keeps_its_preexisting_data(pytester: pytest.Pytester, r
 def test_auto_falls_back_from_docker_to_local_to_embedded(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if docker_unavailable(DEFAULT_IMAGES["redis"]) is None:
-        pytest.skip("a Docker engine here has the Redis image, so auto would use it")
     from pytest_rollback.services import local
+
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # an engine with the image would win
 
     pytester.makepyfile(SERVICE_TEST)
     result = pytester.runpytest(*INNER)
