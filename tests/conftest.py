@@ -30,6 +30,14 @@ def _inner_runs_print_the_same_everywhere(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 @pytest.fixture(autouse=True)
+def _no_docker_unless_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inner runs see no Docker engine (auto picks the same servers on every machine), except in tests marked
+    ``docker``, which are about it."""
+    if request.node.get_closest_marker("docker") is None:
+        monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+
+
+@pytest.fixture(autouse=True)
 def state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Each test's inner runs keep their leases, journals and server records in a directory of its own."""
     path = tmp_path_factory.mktemp("state")

@@ -26,6 +26,8 @@ from pytest_rollback.api import StoreUnavailable
 from pytest_rollback.options import DEFAULT_IMAGES, ELASTICSEARCH_9_IMAGE, StoreSettings
 from pytest_rollback.services import docker
 
+pytestmark = pytest.mark.docker
+
 LABEL = docker.LABEL
 INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
 

@@ -314,6 +314,7 @@ def test_xdist_workers_get_a_prefix_each_on_a_configured_server(pytester: pytest
     client.close()
 
 
+@pytest.mark.docker
 def test_docker_provider_starts_a_single_node(pytester: pytest.Pytester) -> None:
     from pytest_rollback.options import DEFAULT_IMAGES, StoreSettings
     from pytest_rollback.services import docker

@@ -364,6 +364,7 @@ def test_xdist_workers_get_a_database_each_on_a_configured_server(pytester: pyte
     client.close()
 
 
+@pytest.mark.docker
 def test_docker_provider_starts_a_replica_set(pytester: pytest.Pytester) -> None:
     from pytest_rollback.options import DEFAULT_IMAGES
 

@@ -255,6 +255,7 @@ def test_external_provider_without_url_says_so(pytester: pytest.Pytester) -> Non
     result.stdout.fnmatch_lines(["pytest-rollback: redis: provider 'external' needs a URL; pass --rollback-redis-url"])
 
 
+@pytest.mark.docker
 def test_docker_provider(pytester: pytest.Pytester) -> None:
     reason = docker_unavailable(DEFAULT_IMAGES["redis"])
     if reason is not None:
