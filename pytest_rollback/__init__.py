@@ -17,6 +17,7 @@ from .api import (
 from .engine import Checkpoint
 from .fixtures import RollbackHandle
 from .registry import Registry, Store
+from .servers import Server, server
 
 __version__ = "0.1.0"
 
@@ -30,10 +31,12 @@ __all__ = [
     "RollbackHandle",
     "RollbackWarning",
     "Rollbackable",
+    "Server",
     "Service",
     "Store",
     "StoreBroken",
     "StoreFault",
     "StoreUnavailable",
     "__version__",
+    "server",
 ]

@@ -23,6 +23,7 @@ from .masking import mask
 from .options import Options, StoreSettings, addoption
 from .registry import RegistrationError, Registry
 from .reporting import Reporter
+from .servers import Server
 from .services import orphans, shared
 from .services.docker import ImageUnavailable
 from .services.recovery import Holds, recover_all
@@ -154,6 +155,8 @@ class RollbackSession:
         self.branches = Branches(config, self.engine)
         self.registry = Registry()
         self.services: dict[str, Service] = {}
+        #: servers declared with pytest_rollback.server(), by name, once one of their fixtures is used
+        self.declared: dict[str, Server] = {}
         self.failures: dict[str, str] = {}
         #: the stores whose fault (a server gone, frozen, refusing us) was already reported
         self.shown = Shown()
@@ -197,20 +200,35 @@ class RollbackSession:
         except RegistrationError as exc:  # a user's mistake: one line, not an INTERNALERROR wall
             raise pytest.UsageError(str(exc)) from None
 
+    def declare(self, server: Server) -> None:
+        """Add a server declared with :func:`pytest_rollback.server` as a store of its own (once)."""
+        self.register()
+        if server.name in self.declared:
+            return
+        base = self.registry.stores.get(server.store)
+        if base is None:
+            raise StoreUnavailable(f"pytest-rollback: {server.name}: no store named {server.store!r} is registered")
+        self.registry.add_store(server.store_spec(base))
+        self.declared[server.name] = server
+
     def settings(self, store: str) -> StoreSettings:
         spec = self.registry.stores.get(store)
+        declared = self.declared.get(store)
+        base = declared.store if declared is not None else store
         return StoreSettings(
-            store=store,
+            store=base,
             provider=self.options.provider,
-            url=self.options.urls.get(store),
-            image=self.options.images.get(store) or (spec.default_image if spec else ""),
+            url=declared.url if declared is not None else self.options.urls.get(store),
+            image=(declared.image if declared is not None else None) or self.options.images.get(base)
+            or (spec.default_image if spec else ""),
             allow_remote=self.options.allow_remote,
             worker=self.worker,
             config=self.config,
             extra={
-                **({"embedded": self.options.mongo_embedded} if store == "mongo" else {}),
+                **({"embedded": self.options.mongo_embedded} if base == "mongo" else {}),
                 **({"controller": True} if self._is_xdist_controller() else {}),
                 "reuse": self.options.docker_reuse,
+                **(declared.settings_extra() if declared is not None else {}),
             },
             state_dir=self.options.state_dir,
             timeout=self.options.timeout,

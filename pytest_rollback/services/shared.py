@@ -44,6 +44,8 @@ def shared(settings: StoreSettings, key: str, start: Callable[[], Service]) -> S
     """
     where = _shared_dir(settings)
     db = worker_database(settings)
+    if settings.extra.get("server") and settings.extra["server"] != settings.store:  # a declared server's own
+        key = f"{settings.extra['server']}-{key}"
     if settings.worker is None or where is None:
         service = start()
         service.extra.update(db=db, dbs=None if settings.worker is None else [db])
