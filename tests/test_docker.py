@@ -202,6 +202,14 @@ def test_reuse_across_runs_starts_clean(pytester: pytest.Pytester, project: str)
     assert all(ms <= 1000 for ms in ready_ms(second).values()), ready_ms(second)
     assert sorted(c.id for c in containers(project)) == sorted(c.id for c in kept)  # the same, still kept
 
+    # another configuration (another image): the kept container cannot serve it; it is replaced, not left behind
+    other = docker.ensure_image(DEFAULT_IMAGES["elasticsearch"], "elasticsearch")  # by id: not mapped to 9.0.0
+    old_image = containers(project, server="elasticsearch")[0].labels[f"{LABEL}.image"]
+    assert old_image != other
+    run(pytester, "--rollback-docker-reuse", f"--rollback-elasticsearch-image={other}").assert_outcomes(passed=1)
+    now = containers(project, server="elasticsearch")
+    assert [c.labels[f"{LABEL}.image"] for c in now] == [other]
+
     pruned = pytester.runpytest_subprocess(*INNER, "--rollback-docker-prune")
     assert pruned.ret == 0
     pruned.stdout.fnmatch_lines(["pytest-rollback: removed pytest-rollback-redis-* (redis, redis:7.4.1-alpine, *"])

@@ -431,7 +431,17 @@ def _with_exit(logs: Callable[[], str], exited: Callable[[], int | None]) -> Cal
 def _reusable(
     client: Any, settings: StoreSettings, spec: ContainerSpec, project: str, config: str, begin: float
 ) -> Started | None:
-    """A kept container of this project and configuration that answers and no other run uses, emptied."""
+    """A kept container of this project and configuration that answers and no other run uses, emptied.
+
+    Kept containers of this project and server with another configuration (an image rebuilt or re-tagged,
+    other arguments) can never be reused: those no run uses are removed.
+    """
+    stale = {"label": [f"{LABEL}.project={project}", f"{LABEL}.server={spec.server}", f"{LABEL}.reuse=1"]}
+    for container in client.containers.list(all=True, filters=stale):
+        if (container.labels or {}).get(f"{LABEL}.config") != config and _take(settings, container.id):
+            with contextlib.suppress(Exception):
+                container.remove(force=True, v=True)
+            _release(container.id)
     filters = {"label": [f"{LABEL}.project={project}", f"{LABEL}.server={spec.server}", f"{LABEL}.config={config}",
                          f"{LABEL}.reuse=1"], "status": "running"}
     for container in client.containers.list(filters=filters):
