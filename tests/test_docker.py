@@ -247,11 +247,17 @@ def test_containers_of_a_killed_run_are_removed_by_the_next(pytester: pytest.Pyt
         while not (pytester.path / "started").exists():
             assert proc.poll() is None and time.monotonic() < deadline, "the inner run did not start its servers"
             time.sleep(0.2)
+        left = containers(project)
+        assert len(left) == 3
+        watchdogs = _watchdogs_of([c.id for c in left])
+        assert len(watchdogs) == 3
+        for pid in watchdogs:  # they would remove the containers: this is the case where they died too
+            os.kill(pid, signal.SIGKILL)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    left = containers(project)
-    assert len(left) == 3  # SIGKILL: nothing could remove them
+    time.sleep(1)
+    assert len(containers(project)) == 3  # SIGKILL, watchdogs too: nothing could remove them
 
     pytester.makepyfile(test_hang="def test_redis(redis_service): pass")
     result = run(pytester)
@@ -259,6 +265,50 @@ def test_containers_of_a_killed_run_are_removed_by_the_next(pytester: pytest.Pyt
     result.stdout.fnmatch_lines([f"pytest-rollback: removed 3 containers left by an interrupted run (pid {proc.pid}, "
                                  "started *): pytest-rollback-elasticsearch-*, pytest-rollback-mongo-*, "
                                  "pytest-rollback-redis-*"])
+    assert containers(project) == []
+
+
+def _watchdogs_of(ids: list[str]) -> list[int]:
+    """The pids of the container watchdogs (descendants of this test's inner run) guarding ``ids``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if "container_watchdog.py" in cmdline and any(i in cmdline for i in ids):
+                found.append(int(entry.name))
+    return found
+
+
+def test_containers_of_a_killed_run_go_with_it(pytester: pytest.Pytester, project: str) -> None:
+    """SIGKILL of the run: its watchdogs remove its containers at once, no later run needed."""
+    pytester.makepyfile(
+        test_hang="""
+        import time
+
+        def test_hang(redis_service, mongo_service):
+            open("started", "w").close()
+            time.sleep(600)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *INNER, "--rollback-provider=docker", "-p",
+                             "no:randomly"], cwd=pytester.path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not (pytester.path / "started").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the inner run did not start its servers"
+            time.sleep(0.2)
+        assert len(containers(project)) == 2
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while containers(project) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert containers(project) == []
 
 

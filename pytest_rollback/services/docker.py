@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -403,6 +404,11 @@ def start(settings: StoreSettings, spec: ContainerSpec) -> Started:
             spec.image, list(spec.command) if spec.command is not None else None, name=name, detach=True,
             environment=dict(spec.env), labels=labels, ports={f"{spec.port}/tcp": ("127.0.0.1", None)},
         )
+        if reuse:
+            _take(settings, container.id)
+            stop = _keep(container.id)
+        else:  # removed at the end; or by its watchdog, once the run has ended without removing it
+            stop = _remover(container.id, _watch(container.id, run))
         logs = _logs(container)
         try:
             port = _published(container, spec.port)
@@ -411,14 +417,12 @@ def start(settings: StoreSettings, spec: ContainerSpec) -> Started:
             why = str(exc) if isinstance(exc, StoreUnavailable) else repr(exc)
             tail = "" if "last log lines" in why else _tail(logs)
             with contextlib.suppress(Exception):
-                container.remove(force=True, v=True)
+                _remover(container.id)() if reuse else stop()
+                _release(container.id)
             if isinstance(exc, Exception):
                 raise StoreUnavailable(START_FAILED.format(server=spec.server, name=name, image=spec.image,
                                                            why=why + tail)) from None
             raise
-        if reuse:
-            _take(settings, container.id)
-        stop = _keep(container.id) if reuse else _remover(container.id)
         return Started("127.0.0.1", port, version, container.id, name, None,
                        (time.perf_counter() - begin) * 1000, stop)
 
@@ -462,9 +466,37 @@ def _reusable(
     return None
 
 
-def _remover(container_id: str) -> Callable[[], None]:
+def _watch(container_id: str, run: RunId) -> subprocess.Popen[bytes] | None:
+    """Start the watchdog that removes the container once the run ends (see :mod:`.container_watchdog`)."""
+    from . import container_watchdog
+
+    spec = {"container": container_id, "owners": [[run.pid, run.ticks]],
+            "docker_host": os.environ.get("DOCKER_HOST", "")}
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", container_watchdog.__file__, json.dumps(spec)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
+            start_new_session=True,  # a terminal's Ctrl-C to pytest does not reach it
+        )
+    except OSError:  # the next run removes the container if this one is killed
+        return None
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, proc.pid, 19)
+    _watchdogs.append(proc)
+    return proc
+
+
+#: the watchdogs this process started (kept referenced: a worker's outlive their Popen's use)
+_watchdogs: list[subprocess.Popen[bytes]] = []
+
+
+def _remover(container_id: str, watchdog: subprocess.Popen[bytes] | None = None) -> Callable[[], None]:
     def stop() -> None:
         remove(container_id)
+        if watchdog is not None and watchdog.poll() is None:
+            watchdog.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                watchdog.wait(5)
 
     return stop
 
