@@ -110,8 +110,8 @@ def _specs() -> list[_Spec]:
         ),
         _Spec(
             "rollback_docker_prune", "--rollback-docker-prune", "rollback_docker_prune", "PYTEST_ROLLBACK_DOCKER_PRUNE",
-            "remove the Docker containers kept for reuse (and those of interrupted runs), list them, and exit "
-            "without running tests",
+            "remove this project's Docker containers kept for reuse (and those of interrupted runs), list them, "
+            "and exit without running tests",
             kind="bool", default=False,
         ),
         _Spec(

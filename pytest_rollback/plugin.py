@@ -74,7 +74,7 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if options.docker_prune:
         from .services import docker
 
-        for line in docker.prune():
+        for line in docker.prune(docker.project_hash(config.rootpath)):
             print(line)
         return 0
     if not options.recover:

@@ -177,7 +177,11 @@ class PullProgress:
 def project_of(settings: StoreSettings) -> str:
     """A short hash of the project's root directory (the run's rootdir; the working directory without one)."""
     root = getattr(settings.config, "rootpath", None) if settings.config is not None else None
-    return hashlib.sha256(str(root or os.getcwd()).encode()).hexdigest()[:12]
+    return project_hash(root or os.getcwd())
+
+
+def project_hash(root: str | os.PathLike[str]) -> str:
+    return hashlib.sha256(str(root).encode()).hexdigest()[:12]
 
 
 def run_label(run: RunId) -> str:
@@ -268,13 +272,15 @@ def reap(client: Any = None, host: str | None = None) -> list[str]:
     return lines
 
 
-def kept(client: Any = None) -> list[dict[str, str]]:
-    """The containers kept for reuse (of every project): name, server, status, started, image."""
+def kept(client: Any = None, project: str | None = None) -> list[dict[str, str]]:
+    """The containers kept for reuse (of ``project``, else of every project): id, name, server, status, started,
+    image."""
     if client is None:
         with _client() as fresh:
-            return kept(fresh)
+            return kept(fresh, project)
+    wanted = [f"{LABEL}.reuse=1", *([f"{LABEL}.project={project}"] if project else [])]
     found = []
-    for container in client.containers.list(all=True, filters={"label": f"{LABEL}.reuse=1"}):
+    for container in client.containers.list(all=True, filters={"label": wanted}):
         labels = container.labels or {}
         found.append({"id": container.id, "name": container.name, "server": labels.get(f"{LABEL}.server", "?"),
                       "status": container.status, "started": _when(labels.get(f"{LABEL}.started")),
@@ -282,19 +288,26 @@ def kept(client: Any = None) -> list[dict[str, str]]:
     return found
 
 
-def prune(client: Any = None) -> list[str]:
-    """Remove every container the plugin kept for reuse, and those of dead runs; one line each."""
+def prune(project: str) -> list[str]:
+    """Remove the containers kept for reuse of ``project`` and those of dead runs; one line each, and one
+    naming how many other projects' kept containers are left."""
     reason = engine_answers()
     if reason is not None:
         return [f"pytest-rollback: --rollback-docker-prune: {reason}"]
     with _client() as client:
         lines = reap(client)
-        for info in kept(client):
+        for info in kept(client, project):
             with contextlib.suppress(Exception):
                 client.containers.get(info["id"]).remove(force=True, v=True)
                 lines.append(f"pytest-rollback: removed {info['name']} ({info['server']}, {info['image']}, "
                              f"started {info['started']})")
-    return lines or ["pytest-rollback: no container of pytest-rollback to remove"]
+        if not lines:
+            lines.append("pytest-rollback: this project has no container kept for reuse")
+        others = len(kept(client))
+        if others:
+            lines.append(f"pytest-rollback: {others} container(s) of other projects are kept for reuse (docker ps "
+                         f"--filter label={LABEL}.reuse=1; run --rollback-docker-prune in their directories)")
+    return lines
 
 
 def _when(started: str | None) -> str:
