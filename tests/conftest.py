@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,9 @@ from pytest_rollback.options import StoreSettings
 from pytest_rollback.services import local
 
 pytest_plugins = ["pytester"]
+
+#: DOCKER_HOST as this run found it (tests that are not about Docker hide the engine from their inner runs)
+_REAL_DOCKER_HOST = os.environ.get("DOCKER_HOST")
 
 #: Options of every inner pytest run: no cache files, no hypothesis import per run.
 INNER = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
@@ -129,30 +133,54 @@ def docker_unavailable(image: str) -> str | None:
     """
     from pytest_rollback.services import docker
 
-    reason = docker.engine_answers()
-    if reason is None:
-        try:
-            docker.ensure_image(image, "test")
-        except StoreUnavailable as exc:
-            reason = str(exc)
+    with real_engine():
+        reason = docker.engine_answers()
+        if reason is None:
+            try:
+                docker.ensure_image(image, "test")
+            except StoreUnavailable as exc:
+                reason = str(exc)
     if reason is not None and os.environ.get(NEED_DOCKER):
         pytest.fail(f"${NEED_DOCKER} is set, and Docker cannot run {image}: {reason} (run .ci/images)", pytrace=False)
     return reason
 
 
+@contextlib.contextmanager
+def real_engine() -> Iterator[None]:
+    """The machine's own Docker engine, whatever an autouse fixture hid (for servers tests start themselves)."""
+    hidden = os.environ.get("DOCKER_HOST")
+    if _REAL_DOCKER_HOST is None:
+        os.environ.pop("DOCKER_HOST", None)
+    else:
+        os.environ["DOCKER_HOST"] = _REAL_DOCKER_HOST
+    try:
+        yield
+    finally:
+        if hidden is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = hidden
+
+
 def real_server(store: str, image: str, starts: tuple[Callable[[StoreSettings], Service], ...]) -> Iterator[Service]:
-    """The first of ``starts`` (Docker, PATH...) that can run here; skipped with every reason when none can."""
+    """The first of ``starts`` (Docker, PATH...) that can run here; skipped with every reason when none can
+    (failed instead when ``$ROLLBACK_TESTS_NEED_DOCKER`` is set and Docker could not start it)."""
     settings = StoreSettings(store, "auto", None, image, False, None, None)  # type: ignore[arg-type]
     reasons = []
     for start in starts:
         try:
-            service = start(settings)
+            with real_engine():
+                service = start(settings)
         except StoreUnavailable as exc:
             reasons.append(str(exc))
             continue
         yield service
-        service.stop()
+        with real_engine():
+            service.stop()
         return
+    if os.environ.get(NEED_DOCKER):
+        pytest.fail(f"${NEED_DOCKER} is set, and no real {store} server could start: {'; '.join(reasons)}",
+                    pytrace=False)
     pytest.skip(f"no real {store} server can run on this machine: {'; '.join(reasons)}")
 
 
