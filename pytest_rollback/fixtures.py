@@ -161,8 +161,8 @@ def elasticsearch_service(request: pytest.FixtureRequest) -> Service:
     Started on first use (Docker, else a local ``elasticsearch``, else noida-db,
     an Elasticsearch-compatible server from a pip package) or taken from
     ``--rollback-elasticsearch-url``. ``.extra["prefix"]`` is the index-name
-    prefix this worker owns on a shared external server under xdist (``""``
-    otherwise). Every test that runs after it started is rolled back.
+    prefix this worker owns on a server the xdist workers share (an external
+    one, or the run's container), ``""`` otherwise. Every test that runs after it started is rolled back.
     """
     return _service(request, "elasticsearch")
 
