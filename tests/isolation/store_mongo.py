@@ -184,19 +184,21 @@ def _drop_index(rng: random.Random, db: Any) -> None:
 
 def _create(rng: random.Random, db: Any) -> None:
     kind = rng.randrange(5)
+    name = [_name(rng, PLAIN), _name(rng, CAPPED), "val0", _name(rng, ["v0", "v1"]), "ts0"][kind]
+    if rng.random() < 0.5:
+        db.drop_collection(name)  # else it may exist already (and the create is refused)
     if kind == 0:
-        db.create_collection(_name(rng, PLAIN))
+        db.create_collection(name)
     elif kind == 1:
         size = rng.choice([4096, 100_000])
         extra = {"max": rng.randint(3, 8)} if size > 4096 else {}
-        db.create_collection(_name(rng, CAPPED), capped=True, size=size, **extra)
+        db.create_collection(name, capped=True, size=size, **extra)
     elif kind == 2:
-        db.create_collection("val0", validator={"$jsonSchema": {"required": ["a"]}}, validationAction="error")
+        db.create_collection(name, validator={"$jsonSchema": {"required": ["a"]}}, validationAction="error")
     elif kind == 3:
-        db.create_collection(_name(rng, ["v0", "v1"]), viewOn=_name(rng, PLAIN),
-                             pipeline=[{"$match": {"a": {"$gt": rng.randrange(50)}}}])
+        db.create_collection(name, viewOn=_name(rng, PLAIN), pipeline=[{"$match": {"a": {"$gt": rng.randrange(50)}}}])
     else:
-        db.create_collection("ts0", timeseries={"timeField": "at", "metaField": "m", "granularity": "hours"})
+        db.create_collection(name, timeseries={"timeField": "at", "metaField": "m", "granularity": "hours"})
 
 
 def _time_series(rng: random.Random, db: Any) -> None:
