@@ -308,3 +308,27 @@ def test_observe_sees_what_makes_a_collection_exist_and_a_capped_collection_s_or
         assert adapter.observe().state != first
     finally:
         adapter.close()
+
+
+def test_the_crash_journal_puts_back_capped_order_views_and_silent_collections(
+    secantus: Service, client: Any, tmp_path: Any
+) -> None:
+    from pytest_rollback.adapters import mongo_journal
+
+    db = client.shop
+    db.create_collection("last3", capped=True, size=100_000, max=3)
+    db.last3.insert_many([{"_id": i} for i in range(3)])
+    db.orders.insert_many([{"_id": i, "total": i} for i in range(5)])
+    db.create_collection("big", viewOn="orders", pipeline=[{"$match": {"total": {"$gt": 2}}}])
+    db.empty.update_one({"x": 1}, {"$set": {"y": 1}})  # made without an event, before the run
+    before = _state(client, "shop")
+    adapter = MongoAdapter(secantus.url, dbs=["shop"])
+    adapter.checkpoint("pytest-rollback start")
+    adapter.save_journal(tmp_path)
+    db.last3.insert_many([{"_id": i} for i in range(3, 5)])
+    db.command("collMod", "big", viewOn="orders", pipeline=[])
+    db.empty.drop()
+    db.other.update_many({"x": 1}, {"$set": {"y": 1}})
+    adapter.close()  # the run is killed: no rollback
+    mongo_journal.recover(tmp_path, secantus.url)
+    assert _state(client, "shop") == before
