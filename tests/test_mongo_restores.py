@@ -243,6 +243,28 @@ def test_views_and_time_series_collections_are_restored_exactly(
         adapter.close()
 
 
+@pytest.mark.parametrize("strategy", ["tracking", "counters"])
+def test_documents_sharing_an_id_in_a_time_series_collection_are_all_rolled_back(
+    secantus: Service, client: Any, strategy: str
+) -> None:
+    """``_id`` is not unique in a time-series collection: a test that inserts a second document with an
+    ``_id`` that is there already must not have it outlive the rollback (found by the isolation suite)."""
+    db = client.shop
+    db.create_collection("ticks", timeseries={"timeField": "at"})
+    db.ticks.insert_many([{"_id": 1, "px": 1}, {"_id": 1, "px": 2}, {"_id": 2, "px": 3}])
+    before = _state(client, "shop")
+    adapter = MongoAdapter(secantus.url, dbs=["shop"], strategy=strategy)
+    try:
+        assert len([k for k in adapter.observe().state if k[0] == "shop.ticks"]) == 4, "options + 3 documents"
+        cp = adapter.checkpoint("test")
+        db.ticks.insert_many([{"_id": 2, "px": 4}, {"_id": 3, "px": 5}, {"_id": 3, "px": 6}])
+        db.ticks.delete_one({"_id": 1})
+        adapter.rollback(cp)
+        assert _state(client, "shop") == before
+    finally:
+        adapter.close()
+
+
 def test_a_view_the_server_will_not_create_again_is_reported_once_naming_the_test(
     secantus: Service, client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

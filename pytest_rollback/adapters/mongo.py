@@ -88,8 +88,23 @@ def _idkey(doc_id: Any) -> bytes:
 
 
 def _whole(meta: Meta) -> bool:
-    """True for what is restored whole, never one document at a time: a view, a capped collection."""
-    return "viewOn" in meta[0] or bool(meta[0].get("capped"))
+    """True for what is restored whole, never one document at a time: a view, a capped collection (its
+    order), a time-series collection (``_id`` is not unique in one: several documents may share it)."""
+    return "viewOn" in meta[0] or "timeseries" in meta[0] or bool(meta[0].get("capped"))
+
+
+def _keyed(docs: Iterable[RawBSONDocument]) -> dict[bytes, RawBSONDocument]:
+    """Documents by ``_id``, in their order; where an ``_id`` repeats (a time-series collection), the
+    n-th document with it is keyed by ``{_id, n}``."""
+    out: dict[bytes, RawBSONDocument] = {}
+    for doc in docs:
+        key = _idkey(doc["_id"])
+        n = 0
+        while key in out:
+            n += 1
+            key = bson.encode({"_id": doc["_id"], "n": n})
+        out[key] = doc
+    return out
 
 
 def _special(options: dict[str, Any]) -> bool:
@@ -465,7 +480,7 @@ class MongoAdapter:
         if "viewOn" in meta[0]:
             return meta, {}
         coll = self.client[ns[0]].get_collection(ns[1], codec_options=_RAW)
-        return meta, {_idkey(d["_id"]): d for d in coll.find({})}  # natural order: a capped collection's order
+        return meta, _keyed(coll.find({}))  # natural order: a capped collection's order
 
     def _owned_dbs(self) -> list[str]:
         if self._owned is not None:  # no listDatabases: a database with no collection is not listed anyway
@@ -503,13 +518,18 @@ class MongoAdapter:
         target = self._meta.get(ns)
         if target is not None and _whole(target):
             # a view (its definition), a capped collection (its documents in their natural order: a capped
-            # collection refuses no write here, but puts back what it evicted only by a rebuild)
+            # collection refuses no write here, but puts back what it evicted only by a rebuild), a
+            # time-series collection (documents may share an _id: no document can be put back by it)
             now = self._read_meta(ns)
             if now is not None and _meta_key(now) == _meta_key(target):
                 if "viewOn" in target[0]:
                     return 0
                 coll = self.client[ns[0]].get_collection(ns[1], codec_options=_RAW)
-                if [d.raw for d in coll.find({})] == [d.raw for d in self._docs.get(ns, {}).values()]:
+                now_raw = [d.raw for d in coll.find({})]
+                wanted_raw = [d.raw for d in self._docs.get(ns, {}).values()]
+                if not target[0].get("capped"):  # a time-series collection: its order is the server's
+                    now_raw, wanted_raw = sorted(now_raw), sorted(wanted_raw)
+                if now_raw == wanted_raw:
                     return 0
         elif target is not None:
             now = self._read_meta(ns)
@@ -763,9 +783,10 @@ class MongoAdapter:
             state[(name, "(options and indexes)")] = _meta_key(meta)
             if meta[0].get("capped"):
                 state[(name, "(natural order)")] = [repr(bson.decode(k)["_id"]) for k in docs]
-            for doc in docs.values():
+            for key, doc in docs.items():
                 son = bson.decode(doc.raw, codec_options=_SON)
-                state[(name, repr(son["_id"]))] = son
+                n = bson.decode(key).get("n")  # the n-th document of a repeated _id (time-series)
+                state[(name, repr(son["_id"]) + (f" #{n + 1}" if n else ""))] = son
         if self.strategy == "counters":
             self._settle_counters()  # our reads are not the test's writes
         return Observation(self.name, state)

@@ -32,7 +32,8 @@ def dump(db: Any) -> dict[str, Any]:
     """The worker's database: whether it exists, and per collection or view its type and options,
     its indexes (``v`` and ``ns`` left out: server bookkeeping), and its documents as canonical
     extended JSON (types and field order exact), in natural order for a capped collection and
-    keyed by ``_id`` otherwise. Left out as volatile: the collections' ``info.uuid``. Left out as
+    keyed by ``_id`` otherwise (a repeated ``_id``, possible in a time-series collection, keyed
+    again with `` again``). Left out as volatile: the collections' ``info.uuid``. Left out as
     the server's own: ``system.*`` collections."""
     state: dict[str, Any] = {"(database exists)": db.name in db.client.list_database_names()}
     for info in db.list_collections():
@@ -47,9 +48,14 @@ def dump(db: Any) -> dict[str, Any]:
             spec["name"]: json_util.dumps({k: v for k, v in spec.items() if k not in ("v", "ns")}, json_options=_JSON)
             for spec in db[name].list_indexes()
         }
-        docs = [(json_util.dumps(d["_id"], json_options=_JSON), json_util.dumps(d, json_options=_JSON))
-                for d in db[name].find({})]
-        content = [doc for _, doc in docs] if info.get("options", {}).get("capped") else dict(docs)
+        content: Any = {}
+        for doc in db[name].find({}):
+            key = json_util.dumps(doc["_id"], json_options=_JSON)
+            while key in content:  # a time-series collection: _id is not unique there
+                key += " again"
+            content[key] = json_util.dumps(doc, json_options=_JSON)
+        if info.get("options", {}).get("capped"):
+            content = list(content.values())
         state[name] = {"type": info.get("type"), "options": options, "indexes": indexes, "documents": content}
     return state
 
