@@ -525,8 +525,8 @@ class MongoAdapter:
                 if "viewOn" in target[0]:
                     return 0
                 coll = self.client[ns[0]].get_collection(ns[1], codec_options=_RAW)
-                now_raw = [d.raw for d in coll.find({})]
-                wanted_raw = [d.raw for d in self._docs.get(ns, {}).values()]
+                now_raw = [bytes(d.raw) for d in coll.find({})]
+                wanted_raw = [bytes(d.raw) for d in self._docs.get(ns, {}).values()]
                 if not target[0].get("capped"):  # a time-series collection: its order is the server's
                     now_raw, wanted_raw = sorted(now_raw), sorted(wanted_raw)
                 if now_raw == wanted_raw:
