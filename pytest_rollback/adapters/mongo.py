@@ -14,6 +14,12 @@ as a single-node replica set, as the docker and local providers do):
   (types and field order exact), per collection with its options and indexes.
   A rollback replaces or deletes only the dirty documents; a collection whose
   DDL changed (drop, rename, create, indexes, collMod) is rebuilt whole.
+* Which collections exist is compared, not taken from the stream: at every
+  checkpoint and rollback one ``listCollections`` per owned database (an update
+  that matches nothing makes a collection on SecantusDB, with no event).
+* Capped collections (their natural order, and what they evicted), views (their
+  definition) and time-series collections (``_id`` is not unique there) are
+  restored whole, compared first.
 * An invalidated or failing change stream is a gap: the next restore is a full
   one.
 
