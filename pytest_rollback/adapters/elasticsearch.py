@@ -140,6 +140,8 @@ class _Globals:
 
     templates: dict[tuple[str, str], Any]  # (kind, name) -> definition
     cluster: dict[str, dict[str, Any]] | None  # persistent/transient flat settings; None: not owned
+    #: data streams: found and reported, never rolled back (their backing indices are the server's ``.ds-*``)
+    streams: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class _Level:
@@ -216,6 +218,8 @@ class ElasticsearchAdapter:
         self._csv: Mark | None = None
         #: False once the server refused ``index.routing_partition_size: null`` in a clone's settings
         self._clone_unsets_partition = True
+        #: False once the server answered that it has no data streams
+        self._has_streams = True
         #: False once the server refused ``index.blocks: null``
         self._unsets_block_group = True
         #: False once the server refused to clone a closed index (their writes are then only compared)
@@ -344,7 +348,15 @@ class ElasticsearchAdapter:
         if not self.prefix:
             got = self._call("GET", "/_cluster/settings", flat_settings="true") or {}
             cluster = {"persistent": got.get("persistent") or {}, "transient": got.get("transient") or {}}
-        return _Globals(templates, cluster)
+        streams: dict[str, Any] = {}
+        if self._has_streams:
+            got = self._call("GET", f"/_data_stream/{self.prefix}*", ok=(400, 404, 405), expand_wildcards="all")
+            if got is None:  # noida-db has no data streams: a write to a data stream template's name makes an index
+                self._has_streams = False
+            for item in (got or {}).get("data_streams", []):
+                if self.owns(item.get("name", "")):
+                    streams[item["name"]] = {k: item.get(k) for k in ("template", "indices", "generation")}
+        return _Globals(templates, cluster, streams)
 
     def _refresh_known(self) -> None:
         csv = self._mark()
@@ -608,6 +620,7 @@ class ElasticsearchAdapter:
         if close:
             self._call("POST", f"/{','.join(close)}/_close")
         fixed_globals = self._restore_globals(token.globals)
+        self._report_streams(token)
         for name in [n for n in self._current if n not in token.indices or n in delete]:
             del self._current[name]
         done = len(restore) + len(delete) + len(fix_settings) + len(fix_aliases) + len(close) + fixed_globals
@@ -704,6 +717,16 @@ class ElasticsearchAdapter:
                 self._warn(f"cluster settings {keys} could not be put back ({exc})")
             fixed += 1
         return fixed
+
+    def _report_streams(self, token: _Level) -> None:
+        """One warning per rollback while a data stream exists or existed at ``token``: they are not rolled back."""
+        names = sorted(set(token.globals.streams) | set(self._known_globals.streams))
+        if names:
+            self._warn(
+                f"data stream{'s' if len(names) > 1 else ''} {', '.join(map(repr, names))} "
+                f"(at checkpoint {token.label!r} or now) {'are' if len(names) > 1 else 'is'} not rolled back: "
+                "what the test wrote to it, created or deleted stays; use an index (or an alias) instead"
+            )
 
     def _warn(self, what: str) -> None:
         warnings.warn(RollbackWarning(f"pytest-rollback: elasticsearch: {what}"), stacklevel=3)
@@ -901,4 +924,6 @@ class ElasticsearchAdapter:
             state[key] = body
         if glob.cluster is not None:
             state[("cluster",)] = glob.cluster
+        for name, body in glob.streams.items():
+            state[("data_stream", name)] = body
         return Observation("elasticsearch", state)
