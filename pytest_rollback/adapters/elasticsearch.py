@@ -75,6 +75,8 @@ _INDEX_BLOCKS = {
     12: "index.blocks.read_only_allow_delete",
 }
 _CLUSTER_BLOCKS = ("cluster.blocks.read_only", "cluster.blocks.read_only_allow_delete")
+#: ``index.blocks`` as normalized settings show an empty group
+_EMPTY_GROUP = "{}"
 
 
 def normalize_settings(flat: dict[str, Any]) -> dict[str, str]:
@@ -413,7 +415,7 @@ class ElasticsearchAdapter:
         noida-db keeps an empty ``index.blocks`` group (shown by ``GET /<index>``) once its last block is
         set to null one by one."""
         nulls = [k for k, v in body.items() if k.startswith("index.blocks.") and v is None]
-        if not nulls or not self._unsets_block_group or any(
+        if not nulls or not self._unsets_block_group or after.get("index.blocks") == _EMPTY_GROUP or any(
             k.startswith("index.blocks.") and after.get(k) is not None and k not in nulls for k in after
         ):
             return body
@@ -423,11 +425,17 @@ class ElasticsearchAdapter:
         """PUT ``body`` as ``name``'s settings; ``after``: its settings once that is done.
 
         Blocks are lifted one by one (a read-only index refuses ``index.blocks: null``), then the group
-        that may stay empty is dropped."""
-        self._call("PUT", f"/{name}/_settings", body)
-        if self._blockless(body, after) is not body:
+        that may stay empty is dropped; an empty group wanted (``index.blocks: "{}"``, as a user's null
+        leaves it on noida-db) is made so."""
+        group = body.get("index.blocks", "")
+        body = {k: v for k, v in body.items() if k != "index.blocks"}
+        if body:
+            self._call("PUT", f"/{name}/_settings", body)
+        if group is None or (group == "" and self._blockless(body, after) is not body):
             if self._call("PUT", f"/{name}/_settings", {"index.blocks": None}, ok=(400,)) is None:
                 self._unsets_block_group = False
+        elif group == _EMPTY_GROUP:
+            self._call("PUT", f"/{name}/_settings", {"index.blocks.write": None})
 
     def _unblock_write(self, name: str, meta: _Meta) -> None:
         """Put back ``name``'s own write block after a clone (noida-db leaves an empty ``index.blocks`` group
@@ -551,7 +559,7 @@ class ElasticsearchAdapter:
                 raise
             self._lift_blocks()  # a server that refuses the statistics of a blocked index
             csv, fps = self._look()
-        moved = not self._live_matches(csv, fps)
+        moved = not self._live_matches(csv, fps) or self._blocked_and_touched(token, fps)
         lifted: list[str] = []
         if moved:
             lifted = self._lift_blocks()
@@ -635,6 +643,16 @@ class ElasticsearchAdapter:
         self._collect()
         mode = "incremental" if done else "none"
         return RestoreReport("elasticsearch", token.label, 0.0, mode, done)
+
+    def _blocked_and_touched(self, token: _Level, fps: dict[str, Fp]) -> bool:
+        """True when an index the restore must replace or delete has a block (a checkpoint's own block,
+        put back by an earlier restore, moves nothing): its blocks must be lifted first."""
+        for name, live in self._known.items():
+            st, cur = token.indices.get(name), self._current.get(name)
+            touched = st is None or cur is None or cur[0] is not st.snap or fps.get(name) != cur[1]
+            if touched and any(live.settings.get(k) == "true" for k in _INDEX_BLOCKS.values()):
+                return True
+        return False
 
     def _lift_blocks(self) -> list[str]:
         """Lift every block on this adapter's indices, and the cluster's read-only blocks when it owns
