@@ -476,3 +476,33 @@ def test_a_write_to_a_data_stream_templates_name_on_noida_makes_an_index_that_is
         warnings.simplefilter("error")
         adapter.rollback(cp)
     assert_same(adapter, before)
+
+
+def test_a_block_the_checkpoint_itself_had_is_lifted_before_a_later_restore(es: Any) -> None:
+    client, adapter = es
+    seed(client, n=3)
+    outer = adapter.checkpoint("outer")
+    at_outer = state(adapter)
+    client.index(index="products", id="x", document={"n": 1})
+    client.indices.put_settings(index="products", settings={"index.blocks.read_only": True})
+    inner = adapter.checkpoint("inner")
+    client.indices.put_settings(index="products", settings={"index.blocks.read_only": None})
+    client.index(index="products", id="y", document={"n": 2})
+    adapter.rollback(inner)  # puts the block back: the cluster state moves by the adapter's own hand
+    adapter.rollback(outer)  # replaces the blocked index
+    assert_same(adapter, at_outer)
+
+
+def test_an_empty_blocks_group_a_users_null_left_is_kept(es: Any) -> None:
+    client, adapter = es
+    seed(client, n=3)
+    client.indices.put_settings(index="products", settings={"index.blocks.write": None})
+    shown = client.indices.get(index="products", flat_settings=True)["products"]["settings"]
+    before = state(adapter)
+    cp = adapter.checkpoint("test")
+    client.index(index="products", id="x", document={"n": 1})
+    client.indices.put_settings(index="products", settings={"index.blocks": None})
+    adapter.rollback(cp)
+    assert_same(adapter, before)
+    after = client.indices.get(index="products", flat_settings=True)["products"]["settings"]
+    assert _volatile_free(after) == _volatile_free(shown)
