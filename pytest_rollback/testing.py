@@ -78,6 +78,16 @@ class StoreDriver(Protocol):
     Optional: ``change_name(key: str) -> Hashable``, the name under which the
     adapter's ``changes(token)`` reports ``key`` (for the Redis adapter,
     ``f"0:{key}"``); without it a key is reported under its own name.
+
+    Optional capabilities (a test that needs one is skipped, saying so, for a
+    driver without it):
+
+    ``define(name: str, value: str | None) -> None``
+        Set a store-level definition (a template, a setting, a schema object)
+        to ``value``, or remove it with ``None``; ``read_all()`` shows it.
+    ``close(key: str) -> None`` / ``reopen(key: str) -> None``
+        Take the container that holds ``key`` offline and back (an
+        Elasticsearch closed index); ``read_all()`` shows whether it is closed.
     """
 
     def write(self, key: str, value: str) -> None:
@@ -398,7 +408,78 @@ class _ContainerCases:
         _drive(run, "drop_container", "side0")
 
 
-class AdapterConformance(_ContainerCases):
+
+# -- issue 12 (Elasticsearch): definitions, closed containers ---------------------------
+def _needs_driver(*methods: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Mark a test as needing the optional driver ``methods`` (``driver_needs``: for counting them)."""
+
+    def mark(test: Callable[..., None]) -> Callable[..., None]:
+        test.driver_needs = methods  # type: ignore[attr-defined]
+        return test
+
+    return mark
+
+
+def _skip_unless_driver(store: Any, *methods: str) -> None:
+    missing = [m for m in methods if not callable(getattr(store, m, None))]
+    if missing:
+        pytest.skip(f"the store driver has no {'(), '.join(missing)}() (an optional StoreDriver capability)")
+
+
+class _DefinitionsAndClosedContainers:
+    """Cases the randomized isolation suite found leaking in the Elasticsearch adapter (issue 12)."""
+
+    @_needs_driver("define")
+    def test_definitions_after_the_adapter_dropped_rolled_past_checkpoints(self, adapter: Any, store: Any) -> None:
+        """After a rollback past several checkpoints (the adapter drops their bookkeeping, which may move a
+        change counter of the store backwards) and empty checkpoint/rollback pairs, definitions changed
+        afterwards are still found and undone: change detection must not rest on a counter that can repeat."""
+        _skip_unless_driver(store, "define")
+        run = _Scenario("definitions", adapter, store)
+        run.seed()
+        _call("definitions", "store.define('d1', 'one')", store.define, "d1", "one")
+        outer = run.checkpoint("module fixture")
+        at_outer = run.state()
+        for n in range(3):
+            run.change(f"inner{n}", start=2 * n)
+            run.checkpoint(f"rollback.checkpoint() {n}")
+        run.change("last", start=6)
+        run.rollback(outer, "rollback(outer), past three newer checkpoints")
+        run.expect(at_outer, "after rollback(outer) past three checkpoints the store differs from the outer one")
+        for n in range(2):
+            run.rollback(run.checkpoint(f"empty branch {n}"), f"rollback of the empty branch {n}")
+        _call("definitions", "store.define('d1', None)", store.define, "d1", None)
+        _call("definitions", "store.define('d2', 'two')", store.define, "d2", "two")
+        _call("definitions", "store.define('d3', 'three')", store.define, "d3", "three")
+        run.rollback(outer, "rollback(outer) after definitions changed")
+        run.expect(at_outer, "definitions changed after the adapter's own clean-up were not undone")
+
+    @_needs_driver("close", "reopen")
+    def test_a_container_closed_at_the_checkpoint(self, adapter: Any, store: Any) -> None:
+        """A container closed at the checkpoint, reopened, written and closed again: restored exactly, or
+        the adapter says (a RollbackWarning) that it could not; never a silent difference."""
+        _skip_unless_driver(store, "close", "reopen")
+        from .api import RollbackWarning
+
+        run = _Scenario("closed container", adapter, store)
+        run.seed()
+        _call(run.guarantee, "store.close('k000')", store.close, "k000")
+        token = run.checkpoint("test with a closed container")
+        at_checkpoint = run.state()
+        _call(run.guarantee, "store.reopen('k000')", store.reopen, "k000")
+        run.change("test")
+        _call(run.guarantee, "store.close('k000')", store.close, "k000")
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run.rollback(token)
+        if run.state() != at_checkpoint and not any(issubclass(w.category, RollbackWarning) for w in caught):
+            run.expect(at_checkpoint, "after rollback(token) the store differs from the checkpoint, and the "
+                       "adapter gave no RollbackWarning")
+
+
+class AdapterConformance(_ContainerCases, _DefinitionsAndClosedContainers):
     """The guarantees of :class:`pytest_rollback.Rollbackable`, as tests to inherit.
 
     Subclass it as ``class Test<Something>(AdapterConformance)`` and provide the

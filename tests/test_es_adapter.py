@@ -199,11 +199,51 @@ def test_changes_name_documents_and_indices(es: Any) -> None:
     assert not adapter.changes(cp)
 
 
-def test_closed_index_at_checkpoint_is_reported_in_one_line(es: Any) -> None:
+def test_closed_index_at_checkpoint_is_restored_exactly_and_closed_again(es: Any) -> None:
+    """An index closed at the checkpoint, opened and written, re-mapped and re-set while closed: all undone."""
     client, adapter = es
     seed(client, "archive", 5)
     client.indices.close(index="archive")
+    before = state(adapter)
+    settings_before = client.indices.get_settings(index="archive", flat_settings=True)["archive"]["settings"]
     cp = adapter.checkpoint("test")
+    if not adapter._clones_closed:
+        pytest.skip("this server cannot clone a closed index (see the next test)")
+    client.indices.put_settings(index="archive", settings={"index.refresh_interval": "9s"})
+    client.indices.put_mapping(index="archive", properties={"late": {"type": "keyword"}})
+    adapter.rollback(cp)
+    assert_same(adapter, before)
+    client.indices.open(index="archive")
+    client.index(index="archive", id="x", document={"name": "x"})
+    client.indices.update_aliases(actions=[{"add": {"index": "archive", "alias": "extra"}}])
+    adapter.rollback(cp)
+    assert_same(adapter, before)
+    assert client.cluster.state(metric="metadata")["metadata"]["indices"]["archive"]["state"] == "close"
+    assert _volatile_free(client.indices.get_settings(index="archive", flat_settings=True)["archive"]["settings"]) \
+        == _volatile_free(settings_before)
+    client.indices.open(index="archive")
+    assert client.count(index="archive")["count"] == 5
+
+
+def _volatile_free(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in ("index.uuid", "index.creation_date")}
+
+
+def test_closed_index_a_server_cannot_clone_is_put_back_where_it_can_and_reported_in_one_line(es: Any) -> None:
+    client, adapter = es
+    adapter._clones_closed = False  # as on a server that refuses to clone a closed index
+    seed(client, "archive", 5)
+    client.indices.close(index="archive")
+    before = state(adapter)
+    cp = adapter.checkpoint("test")
+    client.indices.put_settings(index="archive", settings={"index.refresh_interval": "9s"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        adapter.rollback(cp)  # a setting of a closed index is put back in place: nothing to say
+    assert_same(adapter, before)
+    client.indices.put_mapping(index="archive", properties={"late": {"type": "keyword"}})
+    with pytest.warns(RollbackWarning, match="'archive' was closed at checkpoint 'test'.*mapping changed"):
+        adapter.rollback(cp)
     client.indices.open(index="archive")
     client.index(index="archive", id="x", document={"name": "x"})
     with pytest.warns(RollbackWarning) as caught:
@@ -212,9 +252,6 @@ def test_closed_index_at_checkpoint_is_reported_in_one_line(es: Any) -> None:
     message = str(warning.message)
     assert "'archive' was closed at checkpoint 'test'" in message and "\n" not in message
     assert client.cluster.state(metric="metadata")["metadata"]["indices"]["archive"]["state"] == "close"
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        adapter.rollback(cp)  # still closed: nothing to say
 
 
 def test_snapshots_are_hidden_and_gone_after_close(server: Service) -> None:
@@ -349,3 +386,123 @@ def test_random_writes_roll_back_exactly(es: Any, ops: list[tuple[Any, ...]]) ->
     adapter.rollback(base)
     assert_same(adapter, at_base)
     adapter.release(base)
+
+
+# -- leaks the randomized isolation suite found (issue 12) ----------------------------
+def test_a_cluster_state_version_that_comes_back_to_a_remembered_number_is_not_trusted(es: Any) -> None:
+    """noida-db lowers the version when several indices are deleted at once (here the adapter's own
+    snapshots, rolled past); three changes later it is back at the number the adapter remembered."""
+    client, adapter = es
+    for name in ("a", "b", "c", "d"):
+        seed(client, name, 3)
+    client.indices.put_index_template(name="logs", index_patterns=["logs-*"], priority=3)
+    outer = adapter.checkpoint("outer")
+    at_outer = state(adapter)
+    for name in ("a", "b", "c", "d"):
+        client.index(index=name, id="w1", document={"n": 1})
+    adapter.checkpoint("rollback.checkpoint()")  # four snapshots, rolled past below: deleted in one request
+    for name in ("a", "b", "c", "d"):
+        client.index(index=name, id="w2", document={"n": 2})
+    adapter.rollback(outer)
+    assert_same(adapter, at_outer)
+    client.indices.put_alias(index="a", name="late")
+    client.indices.delete_index_template(name="logs")
+    client.cluster.put_component_template(name="late", template={"settings": {"number_of_replicas": 0}})
+    adapter.rollback(outer)
+    assert_same(adapter, at_outer)
+
+
+def test_restored_indices_keep_their_settings_as_get_settings_shows_them(es: Any) -> None:
+    """No ``index.routing_partition_size: 1`` from a clone, no empty ``index.blocks`` group from a lifted block."""
+    client, adapter = es
+    seed(client, n=5)
+    client.indices.create(index="explicit", settings={"index.blocks.write": False, "number_of_replicas": 0})
+
+    def shown() -> dict[str, Any]:
+        out = {}
+        for name in ("products", "explicit"):
+            for api in (client.indices.get_settings, client.indices.get):
+                got = api(index=name, flat_settings=True)[name]["settings"]
+                out[(name, api.__name__)] = _volatile_free(got)
+        return out
+
+    before = shown()
+    cp = adapter.checkpoint("test")
+    assert shown() == before, "the checkpoint changed the settings"
+    client.index(index="products", id="x", document={"n": 1})
+    client.indices.put_settings(index="products", settings={"index.blocks.read_only": True})
+    client.indices.put_settings(index="explicit", settings={"index.blocks.write": True})
+    adapter.rollback(cp)
+    assert shown() == before, "the restore changed the settings"
+    adapter.checkpoint("next")
+    assert shown() == before, "the next checkpoint changed the settings"
+
+
+def test_data_streams_are_reported_in_one_warning_naming_the_checkpoint(es: Any) -> None:
+    """A server with data streams (noida-db has none: answered here as Elasticsearch does) gets one warning."""
+    client, adapter = es
+    seed(client, n=3)
+    streams = {"data_streams": [{"name": "logs-app", "generation": 1, "template": "logs",
+                                 "indices": [{"index_name": ".ds-logs-app-000001"}]}]}
+    call = adapter._call
+
+    def answer(method: str, path: str, body: Any = None, *args: Any, **params: Any) -> Any:
+        if path.startswith("/_data_stream/"):
+            return streams
+        return call(method, path, body, *args, **params)
+
+    adapter._call = answer  # type: ignore[method-assign]
+    adapter._has_streams = True
+    cp = adapter.checkpoint("test tests/test_logs.py::test_ingest")
+    client.index(index="products", id="x", document={"n": 1})
+    with pytest.warns(RollbackWarning) as caught:
+        adapter.rollback(cp)
+    (warning,) = caught
+    message = str(warning.message)
+    assert "data stream 'logs-app'" in message and "test_ingest" in message and "\n" not in message
+    assert ("data_stream", "logs-app") in adapter.observe().state
+
+
+def test_a_write_to_a_data_stream_templates_name_on_noida_makes_an_index_that_is_rolled_back(es: Any) -> None:
+    client, adapter = es
+    client.indices.put_index_template(name="logs", index_patterns=["logs-*"], data_stream={}, priority=5)
+    before = state(adapter)
+    cp = adapter.checkpoint("test")
+    try:
+        client.index(index="logs-app", document={"@timestamp": "2024-01-01T00:00:00Z", "n": 1}, op_type="create")
+    except Exception:
+        pytest.skip("this server has data streams: the previous test covers it")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        adapter.rollback(cp)
+    assert_same(adapter, before)
+
+
+def test_a_block_the_checkpoint_itself_had_is_lifted_before_a_later_restore(es: Any) -> None:
+    client, adapter = es
+    seed(client, n=3)
+    outer = adapter.checkpoint("outer")
+    at_outer = state(adapter)
+    client.index(index="products", id="x", document={"n": 1})
+    client.indices.put_settings(index="products", settings={"index.blocks.read_only": True})
+    inner = adapter.checkpoint("inner")
+    client.indices.put_settings(index="products", settings={"index.blocks.read_only": None})
+    client.index(index="products", id="y", document={"n": 2})
+    adapter.rollback(inner)  # puts the block back: the cluster state moves by the adapter's own hand
+    adapter.rollback(outer)  # replaces the blocked index
+    assert_same(adapter, at_outer)
+
+
+def test_an_empty_blocks_group_a_users_null_left_is_kept(es: Any) -> None:
+    client, adapter = es
+    seed(client, n=3)
+    client.indices.put_settings(index="products", settings={"index.blocks.write": None})
+    shown = client.indices.get(index="products", flat_settings=True)["products"]["settings"]
+    before = state(adapter)
+    cp = adapter.checkpoint("test")
+    client.index(index="products", id="x", document={"n": 1})
+    client.indices.put_settings(index="products", settings={"index.blocks": None})
+    adapter.rollback(cp)
+    assert_same(adapter, before)
+    after = client.indices.get(index="products", flat_settings=True)["products"]["settings"]
+    assert _volatile_free(after) == _volatile_free(shown)

@@ -138,6 +138,46 @@ def test_verify_catches_a_restore_that_leaves_a_write_behind(pytester: pytest.Py
     result.stdout.fnmatch_lines(["*verify: elasticsearch differs from the checkpoint after restore*orders*"])
 
 
+VERIFIED = {
+    "document": 'es.index(index="seeded", id="9", document={"n": 9})',
+    "closed": 'es.indices.close(index="seeded")',
+    "setting": 'es.indices.put_settings(index="seeded", settings={"index.refresh_interval": "7s"})',
+    "empty blocks group": 'es.indices.put_settings(index="seeded", settings={"index.blocks.write": None})',
+    "mapping": 'es.indices.put_mapping(index="seeded", properties={"late": {"type": "keyword"}})',
+    "alias filter": 'es.indices.put_alias(index="seeded", name="al", filter={"term": {"n": 1}})',
+    "index template": 'es.indices.put_index_template(name="it", index_patterns=["it-*"])',
+    "component template": 'es.cluster.put_component_template(name="ct", template={})',
+    "legacy template": 'es.indices.put_template(name="lt", index_patterns=["lt-*"])',
+    "cluster setting": 'es.cluster.put_settings(persistent={"search.max_buckets": 1234})',
+}
+
+
+@pytest.mark.parametrize("kind", list(VERIFIED))
+def test_verify_sees_everything_the_isolation_suite_compares(
+    pytester: pytest.Pytester, server: Service, kind: str
+) -> None:
+    """A restore that leaves any of these behind fails under --rollback-verify (issue 12)."""
+    pytester.makeini(INI)
+    pytester.makeconftest(restores_nothing("elasticsearch"))
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        @pytest.fixture(scope="module", autouse=True)
+        def seeded(es_client):
+            es_client.indices.create(index="seeded", settings={{"number_of_replicas": 0}}, aliases={{"al": {{}}}})
+            es_client.index(index="seeded", id="1", document={{"n": 1}}, refresh=True)
+
+        def test_writes(es_client):
+            es = es_client
+            {VERIFIED[kind]}
+        """
+    )
+    result = pytester.runpytest(*INNER, f"--rollback-elasticsearch-url={server.url}", "--rollback-verify")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*verify: elasticsearch differs from the checkpoint after restore*"])
+
+
 def test_embedded_is_the_default_without_docker_or_elasticsearch(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -56,12 +56,14 @@ from ..api import Changes, Observation, RestoreReport, RollbackError, RollbackWa
 from ._http import ConnectionFailed, Http, HttpError
 
 Fp = tuple[str, tuple[int, ...]]  # index uuid, max_seq_no per shard
+#: what says the cluster's definitions have not moved: the cluster state's version and state uuid, and the name,
+#: uuid and state of every index in the cluster (the version alone can repeat: noida-db lowers it when several
+#: indices are deleted at once, and a later change brings it back to a number the adapter remembered)
+Mark = tuple[int, str, frozenset[tuple[str, str, str]]]
 
 #: settings that change with every copy of an index and say nothing about its contents
 _VOLATILE = ("index.uuid", "index.creation_date", "index.provided_name", "index.history.uuid")
 _VOLATILE_PREFIXES = ("index.version.", "index.resize.", "index.routing.allocation.initial_recovery.", "index.shrink.")
-#: a setting with this value is the same as no setting
-_DEFAULTS = {"index.routing_partition_size": "1", "index.hidden": "false", "index.blocks.write": "false"}
 #: settings a snapshot has its own values for; a restore sets them back from the checkpoint
 _OVERRIDDEN = ("index.hidden", "index.blocks.write", "index.number_of_replicas", "index.auto_expand_replicas")
 #: index blocks by the id the cluster state gives them (4, a closed index, is not one a restore lifts)
@@ -73,18 +75,19 @@ _INDEX_BLOCKS = {
     12: "index.blocks.read_only_allow_delete",
 }
 _CLUSTER_BLOCKS = ("cluster.blocks.read_only", "cluster.blocks.read_only_allow_delete")
+#: ``index.blocks`` as normalized settings show an empty group
+_EMPTY_GROUP = "{}"
 
 
 def normalize_settings(flat: dict[str, Any]) -> dict[str, str]:
     """An index's flat settings without what differs between equal copies (uuid, dates, defaults)."""
     out: dict[str, str] = {}
     for key, value in flat.items():
-        if key in _VOLATILE or key.startswith(_VOLATILE_PREFIXES) or value in ({}, None):
+        if key in _VOLATILE or key.startswith(_VOLATILE_PREFIXES) or value is None:
             continue
-        text = str(value).lower() if isinstance(value, bool) else value if isinstance(value, str) else repr(value)
-        if _DEFAULTS.get(key) == text:
-            continue
-        out[key] = text
+        # kept as the server reports them, defaults and empty groups too: a user comparing get_settings()
+        # before and after a restore sees every one (noida-db leaves ``index.blocks: {}`` after a block is lifted)
+        out[key] = str(value).lower() if isinstance(value, bool) else value if isinstance(value, str) else repr(value)
     return out
 
 
@@ -123,10 +126,14 @@ class _Snap:
 class _State:
     """One index at a checkpoint."""
 
-    snap: _Snap | None  # None: the index was closed, and a closed index cannot be cloned
+    snap: _Snap | None  # None: the index was closed, and this server cannot clone a closed index
     aliases: dict[str, Any]
     overrides: dict[str, str | None]
     uuid: str
+    closed: bool = False
+    #: a closed index without a snapshot: its mappings and settings (what a restore can compare and put back)
+    mappings: Any = None
+    settings: dict[str, str] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +142,8 @@ class _Globals:
 
     templates: dict[tuple[str, str], Any]  # (kind, name) -> definition
     cluster: dict[str, dict[str, Any]] | None  # persistent/transient flat settings; None: not owned
+    #: data streams: found and reported, never rolled back (their backing indices are the server's ``.ds-*``)
+    streams: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class _Level:
@@ -205,10 +214,18 @@ class ElasticsearchAdapter:
         #: the snapshot each live index equals, with the fingerprint it had when it did
         self._current: dict[str, tuple[_Snap, Fp]] = {}
         self._snaps: dict[str, _Snap] = {}
-        #: the live definitions as of cluster state version ``_csv`` (after this adapter's last change)
+        #: the live definitions as of the cluster state ``_csv`` (after this adapter's last change)
         self._known: dict[str, _Meta] = {}
         self._known_globals = _Globals({}, None)
-        self._csv: int | None = None
+        self._csv: Mark | None = None
+        #: False once the server refused ``index.routing_partition_size: null`` in a clone's settings
+        self._clone_unsets_partition = True
+        #: False once the server answered that it has no data streams
+        self._has_streams = True
+        #: False once the server refused ``index.blocks: null``
+        self._unsets_block_group = True
+        #: False once the server refused to clone a closed index (their writes are then only compared)
+        self._clones_closed = True
         #: round trips of the last checkpoint or rollback (for the benchmark)
         self.last_round_trips = 0
 
@@ -252,12 +269,29 @@ class ElasticsearchAdapter:
             self.http("DELETE", f"/{probe}", ok=(404,))
         return "closed" if count else "hidden"
 
-    def _version(self) -> int:
-        return int(self._call("GET", "/_cluster/state/version")["version"])
+    def _mark(self) -> Mark:
+        """The cluster state's version with every index's name, uuid and state: one round trip.
+
+        An index deleted (the only change seen to lower noida-db's version) takes its uuid with it for
+        good, so the version cannot come back to a remembered number with the same indices.
+        """
+        got = self._call(
+            "GET", "/_cluster/state/version,metadata", expand_wildcards="all",
+            filter_path="version,state_uuid,metadata.indices.*.state,metadata.indices.*.settings.index.uuid",
+        ) or {}
+        indices = ((got.get("metadata") or {}).get("indices") or {}).items()
+        return (
+            int(got.get("version", -1)),
+            str(got.get("state_uuid", "")),
+            frozenset(
+                (name, str(((d.get("settings") or {}).get("index") or {}).get("uuid", "")), str(d.get("state", "")))
+                for name, d in indices
+            ),
+        )
 
     def _fingerprints(self, pattern: str | None = None) -> dict[str, Fp]:
         body = self._call(
-            "GET", f"/{pattern or self._pattern}/_stats", level="shards", expand_wildcards="open,hidden",
+            "GET", f"/{pattern or self._pattern}/_stats", level="shards", expand_wildcards="all",
             allow_no_indices="true", ignore_unavailable="true",
             filter_path="indices.*.uuid,indices.*.shards.*.seq_no.max_seq_no,indices.*.shards.*.routing.primary",
         ) or {}
@@ -272,9 +306,10 @@ class ElasticsearchAdapter:
             out[name] = (str(data.get("uuid", "")), tuple(seqs))
         return out
 
-    def _look(self) -> tuple[int, dict[str, Fp]]:
-        """The cluster state version and every open index's fingerprint: two round trips."""
-        return self._version(), self._fingerprints()
+    def _look(self) -> tuple[Mark, dict[str, Fp]]:
+        """The cluster state's mark and every index's fingerprint (closed ones too where the server gives
+        them): two round trips."""
+        return self._mark(), self._fingerprints()
 
     def _read_meta(self, pattern: str | None = None) -> dict[str, _Meta]:
         body = self._call("GET", f"/{pattern or self._pattern}", ok=(404,), expand_wildcards="all",
@@ -315,17 +350,25 @@ class ElasticsearchAdapter:
         if not self.prefix:
             got = self._call("GET", "/_cluster/settings", flat_settings="true") or {}
             cluster = {"persistent": got.get("persistent") or {}, "transient": got.get("transient") or {}}
-        return _Globals(templates, cluster)
+        streams: dict[str, Any] = {}
+        if self._has_streams:
+            got = self._call("GET", f"/_data_stream/{self.prefix}*", ok=(400, 404, 405), expand_wildcards="all")
+            if got is None:  # noida-db has no data streams: a write to a data stream template's name makes an index
+                self._has_streams = False
+            for item in (got or {}).get("data_streams", []):
+                if self.owns(item.get("name", "")):
+                    streams[item["name"]] = {k: item.get(k) for k in ("template", "indices", "generation")}
+        return _Globals(templates, cluster, streams)
 
     def _refresh_known(self) -> None:
-        csv = self._version()
+        csv = self._mark()
         self._known = self._read_meta()
         self._known_globals = self._read_globals()
         self._csv = csv
 
-    def _live_matches(self, csv: int, fps: dict[str, Fp]) -> bool:
-        """True when the known definitions still describe the server."""
-        return csv == self._csv and set(fps) == {n for n, m in self._known.items() if not m.closed}
+    def _live_matches(self, csv: Mark, fps: dict[str, Fp]) -> bool:
+        """True when the known definitions still describe the server (the mark holds every index's state)."""
+        return csv == self._csv and set(fps) <= set(self._known)
 
     # -- snapshots ---------------------------------------------------------
     def _take(self, name: str, meta: _Meta, fp: Fp) -> _Snap:
@@ -338,17 +381,68 @@ class ElasticsearchAdapter:
         settings: dict[str, Any] = {"index.hidden": True, "index.blocks.write": True, "index.number_of_replicas": 0}
         if "index.auto_expand_replicas" in meta.settings:
             settings["index.auto_expand_replicas"] = "false"
+        # the source's other blocks stay off the snapshot (they would refuse its closing and deleting);
+        # the snapshot's settings keep them, and a restore puts them back
+        settings.update({k: None for k in _INDEX_BLOCKS.values() if k != "index.blocks.write" and k in meta.settings})
         try:
-            self._call("POST", f"/{name}/_clone/{snap.index}", {"settings": settings})
+            self._clone(name, snap.index, settings, meta.settings)
         finally:
             if not blocked:
-                self._call("PUT", f"/{name}/_settings", {"index.blocks.write": meta.settings.get("index.blocks.write")})
+                self._unblock_write(name, meta)
         self._snaps[snap.index] = snap
         if self.park == "closed":
             self._call("POST", f"/{snap.index}/_close")
         return snap
 
-    def _gc(self) -> None:
+    def _clone(self, source: str, target: str, settings: dict[str, Any], then: dict[str, str]) -> None:
+        """Clone ``source`` into ``target`` with ``settings``, and the routing partition size of ``then``
+        (noida-db gives a clone ``index.routing_partition_size: 1`` where its source had none)."""
+        body = dict(settings)
+        if self._clone_unsets_partition:
+            body["index.routing_partition_size"] = then.get("index.routing_partition_size")
+        after = {**then, **{k: v for k, v in settings.items() if v is not None}}
+        try:
+            self._call("POST", f"/{source}/_clone/{target}", {"settings": self._blockless(body, after)})
+        except HttpError as exc:
+            if exc.status != 400 or not (self._clone_unsets_partition or self._unsets_block_group):
+                raise
+            # a server that refuses these nulls (then it does not leave what they take away either)
+            self._clone_unsets_partition = self._unsets_block_group = False
+            self._call("POST", f"/{source}/_clone/{target}", {"settings": settings})
+
+    def _blockless(self, body: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        """``body`` with its block nulls made one ``index.blocks: null`` when no block is left ``after`` it:
+        noida-db keeps an empty ``index.blocks`` group (shown by ``GET /<index>``) once its last block is
+        set to null one by one."""
+        nulls = [k for k, v in body.items() if k.startswith("index.blocks.") and v is None]
+        if not nulls or not self._unsets_block_group or after.get("index.blocks") == _EMPTY_GROUP or any(
+            k.startswith("index.blocks.") and after.get(k) is not None and k not in nulls for k in after
+        ):
+            return body
+        return {**{k: v for k, v in body.items() if k not in nulls}, "index.blocks": None}
+
+    def _put_settings(self, name: str, body: dict[str, Any], after: dict[str, Any]) -> None:
+        """PUT ``body`` as ``name``'s settings; ``after``: its settings once that is done.
+
+        Blocks are lifted one by one (a read-only index refuses ``index.blocks: null``), then the group
+        that may stay empty is dropped; an empty group wanted (``index.blocks: "{}"``, as a user's null
+        leaves it on noida-db) is made so."""
+        group = body.get("index.blocks", "")
+        body = {k: v for k, v in body.items() if k != "index.blocks"}
+        if body:
+            self._call("PUT", f"/{name}/_settings", body)
+        if group is None or (group == "" and self._blockless(body, after) is not body):
+            if self._call("PUT", f"/{name}/_settings", {"index.blocks": None}, ok=(400,)) is None:
+                self._unsets_block_group = False
+        elif group == _EMPTY_GROUP:
+            self._call("PUT", f"/{name}/_settings", {"index.blocks.write": None})
+
+    def _unblock_write(self, name: str, meta: _Meta) -> None:
+        """Put back ``name``'s own write block after a clone (noida-db leaves an empty ``index.blocks`` group
+        on a closed index whose last block is lifted: the group goes as a whole then)."""
+        self._put_settings(name, {"index.blocks.write": meta.settings.get("index.blocks.write")}, meta.settings)
+
+    def _gc(self) -> bool:
         """Delete the snapshots no checkpoint and no live index needs any more."""
         used = {st.snap.index for lvl in self._levels for st in lvl.indices.values() if st.snap is not None}
         used |= {snap.index for snap, _ in self._current.values()}
@@ -356,6 +450,7 @@ class ElasticsearchAdapter:
         self._delete(dead)
         for name in dead:
             del self._snaps[name]
+        return bool(dead)
 
     def _delete(self, names: Iterable[str]) -> None:
         batch: list[str] = []
@@ -394,25 +489,48 @@ class ElasticsearchAdapter:
         indices: dict[str, _State] = {}
         took = False
         for name, meta in self._known.items():
-            if meta.closed or name not in fps:
+            if name not in fps or (meta.closed and not self._clones_closed):
                 self._current.pop(name, None)
-                indices[name] = _State(None, meta.aliases, _overrides(meta.settings), meta.uuid)
+                indices[name] = self._unsnapped(meta)
                 continue
             cur = self._current.get(name)
             if cur is None or cur[1] != fps[name] or cur[0].mappings != meta.mappings or cur[0].settings != _core(
                 meta.settings
             ):
-                self._current[name] = (self._take(name, meta, fps[name]), fps[name])
+                try:
+                    snap = self._take(name, meta, fps[name])
+                except HttpError:
+                    if not meta.closed:
+                        raise
+                    self._clones_closed = False  # a server that cannot clone a closed index
+                    self._current.pop(name, None)
+                    indices[name] = self._unsnapped(meta)
+                    took = True
+                    continue
+                self._current[name] = (snap, fps[name])
                 took = True
-            indices[name] = _State(self._current[name][0], meta.aliases, _overrides(meta.settings), meta.uuid)
+            indices[name] = _State(
+                self._current[name][0], meta.aliases, _overrides(meta.settings), meta.uuid, closed=meta.closed
+            )
         for name in [n for n in self._current if n not in self._known]:
             del self._current[name]
         if took:
-            self._csv = self._version()
+            self._csv = self._mark()
         level = _Level(label, indices, self._known_globals)
         self._levels.append(level)
-        self._gc()
+        self._collect()
         return level
+
+    def _unsnapped(self, meta: _Meta) -> _State:
+        """A closed index this server cannot clone: its definition, to compare and put back what it can."""
+        return _State(None, meta.aliases, _overrides(meta.settings), meta.uuid, closed=True,
+                      mappings=meta.mappings, settings=_core(meta.settings))
+
+    def _collect(self) -> None:
+        """:meth:`_gc`, then the cluster state's mark again if it was current (deleting moves it)."""
+        current = self._csv is not None
+        if self._gc() and current:
+            self._csv = self._mark()
 
     @faults.one_line
     def rollback(self, token: _Level) -> RestoreReport:
@@ -441,7 +559,7 @@ class ElasticsearchAdapter:
                 raise
             self._lift_blocks()  # a server that refuses the statistics of a blocked index
             csv, fps = self._look()
-        moved = not self._live_matches(csv, fps)
+        moved = not self._live_matches(csv, fps) or self._blocked_and_touched(token, fps)
         lifted: list[str] = []
         if moved:
             lifted = self._lift_blocks()
@@ -451,22 +569,24 @@ class ElasticsearchAdapter:
         fix_settings: dict[str, dict[str, str | None]] = {}
         fix_aliases: list[str] = []
         close: list[str] = []
+        wants: dict[str, dict[str, Any]] = {}  # the settings an index is given back
         delete = [n for n in self._known if n not in token.indices]
         for name, st in token.indices.items():
             live = self._known.get(name)
             if st.snap is None:
-                self._closed_at_checkpoint(name, st, live, token, close)
+                self._closed_at_checkpoint(name, st, live, token, close, fix_settings, fix_aliases, wants)
                 continue
             cur = self._current.get(name)
-            if live is None or live.closed or cur is None or cur[0] is not st.snap or fps.get(name) != cur[1]:
-                restore.append(name)
-                continue
-            if live.mappings != st.snap.mappings:
+            if (
+                live is None or live.closed != st.closed or cur is None or cur[0] is not st.snap
+                or fps.get(name) != cur[1] or live.mappings != st.snap.mappings
+            ):
                 restore.append(name)
                 continue
             wanted = {**st.snap.settings, **{k: v for k, v in st.overrides.items() if v is not None}}
             diff = {k: wanted.get(k) for k in set(wanted) | set(live.settings) if wanted.get(k) != live.settings.get(k)}
-            block_diff = {k: diff.pop(k) for k in _INDEX_BLOCKS.values() if k in diff}
+            wants[name] = wanted
+            block_diff: dict[str, str | None] = {k: diff.pop(k) for k in _INDEX_BLOCKS.values() if k in diff}
             if block_diff:  # put back last: a block refuses the alias and settings changes before it
                 blocks[name] = block_diff
             if diff:
@@ -475,7 +595,7 @@ class ElasticsearchAdapter:
                 fix_aliases.append(name)
         for name, diff in fix_settings.items():
             try:
-                self._call("PUT", f"/{name}/_settings", diff)
+                self._put_settings(name, diff, wants[name])
             except HttpError:  # a static setting: only a fresh copy brings it back
                 restore.append(name)
                 if name in fix_aliases:
@@ -484,7 +604,9 @@ class ElasticsearchAdapter:
         for name in restore:
             st = token.indices[name]
             assert st.snap is not None
-            self._call("POST", f"/{st.snap.index}/_clone/{name}", {"settings": st.overrides})
+            self._clone(st.snap.index, name, st.overrides, st.snap.settings)
+            if st.closed:
+                close.append(name)
         actions: list[dict[str, Any]] = []
         for name in fix_aliases:
             live = self._known[name]
@@ -497,14 +619,16 @@ class ElasticsearchAdapter:
         for name in restore:  # a copy may lack a block of its checkpoint (the write block is in its overrides)
             snap = token.indices[name].snap
             assert snap is not None
-            wanted_blocks = {k: v for k, v in snap.settings.items() if k in _INDEX_BLOCKS.values() and v == "true"}
+            wanted_blocks = {k: v for k, v in snap.settings.items() if k in _INDEX_BLOCKS.values()}
             if wanted_blocks:
                 blocks[name] = {**blocks.get(name, {}), **wanted_blocks}
+                wants[name] = {**snap.settings, **token.indices[name].overrides}
         for name, block_diff in blocks.items():
-            self._call("PUT", f"/{name}/_settings", block_diff)
+            self._put_settings(name, block_diff, wants[name])
         if close:
             self._call("POST", f"/{','.join(close)}/_close")
         fixed_globals = self._restore_globals(token.globals)
+        self._report_streams(token)
         for name in [n for n in self._current if n not in token.indices or n in delete]:
             del self._current[name]
         done = len(restore) + len(delete) + len(fix_settings) + len(fix_aliases) + len(close) + fixed_globals
@@ -516,9 +640,19 @@ class ElasticsearchAdapter:
             assert snap is not None
             restored = self._known.get(name)
             self._current[name] = (snap, (restored.uuid if restored else "", snap.seqs))
-        self._gc()
+        self._collect()
         mode = "incremental" if done else "none"
         return RestoreReport("elasticsearch", token.label, 0.0, mode, done)
+
+    def _blocked_and_touched(self, token: _Level, fps: dict[str, Fp]) -> bool:
+        """True when an index the restore must replace or delete has a block (a checkpoint's own block,
+        put back by an earlier restore, moves nothing): its blocks must be lifted first."""
+        for name, live in self._known.items():
+            st, cur = token.indices.get(name), self._current.get(name)
+            touched = st is None or cur is None or cur[0] is not st.snap or fps.get(name) != cur[1]
+            if touched and any(live.settings.get(k) == "true" for k in _INDEX_BLOCKS.values()):
+                return True
+        return False
 
     def _lift_blocks(self) -> list[str]:
         """Lift every block on this adapter's indices, and the cluster's read-only blocks when it owns
@@ -526,7 +660,9 @@ class ElasticsearchAdapter:
         state = self._call("GET", "/_cluster/state/blocks") or {}
         lifted: dict[str, dict[str, None]] = {}
         for name, ids in ((state.get("blocks") or {}).get("indices") or {}).items():
-            settings = {_INDEX_BLOCKS[int(i)]: None for i in ids if str(i).isdigit() and int(i) in _INDEX_BLOCKS}
+            settings: dict[str, None] = {
+                _INDEX_BLOCKS[int(i)]: None for i in ids if str(i).isdigit() and int(i) in _INDEX_BLOCKS
+            }
             if settings and self.owns(name):
                 lifted[name] = settings
         if not self.prefix:  # a cluster block refuses every index change: lifted first
@@ -539,15 +675,27 @@ class ElasticsearchAdapter:
             if body:
                 self._call("PUT", "/_cluster/settings", body)
         for name, settings in lifted.items():
-            self._call("PUT", f"/{name}/_settings", settings)
+            self._put_settings(name, settings, {})
         return list(lifted)
 
     def _closed_at_checkpoint(
-        self, name: str, st: _State, live: _Meta | None, token: _Level, close: list[str]
+        self, name: str, st: _State, live: _Meta | None, token: _Level, close: list[str],
+        fix_settings: dict[str, dict[str, str | None]], fix_aliases: list[str], wants: dict[str, dict[str, Any]],
     ) -> None:
-        if live is not None and live.uuid == st.uuid and live.closed:
-            return
+        """A closed index this server could not clone: put back its settings and aliases; warn of the rest."""
         if live is not None and live.uuid == st.uuid:
+            wanted = {**(st.settings or {}), **{k: v for k, v in st.overrides.items() if v is not None}}
+            diff = {k: wanted.get(k) for k in set(wanted) | set(live.settings) if wanted.get(k) != live.settings.get(k)}
+            if diff:
+                fix_settings[name] = diff
+                wants[name] = wanted
+            if live.aliases != st.aliases:
+                fix_aliases.append(name)
+        if live is not None and live.uuid == st.uuid and live.closed:
+            if st.mappings is None or live.mappings == st.mappings:
+                return
+            what = "had its mapping changed by the test, which cannot be undone on a closed index"
+        elif live is not None and live.uuid == st.uuid:
             close.append(name)
             what = "was opened by the test; it is closed again, but what was written to it while open stays"
         else:
@@ -587,6 +735,16 @@ class ElasticsearchAdapter:
                 self._warn(f"cluster settings {keys} could not be put back ({exc})")
             fixed += 1
         return fixed
+
+    def _report_streams(self, token: _Level) -> None:
+        """One warning per rollback while a data stream exists or existed at ``token``: they are not rolled back."""
+        names = sorted(set(token.globals.streams) | set(self._known_globals.streams))
+        if names:
+            self._warn(
+                f"data stream{'s' if len(names) > 1 else ''} {', '.join(map(repr, names))} "
+                f"(at checkpoint {token.label!r} or now) {'are' if len(names) > 1 else 'is'} not rolled back: "
+                "what the test wrote to it, created or deleted stays; use an index (or an alias) instead"
+            )
 
     def _warn(self, what: str) -> None:
         warnings.warn(RollbackWarning(f"pytest-rollback: elasticsearch: {what}"), stacklevel=3)
@@ -636,6 +794,9 @@ class ElasticsearchAdapter:
                     "aliases": st.aliases,
                     "overrides": st.overrides,
                     "uuid": st.uuid,
+                    "closed": st.closed,
+                    "mappings": st.mappings,
+                    "settings": st.settings,
                 }
                 for name, st in root.indices.items()
             },
@@ -655,7 +816,10 @@ class ElasticsearchAdapter:
                 raw = st["snap"]
                 snap = _Snap(raw["index"], raw["of"], raw["mappings"], dict(raw["settings"]), tuple(raw["seqs"]))
                 snaps[snap.index] = snap
-            indices[name] = _State(snap, dict(st.get("aliases") or {}), dict(st.get("overrides") or {}), st["uuid"])
+            indices[name] = _State(
+                snap, dict(st.get("aliases") or {}), dict(st.get("overrides") or {}), st["uuid"],
+                closed=bool(st.get("closed", snap is None)), mappings=st.get("mappings"), settings=st.get("settings"),
+            )
         for name, (index, index_uuid, seqs) in (data.get("current") or {}).items():
             if index in snaps:
                 self._current[name] = (snaps[index], (index_uuid, tuple(seqs)))
@@ -725,8 +889,13 @@ class ElasticsearchAdapter:
                 removed.add(name)
                 continue
             if st.snap is None:
-                if live.uuid != st.uuid or not live.closed:
+                remapped = st.mappings is not None and live.mappings != st.mappings
+                if live.uuid != st.uuid or not live.closed or remapped:
                     modified.add(name)
+                elif st.settings is not None and _core(live.settings) != st.settings:
+                    modified.add(f"{name} (settings)")
+                if live.uuid == st.uuid and live.aliases != st.aliases:
+                    modified.add(f"{name} (aliases)")
                 continue
             if live.mappings != st.snap.mappings:
                 modified.add(f"{name} (mapping)")
@@ -735,7 +904,10 @@ class ElasticsearchAdapter:
             if live.aliases != st.aliases:
                 modified.add(f"{name} (aliases)")
             cur = self._current.get(name)
-            if cur is not None and cur[0] is st.snap and fps.get(name) == cur[1]:
+            if cur is not None and cur[0] is st.snap and fps.get(name) == cur[1] and live.closed == st.closed:
+                continue
+            if live.closed or st.closed:  # a closed index's documents cannot be read
+                modified.add(name)
                 continue
             then, now = self._documents(st.snap.index, snapshot=True), self._documents(name)
             added |= {f"{name}/{i}" for i in now.keys() - then.keys()}
@@ -770,4 +942,6 @@ class ElasticsearchAdapter:
             state[key] = body
         if glob.cluster is not None:
             state[("cluster",)] = glob.cluster
+        for name, body in glob.streams.items():
+            state[("data_stream", name)] = body
         return Observation("elasticsearch", state)
