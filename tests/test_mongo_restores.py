@@ -188,6 +188,7 @@ def test_an_update_that_matches_nothing_and_creates_a_collection_is_rolled_back(
         if owned is None:
             client.elsewhere.d.update_one({"x": 1}, {"$set": {"y": 1}})  # a database made the same way
         assert {"a", "b", "c"} <= set(client.shop.list_collection_names()), "SecantusDB no longer does this"
+        assert {"shop.a", "shop.b", "shop.c"} <= adapter.changes(cp).added
         adapter.rollback(cp)
         assert client.shop.list_collection_names() == ["items"]
         assert "elsewhere" not in client.list_database_names()
