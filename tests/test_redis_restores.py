@@ -16,7 +16,13 @@ import pytest
 import redis
 from conftest import INNER
 
-from pytest_rollback.adapters.redis import CONFIG_NOT_PUT_BACK, SCRIPT_UNKILLABLE
+from pytest_rollback.adapters.redis import (
+    CONFIG_NOT_PUT_BACK,
+    SCRIPT_UNKILLABLE,
+    expiry_mode,
+    queue_expiries,
+    take_expiries,
+)
 from pytest_rollback.api import Service
 from pytest_rollback.engine import STORE_BROKEN, USES_BROKEN_STORE
 
@@ -92,11 +98,12 @@ def state(client: redis.Redis) -> dict[bytes, Any]:
             b"stream": pipe.xrange,
         }[kind]
         reader(key)
-        pipe.pexpiretime(key)
+    mode = expiry_mode(client)  # exact on Redis 7 and 6.2
+    queue_expiries(pipe, keys, mode)
     replies = pipe.execute()
+    expiries = take_expiries(replies[len(keys) :], len(keys), mode)
     out: dict[bytes, Any] = {}
-    for i, (key, kind) in enumerate(zip(keys, kinds, strict=True)):
-        value, expiry = replies[2 * i], replies[2 * i + 1]
+    for key, kind, value, expiry in zip(keys, kinds, replies[: len(keys)], expiries, strict=True):
         if kind == b"set":
             value = sorted(value)
         elif kind == b"hash":
