@@ -1007,7 +1007,7 @@ class RedisAdapter:
             return
         cmds: list[Sequence[Arg]] = [("ACL", "DELUSER", name) for name in sorted(now.keys() - target.keys())]
         # not RESET: it also sets sanitize-payload, which the default user has not (nor its opposite)
-        clear = ("resetpass", "resetkeys", "resetchannels", "off", "-@all")
+        clear: tuple[str, ...] = ("resetpass", "resetkeys", "resetchannels", "off", "-@all")
         clear += ("clearselectors",) if self._has_pexpiretime else ()
         cmds += [("ACL", "SETUSER", name, *clear, *rules) for name, rules in sorted(target.items())
                  if now.get(name) != rules]
