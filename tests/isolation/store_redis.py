@@ -304,8 +304,11 @@ def seed(client: Any, rng: random.Random, scope: str) -> None:
             _seed_one(_db(client, rng.choice((0, 0, 1))), rng, f"{scope}:{rng.randrange(1000)}")
         except redis.ResponseError:  # the name was drawn twice for two types (a fixture's, then a teardown's)
             pass
-    # the keys the ops use, so that they find something of every type at once
+    # the keys the ops use, so that they find something of every type at once; a HyperLogLog
+    # whose cached count is not yet computed (PFADD leaves it so: the next PFCOUNT writes it)
     _db(client, 0).set(_key(rng), rng.randrange(100))
+    if rng.random() < 0.5:
+        _db(client, rng.choice((0, 1))).pfadd(f"hll{rng.randrange(3)}", *range(rng.randrange(1, 200)))
     if scope == "session":
         client.execute_command("ACL", "SETUSER", "user0", "on", ">seeded", "~k*", "+@read")
         if _redis7(client):
