@@ -984,12 +984,7 @@ class RedisAdapter:
             return None
         if "acl" in self._counters:  # Redis 6 counts ACL LIST with ACL SETUSER: not the test's
             self._absorb_config_counters(("acl",))
-        users: dict[bytes, list[bytes]] = {}
-        for line in reply if isinstance(reply, list) else []:
-            words = acl_words(bytes(line))
-            if len(words) >= 2 and words[0] == b"user":
-                users[words[1]] = words[2:]
-        return users
+        return users_of(reply)
 
     def _put_back_functions(self, target: bytes | None) -> None:
         """The functions of ``target`` again, if a FUNCTION command changed them (FUNCTION RESTORE ... FLUSH)."""
@@ -1012,12 +1007,7 @@ class RedisAdapter:
         now = self._read_users() if self._users_stale else self._users
         if now is None:
             return
-        cmds: list[Sequence[Arg]] = [("ACL", "DELUSER", name) for name in sorted(now.keys() - target.keys())]
-        # not RESET: it also sets sanitize-payload, which the default user has not (nor its opposite)
-        clear: tuple[str, ...] = ("resetpass", "resetkeys", "resetchannels", "off", "-@all")
-        clear += ("clearselectors",) if self._has_pexpiretime else ()
-        cmds += [("ACL", "SETUSER", name, *clear, *rules) for name, rules in sorted(target.items())
-                 if now.get(name) != rules]
+        cmds = user_commands(now, target, selectors=self._has_pexpiretime)
         if not cmds:
             self._users = target
             return
@@ -1029,14 +1019,8 @@ class RedisAdapter:
             self._users_stale = True
             raise RollbackError(f"redis at {self._where()}: ACL users could not be put back: {', '.join(failed)}")
         after = self._read_users() or {}
-        differ = sorted(name for name in set(after) | set(target) if after.get(name) != target.get(name))
-        if differ:  # a flag no ACL SETUSER can take away (the default user's sanitize-payload)
-            shown = "; ".join(
-                f"{n.decode(errors='replace')!r}: {b' '.join(target.get(n, [])).decode(errors='replace')!r} at the "
-                f"checkpoint, now {b' '.join(after.get(n, [])).decode(errors='replace')!r}" for n in differ
-            )
-            warnings.warn(RollbackWarning(ACL_NOT_PUT_BACK.format(users=shown)), stacklevel=4)
-        self._users = after if differ else target
+        _warn_users(after, target)
+        self._users = after if after != target else target
 
     def _full_restore(self) -> int:
         assert self._conn is not None
@@ -1220,11 +1204,36 @@ class RedisAdapter:
     def _snapshot_checkpoint(self, label: str | None) -> _Level:
         delta = _Delta()
         delta.full_prev = self._snapshot_keys()
-        level = _Level(label, delta)
+        functions, users = self._snapshot_objects()
+        level = _Level(label, delta, functions=functions, users=users)
         self._levels.append(level)
         return level
 
+    def _snapshot_objects(self) -> tuple[bytes | None, dict[bytes, list[bytes]] | None]:
+        """The server's functions (``FUNCTION DUMP``) and ACL users, each None where the server has none."""
+        client = self._redis_client(0)
+        try:
+            functions = client.execute_command("FUNCTION", "DUMP")
+        except Exception:  # Redis < 7, fakeredis
+            functions = None
+        try:
+            users: dict[bytes, list[bytes]] | None = users_of(client.execute_command("ACL", "LIST"))
+        except Exception:
+            users = None
+        return (functions if isinstance(functions, bytes) else None), users or None
+
+    def _snapshot_put_back_objects(self, token: _Level) -> None:
+        functions, users = self._snapshot_objects()
+        client = self._redis_client(0)
+        if token.functions is not None and functions != token.functions:
+            client.execute_command("FUNCTION", "RESTORE", token.functions, "FLUSH")
+        if token.users is not None and users is not None and users != token.users:
+            for cmd in user_commands(users, token.users, selectors=functions is not None):
+                client.execute_command(*cmd)
+            _warn_users(users_of(client.execute_command("ACL", "LIST")), token.users)
+
     def _snapshot_rollback(self, token: _Level, start: float) -> RestoreReport:
+        self._snapshot_put_back_objects(token)
         target = token.delta.full_prev or {}
         current = self._snapshot_keys()
         count = 0
@@ -1325,6 +1334,46 @@ def put_back_flags(record: str, url: str) -> None:
     os.unlink(record)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(f"{record}.lock")
+
+
+def users_of(reply: object) -> dict[bytes, list[bytes]]:
+    """The rules of each ACL user, by name, from the reply to ``ACL LIST``."""
+    users: dict[bytes, list[bytes]] = {}
+    for line in reply if isinstance(reply, list) else []:
+        words = acl_words(line if isinstance(line, bytes) else str(line).encode())
+        if len(words) >= 2 and words[0] == b"user":
+            users[words[1]] = words[2:]
+    return users
+
+
+def user_commands(
+    now: dict[bytes, list[bytes]], target: dict[bytes, list[bytes]], selectors: bool
+) -> list[Sequence[Arg]]:
+    """The ACL commands that make the users ``now`` those of ``target``: DELUSER of the users added,
+    SETUSER of the others that differ (their rules cleared first; ``selectors``: Redis 7 has them)."""
+    cmds: list[Sequence[Arg]] = [("ACL", "DELUSER", name) for name in sorted(now.keys() - target.keys())]
+    # not RESET: it also sets sanitize-payload, which the default user has not (nor its opposite)
+    clear: tuple[str, ...] = ("resetpass", "resetkeys", "resetchannels", "off", "-@all")
+    clear += ("clearselectors",) if selectors else ()
+    cmds += [("ACL", "SETUSER", name, *clear, *rules) for name, rules in sorted(target.items())
+             if now.get(name) != rules]
+    return cmds
+
+
+def _warn_users(after: dict[bytes, list[bytes]], target: dict[bytes, list[bytes]]) -> None:
+    """A RollbackWarning naming the users still not as at the checkpoint (a rule no ACL SETUSER can take
+    away: the default user's sanitize-payload)."""
+    differ = sorted(name for name in set(after) | set(target) if after.get(name) != target.get(name))
+    if not differ:
+        return
+
+    def rules(users: dict[bytes, list[bytes]], name: bytes) -> str:
+        return repr(b" ".join(users[name]).decode(errors="replace")) if name in users else "absent"
+
+    shown = "; ".join(
+        f"{n.decode(errors='replace')!r}: {rules(target, n)} at the checkpoint, now {rules(after, n)}" for n in differ
+    )
+    warnings.warn(RollbackWarning(ACL_NOT_PUT_BACK.format(users=shown)), stacklevel=4)
 
 
 def acl_words(line: bytes) -> list[bytes]:
