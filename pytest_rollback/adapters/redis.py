@@ -114,6 +114,8 @@ _MAYBE_STREAM = (b"rename_to", b"move_to", b"copy_to", b"restore")
 #: Events after which a key may be a HyperLogLog (a string whose bytes begin with HYLL).
 _MAYBE_HLL = (b"pfadd", b"set", b"setrange", b"append", *_MAYBE_STREAM)
 _HLL_MAGIC = b"HYLL"
+#: A HyperLogLog's header: the magic, its encoding, and the cached count PFCOUNT writes (8 bytes).
+_HLL_HEADER = 16
 _NEEDED_FLAGS = "KA"
 _EVENT_PATTERN = b"__keyspace@*__:*"
 _BATCH = 2000
@@ -318,6 +320,8 @@ class RedisAdapter:
         self._streams: set[Key] = set()
         #: Keys that are (or may be) HyperLogLogs; see HLL_SILENT_COMMANDS.
         self._hlls: set[Key] = set()
+        #: the header (with the cached count) of each HyperLogLog as the snapshot holds it, where known
+        self._hll_heads: dict[Key, bytes] = {}
         #: the server's functions and ACL users as last known, and whether a command may have changed them
         self._functions: bytes | None = None
         self._users: dict[bytes, list[bytes]] | None = None
@@ -482,7 +486,7 @@ class RedisAdapter:
             if any(k in STREAM_SILENT_COMMANDS for k in changed):  # consumer groups changed: every stream is suspect
                 self._dirty.update(self._streams)
             if any(k in HLL_SILENT_COMMANDS for k in changed):  # a HyperLogLog's cache may have been written
-                self._dirty.update(self._hlls)
+                self._hlls_counted()
             if any(k in FUNCTION_COMMANDS for k in changed):
                 self._functions_stale = True
             if any(k in ACL_COMMANDS for k in changed):
@@ -617,6 +621,42 @@ class RedisAdapter:
                 )
             time.sleep(0.005)
 
+    # -- HyperLogLogs ----------------------------------------------------------
+    def _hll_seen(self, key: Key, head: object) -> None:
+        """``head``, the first bytes of ``key`` (as the snapshot holds it), say whether it is a HyperLogLog."""
+        if isinstance(head, bytes) and head.startswith(_HLL_MAGIC):
+            self._hlls.add(key)
+            self._hll_heads[key] = head
+        else:
+            self._hlls.discard(key)
+            self._hll_heads.pop(key, None)
+
+    def _hll_heads_now(self, keys: Iterable[Key]) -> dict[Key, object]:
+        """The header of each of ``keys`` on the server (one round trip)."""
+        order = sorted(keys)
+        cmds: list[Sequence[Arg]] = []
+        owners: list[Key | None] = []
+        start = self._db
+        for key in order:
+            self._select(key[0], cmds)
+            owners += [None] * (len(cmds) - len(owners))
+            cmds.append(("GETRANGE", key[1], 0, _HLL_HEADER - 1))
+            owners.append(key)
+        replies = self._run(cmds, start) if cmds else []
+        return {k: r for k, r in zip(owners, replies, strict=True) if k is not None}
+
+    def _hlls_counted(self) -> None:
+        """PFCOUNT ran: the HyperLogLogs whose header (cached count) is no longer the snapshot's are dirty."""
+        for key, head in self._hll_heads_now(self._hlls - self._dirty).items():
+            if head != self._hll_heads.get(key):
+                self._dirty.add(key)
+
+    def _learn_hll_heads(self, keys: set[Key]) -> None:
+        """Once ``keys`` are restored (the snapshot's bytes again): their headers, for _hlls_counted."""
+        if keys:
+            for key, head in self._hll_heads_now(keys).items():
+                self._hll_seen(key, head)
+
     # -- reading and writing keys --------------------------------------------
     def _fetch(self, keys: Iterable[Key], probe: Iterable[Key] = ()) -> dict[Key, Entry | None]:
         """Each key's DUMP payload and absolute expiry (None: no such key).
@@ -644,7 +684,7 @@ class RedisAdapter:
                 cmds.append(("DUMP", name))
                 order.append((db, name))
                 if (db, name) in probe:
-                    cmds.append(("GETRANGE", name, 0, len(_HLL_MAGIC) - 1))
+                    cmds.append(("GETRANGE", name, 0, _HLL_HEADER - 1))
                     order.append(_Probe((db, name)))
                 if self._has_pexpiretime:
                     cmds.append(("PEXPIRETIME", name))
@@ -659,7 +699,7 @@ class RedisAdapter:
         expiries: dict[Key, int] = {}
         for owner, reply in zip(order, replies, strict=True):
             if isinstance(owner, _Probe):  # WRONGTYPE: not a string, so no HyperLogLog
-                (self._hlls.add if reply == _HLL_MAGIC else self._hlls.discard)(owner.key)
+                self._hll_seen(owner.key, reply)
                 continue
             if isinstance(reply, ReplyError):
                 what = "DUMP" if isinstance(owner, tuple) else "reading an expiry" if owner else "SELECT"
@@ -759,6 +799,7 @@ class RedisAdapter:
         """Take a whole new snapshot (after a gap); the delta keeps the old one."""
         keys = self._scan_all()
         self._hlls.clear()
+        self._hll_heads.clear()
         fetched = self._fetch(keys, probe=keys)
         self._settle()  # before the old snapshot is handed over: a failure here loses nothing
         delta = _Delta()
@@ -888,6 +929,8 @@ class RedisAdapter:
                 restored = self._write(keys, snap)
             finally:
                 self._own_window = None
+            self._hlls.difference_update(k for k in keys if k not in snap)  # deleted: no HyperLogLog
+            self._learn_hll_heads(keys & self._hlls)
             report = RestoreReport("redis", token.label, 0.0, "incremental", restored)
         else:
             report = RestoreReport("redis", token.label, 0.0, "none", 0)
@@ -1025,6 +1068,7 @@ class RedisAdapter:
     def _full_restore(self) -> int:
         assert self._conn is not None
         self._own_window = None
+        self._hll_heads.clear()  # the snapshot may be an older one: unknown, so restored after a PFCOUNT
         stale: set[Key] = set()
         if self._others is None:
             dbs = self._dbs_with_keys() | {db for db, _ in self._snap}
