@@ -1042,3 +1042,27 @@ def test_redis_6_2_restores_expiries_to_the_millisecond_and_a_config_get_is_no_g
         adapter.close()
         r.flushall()
         r.close()
+
+
+def test_a_hyperloglog_counted_after_any_restore_is_back_byte_for_byte(adapter: RedisAdapter, r: redis.Redis) -> None:
+    """PFCOUNT writes a HyperLogLog's cached count into its bytes without an event. The adapter knows
+    each HyperLogLog's header as its snapshot holds it, also once a rollback (incremental or full) put
+    back an older state, and restores those PFCOUNT changed."""
+    r.pfadd("h", *range(100))  # the cached count is not yet computed
+    r.pfadd("other", *range(10))
+    outer = adapter.checkpoint("module")
+    original = r.get("h")
+    r.set("h", "plain")  # no HyperLogLog at the next checkpoint
+    adapter.checkpoint("test")
+    assert adapter.rollback(outer).restored == 1
+    assert r.pfcount("h") == 100 and r.get("h") != original
+    report = adapter.rollback(outer)
+    assert (report.mode, report.restored) == ("incremental", 1)  # "h" only, not "other"
+    assert r.get("h") == original
+    r.flushall()
+    assert adapter.rollback(outer).mode == "full"
+    r.pfcount("h")
+    assert adapter.rollback(outer).restored == 1
+    assert r.get("h") == original
+    r.pfcount("h", "other")  # a count of several keys writes none of them
+    assert adapter.rollback(outer).mode == "none"

@@ -86,7 +86,7 @@ GAP_COMMANDS = (
 #: stream the adapter knows of is restored.
 STREAM_SILENT_COMMANDS = ("xreadgroup", "xack", "xclaim", "xautoclaim")
 #: A read that rewrites a HyperLogLog's stored bytes (its cached cardinality) without any keyspace
-#: event: when it ran, every HyperLogLog the adapter knows of is restored (or read again at a checkpoint).
+#: event: when it ran, the HyperLogLogs whose header changed are restored (or read again at a checkpoint).
 HLL_SILENT_COMMANDS = ("pfcount",)
 #: Commands that change the server's functions (Redis 7) or ACL users, which keyspace events do not
 #: show: when they ran, the rollback puts back the functions (FUNCTION RESTORE) or users (ACL SETUSER).
@@ -646,9 +646,16 @@ class RedisAdapter:
         return {k: r for k, r in zip(owners, replies, strict=True) if k is not None}
 
     def _hlls_counted(self) -> None:
-        """PFCOUNT ran: the HyperLogLogs whose header (cached count) is no longer the snapshot's are dirty."""
+        """PFCOUNT ran: the HyperLogLogs whose header (cached count) is no longer the snapshot's are dirty.
+
+        A key not written since the snapshot that is no HyperLogLog now was none then either
+        (PFCOUNT makes none): it is forgotten. One whose snapshot header is not known is dirty.
+        """
         for key, head in self._hll_heads_now(self._hlls - self._dirty).items():
-            if head != self._hll_heads.get(key):
+            known = self._hll_heads.get(key)
+            if known is None and not (isinstance(head, bytes) and head.startswith(_HLL_MAGIC)):
+                self._hlls.discard(key)
+            elif head != known:
                 self._dirty.add(key)
 
     def _learn_hll_heads(self, keys: set[Key]) -> None:
@@ -930,7 +937,7 @@ class RedisAdapter:
             finally:
                 self._own_window = None
             self._hlls.difference_update(k for k in keys if k not in snap)  # deleted: no HyperLogLog
-            self._learn_hll_heads(keys & self._hlls)
+            self._learn_hll_heads(keys & self._hll_heads.keys())  # those restored to an older header
             report = RestoreReport("redis", token.label, 0.0, "incremental", restored)
         else:
             report = RestoreReport("redis", token.label, 0.0, "none", 0)
@@ -1088,6 +1095,8 @@ class RedisAdapter:
             n = self._write(stale | self._snap.keys(), self._snap)
         finally:
             self._conn.on_push = saved
+        # the HyperLogLogs among the strings written back (a DUMP payload begins with its RDB type, 0 for a string)
+        self._learn_hll_heads({k for k, (payload, _) in self._snap.items() if payload[:1] == b"\x00"})
         self._settle()
         return n
 
