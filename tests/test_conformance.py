@@ -31,6 +31,7 @@ class RedisStore:
         p = parse_url(url)
         self.host, self.port = p["host"], p["port"]
         self.clients: dict[int, Any] = {}
+        self.users: set[str] = set()
 
     def client(self, db: int) -> Any:
         import redis
@@ -64,7 +65,8 @@ class RedisStore:
         self.client(0).pfcount(key)
 
     def write_object(self, name: str, value: str) -> None:
-        """An ACL user (kept beside the data, shown by ACL LIST)."""
+        """An ACL user (kept beside the data, shown by ACL LIST); close() deletes it."""
+        self.users.add(name)
         rules = ("on", "resetpass", f">{value}", "resetkeys", f"~{value.encode().hex()}:*")
         self.client(0).execute_command("ACL", "SETUSER", name, *rules)
 
@@ -72,6 +74,8 @@ class RedisStore:
         self.client(0).execute_command("ACL", "DELUSER", name)
 
     def close(self) -> None:
+        if self.users:  # the server is the session's: the next test starts with its users only
+            self.client(0).execute_command("ACL", "DELUSER", *sorted(self.users))
         for client in self.clients.values():
             client.close()
 
