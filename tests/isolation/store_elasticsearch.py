@@ -3,12 +3,14 @@
 Every write stays inside the worker's index prefix as the plugin gives it
 (``elasticsearch_service.extra["prefix"]``: ``gw0-`` ... on a shared external
 server, ``""`` where each worker has a server of its own, as with the default
-embedded noida-db). This file is loaded into the inner run as a plugin
+embedded noida-db; ``ROLLBACK_ISOLATION_ES_URL`` runs both workers on one
+server instead). This file is loaded into the inner run as a plugin
 (``-p iso_store``) for its ``iso_es`` fixture, which knows that prefix.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -18,7 +20,9 @@ from elasticsearch.helpers import BulkIndexError
 
 STORE = "elasticsearch"
 CLIENT_FIXTURE = "iso_es"
-INNER_ARGS = ("-p", "iso_store")
+#: ``ROLLBACK_ISOLATION_ES_URL=http://...`` runs both workers on that one server, each in its prefix
+_SHARED = os.environ.get("ROLLBACK_ISOLATION_ES_URL")
+INNER_ARGS = ("-p", "iso_store", *((f"--rollback-elasticsearch-url={_SHARED}",) if _SHARED else ()))
 #: refusals a random op can meet (a missing index, a closed one, a mapping conflict), not bugs
 EXPECTED_ERRORS = (ApiError, BulkIndexError)
 
