@@ -53,6 +53,7 @@ marked ``@pytest.mark.skip(reason=...)``; to make the long test shorter, set
 
 from __future__ import annotations
 
+import collections
 import copy
 import random
 from collections.abc import Callable, Hashable, Mapping, MutableMapping, Sequence
@@ -123,6 +124,23 @@ class MappingStore:
     def read_all(self) -> dict[Any, Any]:
         """A deep copy of the mapping's content."""
         return copy.deepcopy(dict(self.data))
+
+    # the optional capabilities (see "containers that appear without a change event" below): a container
+    # is a key holding a dict, a bounded one a key holding a deque, a view a key holding its definition
+    def make_empty_container(self, name: str) -> None:
+        self.data[name] = {}
+
+    def drop_container(self, name: str) -> None:
+        del self.data[name]
+
+    def make_bounded(self, name: str, limit: int) -> None:
+        self.data[name] = collections.deque(maxlen=limit)
+
+    def append(self, name: str, value: str) -> None:
+        self.data[name].append(value)
+
+    def make_view(self, name: str, definition: str) -> None:
+        self.data[name] = ("view", definition)
 
 
 _SHOWN_DIFFERENCES = 10
@@ -287,6 +305,110 @@ def _skip_without(scenario: _Scenario, method: str) -> None:
         pytest.skip(f"the adapter has no {method}()")
 
 
+
+# -- containers that appear without a change event, bounded containers, views (MongoDB, issue 12) -------------
+#
+# Optional capabilities of a StoreDriver; a test whose driver lacks one is skipped, naming it.
+#
+# ``make_empty_container(name: str) -> None``
+#     Make the container ``name`` (collection, table, index) exist, empty, by the write
+#     that creates one on the store without announcing it, where there is such a write
+#     (MongoDB on SecantusDB: an ``update_one`` that matches nothing); else by the plainest
+#     create. ``read_all()`` shows an empty container.
+# ``drop_container(name: str) -> None``
+#     Remove the container (or view) ``name`` and what it holds.
+# ``make_bounded(name: str, limit: int) -> None`` and ``append(name: str, value: str) -> None``
+#     A container that keeps only its ``limit`` newest items and evicts the oldest on
+#     ``append`` once full, announced or not (a capped collection). ``read_all()`` shows its
+#     items in their order.
+# ``make_view(name: str, definition: str) -> None``
+#     A stored definition with no data of its own (a view), ``definition`` a short word the
+#     driver makes part of it (a view's filter). ``read_all()`` shows every view's definition.
+
+
+def _skip_without_driver(scenario: _Scenario, *methods: str) -> None:
+    for method in methods:
+        if not callable(getattr(scenario.store, method, None)):
+            pytest.skip(f"the store driver has no {method}() (optional: see pytest_rollback.testing)")
+
+
+def _drive(run: _Scenario, method: str, *args: Any) -> None:
+    """``store.<method>(*args)`` of an optional capability; an exception fails the test naming the call."""
+    __tracebackhide__ = True
+    call = f"store.{method}({', '.join(map(repr, args))})"
+    _call(run.guarantee, call, getattr(run.store, method), *args)
+
+
+class _ContainerCases:
+    """Cases for what exists without being announced, what a store evicts by itself, and views."""
+
+    def test_container_made_without_an_event(self, adapter: Any, store: StoreDriver) -> None:
+        """A container that a write made exist silently is removed by a rollback, and one that existed at a
+        checkpoint and was dropped after is made again (whatever makes a container exist is state)."""
+        run = _Scenario("silent containers", adapter, store)
+        _skip_without_driver(run, "make_empty_container", "drop_container")
+        seeded = run.seed()
+        outer = run.checkpoint("module fixture")
+        _drive(run, "make_empty_container", "side0")
+        run.rollback(outer, "rollback(token) after a container was made without an event")
+        run.expect(seeded, "after rollback(token) a container made without an event is still there")
+        _drive(run, "make_empty_container", "side1")
+        with_side = run.state()
+        inner = run.checkpoint("test")
+        _drive(run, "drop_container", "side1")
+        run.write("k000", "written by the test")
+        run.rollback(inner, "rollback(inner) after the container made without an event was dropped")
+        run.expect(with_side, "after rollback(inner) the container that existed at the checkpoint is missing")
+        run.rollback(outer, "rollback(outer)")
+        run.expect(seeded, "after rollback(outer) the container made after it is still there")
+
+    def test_bounded_container_evictions(self, adapter: Any, store: StoreDriver) -> None:
+        """Items a full bounded container evicted by itself come back, in their order."""
+        run = _Scenario("bounded container", adapter, store)
+        _skip_without_driver(run, "make_bounded", "append")
+        run.seed()
+        _drive(run, "make_bounded", "ring", 4)
+        for i in range(4):
+            _drive(run, "append", "ring", f"item {i}")
+        full = run.state()
+        token = run.checkpoint("test")
+        for n in range(1, 3):
+            for i in range(2 * n + 1):
+                _drive(run, "append", "ring", f"new {n}.{i}")
+            run.rollback(token, f"rollback number {n} after appends that evicted the oldest items")
+            run.expect(full, f"after rollback number {n} the bounded container differs (items or their order)")
+
+    def test_views(self, adapter: Any, store: StoreDriver) -> None:
+        """Views are restored with their definitions: one redefined, one dropped, one added."""
+        run = _Scenario("views", adapter, store)
+        _skip_without_driver(run, "make_view", "drop_container")
+        run.seed()
+        _drive(run, "make_view", "view0", "a")
+        _drive(run, "make_view", "view1", "b")
+        at_checkpoint = run.state()
+        token = run.checkpoint("test")
+        _drive(run, "drop_container", "view0")
+        _drive(run, "make_view", "view0", "c")
+        _drive(run, "drop_container", "view1")
+        _drive(run, "make_view", "view2", "a")
+        run.rollback(token)
+        run.expect(at_checkpoint, "after rollback(token) the views differ from the checkpoint")
+
+    def test_observe_sees_silent_containers(self, adapter: Any, store: StoreDriver) -> None:
+        """``observe()`` (what ``--rollback-verify`` compares) sees a container made without an event."""
+        run = _Scenario("observe", adapter, store)
+        _skip_without(run, "observe")
+        _skip_without_driver(run, "make_empty_container", "drop_container")
+        run.seed()
+        first = run.observe()
+        _drive(run, "make_empty_container", "side0")
+        if run.observe().state == first.state:
+            _fail("observe", "the observation did not change after store.make_empty_container('side0'): "
+                  "verify could not see a container a rollback left behind")
+        _drive(run, "drop_container", "side0")
+
+
+
 # -- issue 12 (Elasticsearch): definitions, closed containers ---------------------------
 def _needs_driver(*methods: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Mark a test as needing the optional driver ``methods`` (``driver_needs``: for counting them)."""
@@ -357,7 +479,7 @@ class _DefinitionsAndClosedContainers:
                        "adapter gave no RollbackWarning")
 
 
-class AdapterConformance(_DefinitionsAndClosedContainers):
+class AdapterConformance(_ContainerCases, _DefinitionsAndClosedContainers):
     """The guarantees of :class:`pytest_rollback.Rollbackable`, as tests to inherit.
 
     Subclass it as ``class Test<Something>(AdapterConformance)`` and provide the

@@ -375,3 +375,68 @@ def test_docker_provider_starts_a_replica_set(pytester: pytest.Pytester) -> None
     result = pytester.runpytest_subprocess(*INNER, "--rollback-provider=docker", timeout=600)
     result.assert_outcomes(passed=8)
     result.stdout.fnmatch_lines(["pytest-rollback: mongo via docker at mongodb://*, version *, *tracking*"])
+
+
+#: The issue's leaks through the plugin: a full capped collection, collections made without a change event.
+LEAKS = """
+import pytest
+
+@pytest.fixture(scope="module", autouse=True)
+def data(mongo_db):
+    mongo_db.create_collection("last5", capped=True, size=100_000, max=5)
+    mongo_db.last5.insert_many([{"_id": i} for i in range(5)])
+    mongo_db.made.update_one({"x": 1}, {"$set": {"y": 1}})  # no match, no upsert: made, with no event
+
+def as_seeded(db):
+    assert [d["_id"] for d in db.last5.find()] == [0, 1, 2, 3, 4]
+    assert sorted(db.list_collection_names()) == ["last5", "made"]
+
+def test_evicts_and_makes_collections(mongo_db):
+    as_seeded(mongo_db)
+    mongo_db.last5.insert_many([{"_id": i} for i in range(5, 8)])
+    mongo_db.ghost1.update_one({"x": 1}, {"$set": {"y": 1}})
+    mongo_db.ghost2.update_many({"x": 1}, {"$set": {"y": 1}})
+    mongo_db.ghost3.replace_one({"x": 1}, {"y": 1})
+
+def test_restore_makes_the_silent_collection_again(mongo_db, rollback):
+    as_seeded(mongo_db)
+    token = rollback.checkpoint()
+    mongo_db.made.drop()
+    mongo_db.last5.insert_one({"_id": 9})
+    rollback.restore(token)
+    as_seeded(mongo_db)
+
+def test_after(mongo_db):
+    as_seeded(mongo_db)
+"""
+
+
+def test_capped_evictions_and_collections_made_without_an_event_are_rolled_back(
+    pytester: pytest.Pytester, server: Service
+) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(test_leaks=LEAKS)
+    result = pytester.runpytest(*INNER, f"--rollback-mongo-url={server.url}", "--rollback-verify", "-p", "no:randomly")
+    result.assert_outcomes(passed=3)
+
+
+def test_verify_sees_a_capped_collection_s_order(pytester: pytest.Pytester, server: Service) -> None:
+    pytester.makeini(INI)
+    pytester.makeconftest(restores_nothing("mongo"))
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.fixture(scope="module", autouse=True)
+        def data(mongo_db):
+            mongo_db.create_collection("last3", capped=True, size=100_000, max=3)
+            mongo_db.last3.insert_many([{"_id": i} for i in range(3)])
+
+        def test_reorders(mongo_db):
+            mongo_db.last3.delete_one({"_id": 0})
+            mongo_db.last3.insert_one({"_id": 0})  # the same documents, in another order
+        """
+    )
+    result = pytester.runpytest(*INNER, f"--rollback-mongo-url={server.url}", "--rollback-verify")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*verify: mongo differs from the checkpoint after restore*last3*natural order*"])

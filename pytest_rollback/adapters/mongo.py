@@ -14,6 +14,12 @@ as a single-node replica set, as the docker and local providers do):
   (types and field order exact), per collection with its options and indexes.
   A rollback replaces or deletes only the dirty documents; a collection whose
   DDL changed (drop, rename, create, indexes, collMod) is rebuilt whole.
+* Which collections exist is compared, not taken from the stream: at every
+  checkpoint and rollback one ``listCollections`` per owned database (an update
+  that matches nothing makes a collection on SecantusDB, with no event).
+* Capped collections (their natural order, and what they evicted), views (their
+  definition) and time-series collections (``_id`` is not unique there) are
+  restored whole, compared first.
 * An invalidated or failing change stream is a gap: the next restore is a full
   one.
 
@@ -65,6 +71,16 @@ OUTSIDE_WRITES = (
 _SON = bson.CodecOptions(document_class=bson.SON)
 #: Collections a rollback could not restore (after the others were).
 NOT_RESTORED = "mongo at {where}: {count} collection(s) could not be restored: {failures}"
+#: A view or time-series collection the server refused to create again (a RollbackWarning).
+NOT_RESTORABLE = (
+    "pytest-rollback: mongo: {label}: the {kind} {name} cannot be restored on this server ({error}); "
+    "the next tests see it as this one left it"
+)
+#: The profiler of an owned database is on (a RollbackWarning, once per database).
+PROFILER_ON = (
+    "pytest-rollback: mongo: {label}: the profiler of database {db!r} is on (it has system.profile); the "
+    "profiling level and system.profile are the server's diagnostics and are not rolled back"
+)
 #: The longest server error quoted per collection.
 _MAX_ERROR = 200
 #: Server error codes of credentials refused: AuthenticationFailed, and Unauthorized (none were given).
@@ -75,6 +91,31 @@ SERVER_SELECTION_LIMIT = 5.0
 
 def _idkey(doc_id: Any) -> bytes:
     return bson.encode({"_id": doc_id})
+
+
+def _whole(meta: Meta) -> bool:
+    """True for what is restored whole, never one document at a time: a view, a capped collection (its
+    order), a time-series collection (``_id`` is not unique in one: several documents may share it)."""
+    return "viewOn" in meta[0] or "timeseries" in meta[0] or bool(meta[0].get("capped"))
+
+
+def _keyed(docs: Iterable[RawBSONDocument]) -> dict[bytes, RawBSONDocument]:
+    """Documents by ``_id``, in their order; where an ``_id`` repeats (a time-series collection), the
+    n-th document with it is keyed by ``{_id, n}``."""
+    out: dict[bytes, RawBSONDocument] = {}
+    for doc in docs:
+        key = _idkey(doc["_id"])
+        n = 0
+        while key in out:
+            n += 1
+            key = bson.encode({"_id": doc["_id"], "n": n})
+        out[key] = doc
+    return out
+
+
+def _special(options: dict[str, Any]) -> bool:
+    """True for a view or a time-series collection (a server may refuse to create them again)."""
+    return "viewOn" in options or "timeseries" in options
 
 
 def _meta_key(meta: Meta) -> tuple[str, list[str]]:
@@ -203,6 +244,14 @@ class MongoAdapter:
         #: counters strategy: per collection, the write counters of ``top`` at the last reading
         self._counters: dict[NS, tuple[int, ...]] = {}
         self._has_top = True
+        #: collections whose writes no change stream shows (MongoDB's time-series): compared at every restore
+        self._unseen: set[NS] = set()
+        #: databases whose profiler was reported on (once each)
+        self._profiled: set[str] = set()
+        #: the label of the checkpoint being taken or restored (it names the test in warnings)
+        self._restoring: str | None = None
+        #: warnings of the restore under way, given when it ends
+        self._warnings: list[str] = []
         if strategy not in ("auto", "tracking", "counters"):
             raise ValueError(f"mongo: unknown strategy {strategy!r}; use auto, tracking or counters")
         self.strategy = "tracking" if strategy in ("auto", "tracking") else "counters"
@@ -313,6 +362,12 @@ class MongoAdapter:
         if top is not None:
             self._counters = top
 
+    def _warn_profiler(self, dbs: list[str]) -> None:
+        for db in dbs:
+            if db not in self._profiled:
+                self._profiled.add(db)
+                warnings.warn(RollbackWarning(PROFILER_ON.format(label=self._restoring, db=db)), stacklevel=2)
+
     def _owns(self, db: str) -> bool:
         if db == self.hidden_db or db in SYSTEM_DBS:
             return False
@@ -352,6 +407,22 @@ class MongoAdapter:
                 raise self._lost(exc) from None
             self._gap = f"the change stream failed ({exc.__class__.__name__}: {exc})"
             self._reopen()
+        if not discard:
+            self._compare_namespaces()
+
+    def _compare_namespaces(self) -> None:
+        """Mark dirty every collection that exists now and not in the snapshot, or the other way round.
+
+        What makes a collection (or a database) exist is part of the state, whether
+        or not the stream announced it: an ``update`` that matches nothing creates an
+        empty collection on some servers without an event. One ``listCollections``
+        per owned database (and a ``listDatabases`` when the owned ones are not
+        fixed) answers it. Collections whose writes no stream shows (time-series
+        collections of MongoDB) are compared at every restore.
+        """
+        present = self._namespaces()
+        self._dirty_colls.update(present.symmetric_difference(self._meta))
+        self._dirty_colls.update(self._unseen)
 
     def _reopen(self) -> None:
         """After a gap: a new stream from now; what was missed is answered by a full restore."""
@@ -388,7 +459,8 @@ class MongoAdapter:
         if coll is None:
             return
         key = (db, coll)
-        if op in ("insert", "update", "replace", "delete") and key in self._meta:
+        meta = self._meta.get(key)
+        if op in ("insert", "update", "replace", "delete") and meta is not None and not _whole(meta):
             self._dirty_docs.add((key, _idkey(event["documentKey"]["_id"])))
             return
         self._dirty_colls.add(key)
@@ -402,6 +474,8 @@ class MongoAdapter:
         if not infos:
             return None
         options = dict(infos[0].get("options", {}))
+        if "viewOn" in options:  # a view: its definition is all there is (no indexes, no documents of its own)
+            return options, []
         indexes = [dict(spec) for spec in self.client[ns[0]][ns[1]].list_indexes()]
         return options, indexes
 
@@ -409,14 +483,33 @@ class MongoAdapter:
         meta = self._read_meta(ns)
         if meta is None:
             return None
+        if "viewOn" in meta[0]:
+            return meta, {}
         coll = self.client[ns[0]].get_collection(ns[1], codec_options=_RAW)
-        return meta, {_idkey(d["_id"]): d for d in coll.find({})}
+        return meta, _keyed(coll.find({}))  # natural order: a capped collection's order
+
+    def _owned_dbs(self) -> list[str]:
+        if self._owned is not None:  # no listDatabases: a database with no collection is not listed anyway
+            return sorted(self._owned)
+        return [db for db in self.client.list_database_names() if self._owns(db)]
 
     def _namespaces(self) -> set[NS]:
+        """The collections and views of the owned databases (``system.*`` left out: the server's own)."""
         out: set[NS] = set()
-        for db in self.client.list_database_names():
-            if self._owns(db):
-                out.update((db, c) for c in self.client[db].list_collection_names() if not c.startswith("system."))
+        profiled: list[str] = []
+        unseen: set[NS] = set()
+        for db in self._owned_dbs():
+            for info in self.client[db].list_collections(nameOnly=True):
+                name = info["name"]
+                if name == "system.profile":
+                    profiled.append(db)
+                if name.startswith("system."):
+                    continue
+                out.add((db, name))
+                if info.get("type") == "timeseries":  # MongoDB's: its writes go to system.buckets.*, unseen
+                    unseen.add((db, name))
+        self._unseen = unseen
+        self._warn_profiler(profiled)
         return out
 
     # -- writing the server --------------------------------------------------------
@@ -429,7 +522,22 @@ class MongoAdapter:
         by the test, a capped collection), the collection is rebuilt.
         """
         target = self._meta.get(ns)
-        if target is not None and not target[0].get("capped"):
+        if target is not None and _whole(target):
+            # a view (its definition), a capped collection (its documents in their natural order: a capped
+            # collection refuses no write here, but puts back what it evicted only by a rebuild), a
+            # time-series collection (documents may share an _id: no document can be put back by it)
+            now = self._read_meta(ns)
+            if now is not None and _meta_key(now) == _meta_key(target):
+                if "viewOn" in target[0]:
+                    return 0
+                coll = self.client[ns[0]].get_collection(ns[1], codec_options=_RAW)
+                now_raw = [bytes(d.raw) for d in coll.find({})]
+                wanted_raw = [bytes(d.raw) for d in self._docs.get(ns, {}).values()]
+                if not target[0].get("capped"):  # a time-series collection: its order is the server's
+                    now_raw, wanted_raw = sorted(now_raw), sorted(wanted_raw)
+                if now_raw == wanted_raw:
+                    return 0
+        elif target is not None:
             now = self._read_meta(ns)
             if now is not None and _meta_key(now) == _meta_key(target):
                 coll = self.client[ns[0]].get_collection(ns[1], codec_options=_RAW)
@@ -457,7 +565,13 @@ class MongoAdapter:
         if meta is None:
             return 1
         options, indexes = meta
-        db.create_collection(ns[1], **options)
+        try:
+            db.create_collection(ns[1], **options)
+        except PyMongoError as exc:
+            if not _special(options):
+                raise
+            self._not_restorable(ns, options, exc)
+            return 1
         models = [
             IndexModel(list(spec["key"].items()), **{k: v for k, v in spec.items() if k not in ("key", "v", "ns")})
             for spec in indexes
@@ -466,9 +580,18 @@ class MongoAdapter:
         if models:
             db[ns[1]].create_indexes(models)
         docs = list(self._docs.get(ns, {}).values())
-        if docs:
-            db[ns[1]].insert_many(docs, ordered=False, bypass_document_validation=True)
+        if docs:  # in order: a capped collection's natural order is the order of its inserts
+            db[ns[1]].insert_many(docs, ordered=bool(options.get("capped")), bypass_document_validation=True)
         return 1 + len(docs)
+
+    def _not_restorable(self, ns: NS, options: dict[str, Any], exc: PyMongoError) -> None:
+        """A view or time-series collection the server refuses to create again: one warning, no error."""
+        kind = "view" if "viewOn" in options else "time-series collection"
+        self._warnings.append(
+            NOT_RESTORABLE.format(
+                label=self._restoring, kind=kind, name=f"{ns[0]}.{ns[1]}", error=faults.reason(exc)[:_MAX_ERROR]
+            )
+        )
 
     def _restore_docs(self, ns: NS, idkeys: Iterable[bytes]) -> int:
         """Put back the documents ``idkeys`` of ``ns``: deletions first, so that a document the
@@ -522,6 +645,7 @@ class MongoAdapter:
     def checkpoint(self, label: str | None = None) -> _Level:
         """Mark the current state: a barrier plus a read of what changed since the last mark."""
         level = _Level(label)
+        self._restoring = label
         try:
             self._checkpoint(level)
         except BaseException:
@@ -580,11 +704,16 @@ class MongoAdapter:
         start = time.perf_counter()
         if not token.alive or token not in self._levels:
             raise RollbackError(f"mongo: checkpoint {token.label!r} was released or rolled past")
+        self._restoring, self._warnings = token.label, []
         try:
             report = self._rollback(token)
         except BaseException:
             self._gap = self._gap or "the previous rollback failed (the server's state is not known)"
             raise
+        finally:
+            for text in self._warnings:
+                warnings.warn(RollbackWarning(text), stacklevel=3)
+            self._warnings = []
         report.seconds = time.perf_counter() - start
         return report
 
@@ -641,23 +770,29 @@ class MongoAdapter:
     def observe(self) -> Observation:
         """The whole state of the databases this adapter owns (for ``verify``).
 
-        Per collection its options and index specifications, and every document
-        (field order included), keyed by ``("db.coll", repr(_id))``. It reads
-        everything: a check, not a strategy.
+        The databases that exist, per collection (and view) its options and index
+        specifications, and every document (field order included), keyed by
+        ``("db.coll", repr(_id))``; for a capped collection also the order of its
+        documents. It reads everything: a check, not a strategy.
         """
         state: dict[Any, Any] = {}
         if self.strategy == "counters":
             self._collect_counters()  # the writes so far are marked before our reads move the counters
-        for ns in sorted(self._namespaces()):
+        namespaces = sorted(self._namespaces())
+        state[("(databases)", "")] = sorted({db for db, _ in namespaces})
+        for ns in namespaces:
             read = self._read_coll(ns)
             if read is None:
                 continue
             meta, docs = read
             name = ".".join(ns)
             state[(name, "(options and indexes)")] = _meta_key(meta)
-            for doc in docs.values():
+            if meta[0].get("capped"):
+                state[(name, "(natural order)")] = [repr(bson.decode(k)["_id"]) for k in docs]
+            for key, doc in docs.items():
                 son = bson.decode(doc.raw, codec_options=_SON)
-                state[(name, repr(son["_id"]))] = son
+                n = bson.decode(key).get("n")  # the n-th document of a repeated _id (time-series)
+                state[(name, repr(son["_id"]) + (f" #{n + 1}" if n else ""))] = son
         if self.strategy == "counters":
             self._settle_counters()  # our reads are not the test's writes
         return Observation(self.name, state)
