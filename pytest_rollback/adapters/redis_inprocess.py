@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import heapq
+import pickle
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -108,12 +109,14 @@ class _Journal:
         return table, heap
 
 
-def _journaled_class(database_cls: type) -> type:
+def _journaled_class(database_cls: Any) -> Any:
     """fakeredis's ``Database`` with every way to a key going through the journal first."""
 
-    class JournaledDatabase(database_cls):  # type: ignore[valid-type,misc]
+    class JournaledDatabase(database_cls):  # type: ignore[misc]
         _rollback_journal: _Journal | None = None
         _rollback_index: int = -1
+        _dict: dict[bytes, Any]
+        _expiry_heap: list[Any]
 
         def __getitem__(self, key: bytes) -> Any:
             if self._rollback_journal is not None:
@@ -174,7 +177,7 @@ def install(server: Any) -> _Journal:
 
     class Databases(defaultdict):  # type: ignore[type-arg]
         def __missing__(self, index: int) -> Any:
-            db = Database(server.lock)
+            db: Any = Database(server.lock)
             db.__class__ = cls
             db._rollback_index = index
             db._rollback_journal = journal
@@ -358,6 +361,7 @@ def _same(a: Any, b: Any) -> bool:
     if a.expireat != b.expireat or type(a.value) is not type(b.value):
         return False
     try:
-        return bool(a.value == b.value)
+        # fakeredis's own types compare by identity: then by their pickles (what DUMP sends)
+        return bool(a.value == b.value) or pickle.dumps(a.value) == pickle.dumps(b.value)
     except Exception:
         return False
