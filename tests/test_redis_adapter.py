@@ -1088,3 +1088,37 @@ def test_a_hyperloglog_counted_after_any_restore_is_back_byte_for_byte(adapter: 
     assert r.get("h") == original
     r.pfcount("h", "other")  # a count of several keys writes none of them
     assert adapter.rollback(outer).mode == "none"
+
+
+@pytest.mark.parametrize("backend", ["fakeredis-journal"], indirect=True)
+def test_the_journal_restores_what_was_touched(backend: Backend) -> None:
+    """On the in-process fakeredis a rollback puts back the keys touched since the checkpoint,
+    whatever the store's size; a flush hands its table over whole; one adapter per server."""
+    backend.reset()
+    r = backend.clients[0]
+    r.mset({f"seed{i}": i for i in range(5000)})
+    r.expire("seed7", 600)
+    before = backend.state()
+    adapter = backend.adapter()
+    try:
+        with pytest.raises(RollbackError, match="another adapter"):
+            backend.adapter()
+        cp = adapter.checkpoint("t")
+        assert adapter.rollback(cp).mode == "none"
+        r.set("seed1", "x")
+        r.delete("seed2")
+        r.set("new", 1)
+        r.persist("seed7")
+        report = adapter.rollback(cp)
+        assert (report.mode, report.restored) == ("incremental", 4)
+        r.flushall()
+        r.set("after-flush", 1)
+        report = adapter.rollback(cp)
+        assert report.mode == "incremental" and report.restored == 5000 and report.reason, report
+        r.swapdb(0, 3)
+        backend.clients[3].set("seed3", "moved")
+        adapter.rollback(cp)
+        assert_same_state(backend.state(), before)
+    finally:
+        adapter.close()
+    backend.adapter().close()  # closed: the server takes a new one

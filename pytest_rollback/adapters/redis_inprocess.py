@@ -44,7 +44,7 @@ Table = tuple[dict[bytes, Any], list[Any]]
 class _Level:
     """A checkpoint and the journal of what changed between it and the next one (or now)."""
 
-    __slots__ = ("label", "alive", "before", "cleared", "functions", "users")
+    __slots__ = ("label", "alive", "before", "cleared", "functions", "users", "failed")
 
     def __init__(self, label: str | None, functions: bytes | None, users: dict[bytes, list[bytes]] | None) -> None:
         self.label = label
@@ -55,6 +55,8 @@ class _Level:
         self.cleared: dict[int, Table] = {}
         self.functions = functions
         self.users = users
+        #: why a before-image could not be taken (the rollback then refuses to guess)
+        self.failed: str | None = None
 
     def __repr__(self) -> str:
         return f"<redis checkpoint {self.label!r}{'' if self.alive else ' (released)'}>"
@@ -69,6 +71,8 @@ class _Journal:
     def __init__(self, server: Any) -> None:
         self.server = server
         self.top: _Level | None = None
+        #: the adapter whose checkpoints these are: one per server
+        self.owner: object | None = None
 
     def image(self, item: Any) -> Any:
         """A private copy of a stored item (its value deep-copied, bytes shared: they are immutable)."""
@@ -93,7 +97,10 @@ class _Journal:
             seen = level.before[index] = {}
         if key not in seen:
             item = db._dict.get(key)
-            seen[key] = None if item is None else self.image(item)
+            try:
+                seen[key] = None if item is None else self.image(item)
+            except Exception as exc:  # never break the command that is running: the rollback will say it
+                level.failed = level.failed or f"key {key!r} of database {index} could not be copied ({exc!r})"
 
     def private_table(self, db: Any, level: _Level) -> Table:
         """A copy of ``db`` as it was at ``level``'s checkpoint (for SWAPDB, which moves tables between databases)."""
@@ -201,6 +208,7 @@ def _merge(older: _Level, newer: _Level) -> None:
     for index, table in newer.cleared.items():
         if index not in flushed_before:
             older.cleared[index] = table  # older's images still apply on top of that table
+    older.failed = older.failed or newer.failed
     for index, seen in newer.before.items():
         if index in flushed_before:
             continue  # older's table and images say it all
@@ -223,6 +231,10 @@ class InProcessRedisAdapter(RedisAdapter):
         self.strategy = "journal"
         self._server = server
         self._journal = install(server)
+        if self._journal.owner is not None:
+            super().close()
+            raise RollbackError(f"redis at {self._where()}: another adapter already keeps the journal of this server")
+        self._journal.owner = self
         self._jlevels: list[_Level] = []
 
     def _dbs(self) -> Any:
@@ -244,8 +256,11 @@ class InProcessRedisAdapter(RedisAdapter):
         start = time.perf_counter()
         if not token.alive or token not in self._jlevels:
             raise RollbackError(f"redis: checkpoint {token.label!r} was released or rolled past")
-        self._snapshot_put_back_objects(token)  # type: ignore[arg-type]
         idx = self._jlevels.index(token)
+        failed = [level.failed for level in self._jlevels[idx:] if level.failed]
+        if failed:
+            raise RollbackError(f"redis at {self._where()}: cannot roll back exactly: {failed[0]}")
+        self._snapshot_put_back_objects(token)  # type: ignore[arg-type]
         restored = 0
         flushed = False
         with self._server.lock:
@@ -254,6 +269,7 @@ class InProcessRedisAdapter(RedisAdapter):
                 for index, (table, heap) in level.cleared.items():
                     db = dbs[index]
                     db._dict, db._expiry_heap = table, heap
+                    restored += len(table)  # put back whole, in O(1)
                     flushed = True
                 for index, seen in level.before.items():
                     db = dbs[index]
@@ -267,7 +283,7 @@ class InProcessRedisAdapter(RedisAdapter):
             for level in self._jlevels[idx + 1 :]:
                 level.alive = False
             del self._jlevels[idx + 1 :]
-            token.before, token.cleared = {}, {}
+            token.before, token.cleared, token.failed = {}, {}, None
             self._journal.top = token
         if restored or flushed:
             mode, reason = "incremental", ("a flushed or swapped database's table put back" if flushed else None)
@@ -345,8 +361,9 @@ class InProcessRedisAdapter(RedisAdapter):
 
     def close(self) -> None:
         with self._server.lock:
-            if self._journal.top is not None and self._journal.top in self._jlevels:
+            if self._journal.owner is self:
                 self._journal.top = None
+                self._journal.owner = None
             self._jlevels.clear()
         super().close()
 
