@@ -406,4 +406,4 @@ def test_the_embedded_redis_rolls_back_what_each_test_touched(pytester: pytest.P
     write = next(v for k, v in reports.items() if k and k.endswith("test_write"))
     assert write == ("incremental", 3), reports
     flush = next(v for k, v in reports.items() if k and k.endswith("test_flush_and_lua"))
-    assert flush == ("incremental", 2000), reports  # the flushed table, put back whole
+    assert flush == ("full", 2000), reports  # the flushed table, put back whole

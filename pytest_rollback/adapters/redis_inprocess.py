@@ -285,10 +285,10 @@ class InProcessRedisAdapter(RedisAdapter):
             del self._jlevels[idx + 1 :]
             token.before, token.cleared, token.failed = {}, {}, None
             self._journal.top = token
-        if restored or flushed:
-            mode, reason = "incremental", ("a flushed or swapped database's table put back" if flushed else None)
+        if flushed:  # every key of those databases is back: a full restore, in O(1) for a flush
+            mode, reason = "full", "FLUSHDB, FLUSHALL or SWAPDB ran (the table it replaced is put back whole)"
         else:
-            mode, reason = "none", None
+            mode, reason = ("incremental" if restored else "none"), None
         report = RestoreReport("redis", token.label, time.perf_counter() - start, mode, restored, reason)
         self.last_report = report
         return report
