@@ -37,6 +37,13 @@ def _redis_adapter(service: Service, settings: StoreSettings) -> Rollbackable:
     from .adapters.redis import RedisAdapter
     from .adapters.redis_journal import FLAGS_FILE
 
+    if "fakeredis" in service.extra and not settings.extra.get("controller"):
+        from .adapters.redis_inprocess import InProcessRedisAdapter
+
+        # fakeredis in this process: a journal on its own databases (no events to read)
+        return InProcessRedisAdapter(
+            service.url, service.extra["fakeredis"], dbs=service.extra.get("dbs"), timeout=settings.timeout
+        )
     # the xdist controller keeps the whole server: a full copy, compared at the end (it reads no events)
     strategy = "snapshot" if settings.extra.get("controller") else "auto"
     return RedisAdapter(

@@ -240,30 +240,37 @@ def fake_redis() -> Iterator[Service]:
 
 
 class TestRedisAdapter(AdapterConformance):
-    """Tracking (keyspace events) and snapshot on redis-server; snapshot on fakeredis."""
+    """Tracking (keyspace events) and snapshot on redis-server; snapshot and the in-process journal on fakeredis."""
 
-    @pytest.fixture(params=["tracking", "snapshot", "fakeredis"])
+    @pytest.fixture(params=["tracking", "snapshot", "fakeredis", "fakeredis-journal"])
     def server(self, request: pytest.FixtureRequest) -> tuple[str, str]:
-        if request.param == "fakeredis":
+        if request.param.startswith("fakeredis"):
             url = request.getfixturevalue("fake_redis").url
             import redis
 
             with redis.Redis.from_url(url) as client:
                 client.flushall()
-            return url, "auto"
+            return url, "auto" if request.param == "fakeredis" else "journal"
         return request.getfixturevalue("redis_url"), request.param
 
     @pytest.fixture
     def store(self, server: tuple[str, str], request: pytest.FixtureRequest) -> Iterator[RedisStore]:
-        fake = request.node.callspec.params["server"] == "fakeredis"
+        fake = request.node.callspec.params["server"].startswith("fakeredis")
         driver = (FakeRedisStore if fake else RedisStore)(server[0])
         yield driver
         driver.close()
 
     @pytest.fixture
-    def adapter(self, server: tuple[str, str], store: RedisStore) -> Iterator[Any]:
+    def adapter(self, server: tuple[str, str], store: RedisStore, request: pytest.FixtureRequest) -> Iterator[Any]:
         from pytest_rollback.adapters.redis import RedisAdapter
+        from pytest_rollback.adapters.redis_inprocess import InProcessRedisAdapter
 
+        if server[1] == "journal":  # what the embedded provider's adapter is
+            fake = request.getfixturevalue("fake_redis")
+            adapter: Any = InProcessRedisAdapter(server[0], fake.extra["fakeredis"])
+            yield adapter
+            adapter.close()
+            return
         adapter = RedisAdapter(server[0], strategy=server[1])
         if server[1] == "auto":
             assert adapter.strategy == "snapshot", "fakeredis has no keyspace events: the adapter snapshots"

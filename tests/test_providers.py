@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -356,3 +357,53 @@ def test_the_embedded_redis_runs_lua(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest(*INNER, "--rollback-provider=embedded", "-p", "no:randomly")
     result.assert_outcomes(passed=2)
+
+
+def test_the_embedded_redis_rolls_back_what_each_test_touched(pytester: pytest.Pytester) -> None:
+    """The embedded Redis is rolled back by a journal on fakeredis's own databases: each restore
+    puts back the keys its test touched (a flush: the table it replaced), never the whole seed."""
+    pytester.makeini(INI)
+    pytester.makeconftest(
+        """
+        import json, pytest
+
+        REPORTS = []
+
+        def pytest_rollback_after_rollback(adapter, checkpoint, report):
+            REPORTS.append([checkpoint.label, report.mode, report.restored])
+
+        def pytest_sessionfinish(session):
+            with open("reports.json", "w") as fh:
+                json.dump(REPORTS, fh)
+
+        @pytest.fixture(scope="session", autouse=True)
+        def seed(redis_client):
+            redis_client.mset({f"seed{i}": i for i in range(2000)})
+        """
+    )
+    pytester.makepyfile(
+        test_a="""
+        def test_write(redis_client):
+            redis_client.set("seed1", "changed")
+            redis_client.set("new", 1)
+            redis_client.delete("seed2")
+
+        def test_flush_and_lua(redis_client):
+            redis_client.flushall()
+            redis_client.eval("redis.call('SET', KEYS[1], 'x'); redis.call('EXPIRE', 'seed3', 5)", 1, "lua")
+
+        def test_untouched(redis_client):
+            assert redis_client.dbsize() == 2000
+            assert redis_client.get("seed1") == b"1" and redis_client.get("seed2") == b"2"
+            assert redis_client.ttl("seed3") == -1 and not redis_client.exists("new", "lua")
+        """
+    )
+    result = pytester.runpytest(*INNER, "--rollback-provider=embedded", "-p", "no:randomly", "-v")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*redis via embedded*fakeredis*journal rollback*"])
+    rows = json.loads(pytester.path.joinpath("reports.json").read_text())
+    reports = {label: (mode, restored) for label, mode, restored in rows}
+    write = next(v for k, v in reports.items() if k and k.endswith("test_write"))
+    assert write == ("incremental", 3), reports
+    flush = next(v for k, v in reports.items() if k and k.endswith("test_flush_and_lua"))
+    assert flush == ("full", 2000), reports  # the flushed table, put back whole

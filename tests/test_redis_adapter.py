@@ -9,7 +9,9 @@ Two kinds of tests:
   database, plus the consumer groups, consumers and pending entries of streams --
   with the state read at the checkpoint. The same suite runs on a real
   redis-server (the ``tracking`` strategy: keyspace events) and on fakeredis
-  served over TCP by the ``embedded`` provider (the ``snapshot`` strategy).
+  served over TCP by the ``embedded`` provider, both with the ``snapshot`` strategy
+  (what a URL alone allows) and with the ``journal`` the embedded provider uses
+  (``InProcessRedisAdapter``: before-images recorded on fakeredis's databases).
 * Focused tests of what the tracking strategy promises: how much a rollback
   restores and how (``none`` / ``incremental`` / ``full``), gaps it must detect
   (FLUSHDB, FLUSHALL, SWAPDB, CLIENT KILL, a subscriber dropped for overflowing its
@@ -24,7 +26,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +37,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pytest_rollback.adapters.redis import RedisAdapter, parse_url, put_back_flags, redis_state
+from pytest_rollback.adapters.redis_inprocess import InProcessRedisAdapter
 from pytest_rollback.api import RollbackError, Service
 from pytest_rollback.options import StoreSettings
 from pytest_rollback.services import embedded
@@ -72,9 +75,17 @@ def _client(url: str, db: int) -> redis.Redis:
 class Backend:
     """One server the property suite runs on, with a client per database."""
 
-    def __init__(self, name: str, url: str, fake: bool) -> None:
+    def __init__(self, name: str, url: str, fake: bool, server: Any = None) -> None:
         self.name, self.url, self.fake = name, url, fake
+        #: the in-process fakeredis server, for the journal strategy
+        self.server = server
+        self.strategy = "journal" if server is not None else "snapshot" if fake else "tracking"
         self.clients = {db: _client(url, db) for db in range(16)}
+
+    def adapter(self) -> RedisAdapter:
+        if self.server is not None:
+            return InProcessRedisAdapter(self.url, self.server)
+        return RedisAdapter(self.url)
 
     def __repr__(self) -> str:
         return f"<{self.name} at {self.url}>"
@@ -100,13 +111,15 @@ def fake_redis() -> Iterator[Service]:
     service.stop()
 
 
-@pytest.fixture(scope="module", params=["redis-server", "fakeredis"])
+@pytest.fixture(scope="module", params=["redis-server", "fakeredis", "fakeredis-journal"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    if request.param == "fakeredis":
+    fake = request.param.startswith("fakeredis")
+    if fake:
         service: Service = request.getfixturevalue("fake_redis")
     else:
         service = request.getfixturevalue("real_redis")
-    b = Backend(request.param, service.url, fake=request.param == "fakeredis")
+    server = service.extra["fakeredis"] if request.param == "fakeredis-journal" else None
+    b = Backend(request.param, service.url, fake=fake, server=server)
     yield b
     b.reset()
     b.close()
@@ -236,8 +249,15 @@ GAP_OPS = {
 Op = tuple[str, int, int, int, int]
 
 
-def _ops(fake: bool, max_size: int = 12) -> st.SearchStrategy[list[Op]]:
-    names = COMMON_OPS if fake else COMMON_OPS + REAL_ONLY_OPS
+#: The operations of each backend: fakeredis runs Lua (with lupa installed) when the journal sees it in process.
+BACKEND_OPS = {
+    "redis-server": COMMON_OPS + REAL_ONLY_OPS,
+    "fakeredis": COMMON_OPS,
+    "fakeredis-journal": COMMON_OPS + ("lua", "lua_flushdb"),
+}
+
+
+def _ops(names: Sequence[str], max_size: int = 12) -> st.SearchStrategy[list[Op]]:
     one = st.tuples(
         st.sampled_from(names), st.sampled_from(DBS), st.integers(0, len(NAMES) - 1),
         st.integers(0, len(NAMES) - 1), st.integers(0, 99),
@@ -399,10 +419,12 @@ class Model:
         self.order.remove(label)
 
 
-def _check_rollback(adapter: RedisAdapter, token: Any, label: str, model: Model, fake: bool) -> None:
+def _check_rollback(adapter: RedisAdapter, token: Any, label: str, model: Model, strategy: str) -> None:
     report = adapter.rollback(token)
     expected_full, words = model.rollback(label)
-    if fake:
+    if strategy == "journal":  # a flush or swap: the table it replaced, put back whole ("full")
+        assert report.mode in ("incremental", "none") or "FLUSH" in (report.reason or ""), report
+    elif strategy == "snapshot":
         assert (report.mode, report.reason) == ("full", "snapshot strategy")
     elif expected_full:
         assert report.mode == "full", report
@@ -416,25 +438,27 @@ B_ENDINGS = ("rollback B, then A", "roll past B to A", "release B, then A")
 
 
 def _run_program(backend: Backend, data: st.DataObject) -> None:
-    ops = _ops(backend.fake)
-    clients, fake = backend.clients, backend.fake
+    ops = _ops(BACKEND_OPS[backend.name])
+    clients, fake = backend.clients, backend.strategy
     backend.reset()
     _seed(clients)
-    adapter = RedisAdapter(backend.url)
-    assert adapter.strategy == ("snapshot" if fake else "tracking")
+    adapter = backend.adapter()
+    assert adapter.strategy == backend.strategy
     model = Model()
     try:
+        # read before the checkpoint (the same state): the journal counts reads as touches, and a
+        # read of every key after it would give each one a before-image and hide a flush's bugs
+        at_a = backend.state()
         a = adapter.checkpoint("A")
         model.checkpoint("A")
-        at_a = backend.state()
         first = data.draw(ops, label="writes after A")
         for op in first:
             _apply(op, clients)
         model.ran(first)
         if data.draw(st.booleans(), label="nested checkpoint B"):
+            at_b = backend.state()
             b = adapter.checkpoint("B")
             model.checkpoint("B")
-            at_b = backend.state()
             second = data.draw(ops, label="writes after B")
             for op in second:
                 _apply(op, clients)
@@ -469,7 +493,7 @@ def _run_program(backend: Backend, data: st.DataObject) -> None:
         # a checkpoint that nothing follows costs nothing
         c = adapter.checkpoint("C")
         report = adapter.rollback(c)
-        assert report.mode == ("full" if fake else "none")
+        assert report.mode == ("full" if fake == "snapshot" else "none")
         assert_same_state(backend.state(), at_a)
     finally:
         adapter.close()
@@ -478,7 +502,7 @@ def _run_program(backend: Backend, data: st.DataObject) -> None:
 #: Examples per backend. fakeredis, as the embedded provider serves it, answers each
 #: pipeline of n commands with n separately flushed writes, so Nagle's algorithm and
 #: delayed ACKs cost ~40 ms per pipeline there: fewer examples keep it under a minute.
-EXAMPLES = {"redis-server": 60, "fakeredis": 20}
+EXAMPLES = {"redis-server": 60, "fakeredis": 20, "fakeredis-journal": 40}
 
 
 def test_random_writes_roll_back_exactly(backend: Backend) -> None:
@@ -815,11 +839,11 @@ def test_nested_checkpoints(adapter: RedisAdapter, r: redis.Redis, state: Any) -
         adapter.rollback(c3)
 
 
-@pytest.mark.parametrize("backend", ["redis-server", "fakeredis"], indirect=True)
+@pytest.mark.parametrize("backend", ["redis-server", "fakeredis", "fakeredis-journal"], indirect=True)
 def test_release_of_a_middle_checkpoint(backend: Backend) -> None:
     backend.reset()
     r = backend.clients[0]
-    adapter = RedisAdapter(backend.url)
+    adapter = backend.adapter()
     try:
         r.set("a", 0)
         c1 = adapter.checkpoint("1")
@@ -849,13 +873,13 @@ def test_release_of_a_middle_checkpoint(backend: Backend) -> None:
         adapter.close()
 
 
-@pytest.mark.parametrize("backend", ["redis-server", "fakeredis"], indirect=True)
+@pytest.mark.parametrize("backend", ["redis-server", "fakeredis", "fakeredis-journal"], indirect=True)
 def test_changes_lists_added_modified_removed(backend: Backend) -> None:
     backend.reset()
     r, r5 = backend.clients[0], backend.clients[5]
     r.mset({"keep": 1, "mod": 1, "gone": 1, "ttl": 1})
     r5.mset({"mod5": 1, "gone5": 1})
-    adapter = RedisAdapter(backend.url)
+    adapter = backend.adapter()
     try:
         cp = adapter.checkpoint("t")
         r.get("keep")
@@ -884,13 +908,13 @@ def test_changes_lists_added_modified_removed(backend: Backend) -> None:
         adapter.close()
 
 
-@pytest.mark.parametrize("backend", ["redis-server", "fakeredis"], indirect=True)
+@pytest.mark.parametrize("backend", ["redis-server", "fakeredis", "fakeredis-journal"], indirect=True)
 def test_pre_existing_data_is_restored_by_the_first_checkpoint(backend: Backend) -> None:
     backend.reset()
     _seed(backend.clients)
     backend.clients[7].rpush("jobs", "1", "2")
     before = backend.state()
-    adapter = RedisAdapter(backend.url)
+    adapter = backend.adapter()
     try:
         root = adapter.checkpoint("start")
         backend.clients[0].set("s0", "overwritten")
@@ -1066,3 +1090,37 @@ def test_a_hyperloglog_counted_after_any_restore_is_back_byte_for_byte(adapter: 
     assert r.get("h") == original
     r.pfcount("h", "other")  # a count of several keys writes none of them
     assert adapter.rollback(outer).mode == "none"
+
+
+@pytest.mark.parametrize("backend", ["fakeredis-journal"], indirect=True)
+def test_the_journal_restores_what_was_touched(backend: Backend) -> None:
+    """On the in-process fakeredis a rollback puts back the keys touched since the checkpoint,
+    whatever the store's size; a flush hands its table over whole; one adapter per server."""
+    backend.reset()
+    r = backend.clients[0]
+    r.mset({f"seed{i}": i for i in range(5000)})
+    r.expire("seed7", 600)
+    before = backend.state()
+    adapter = backend.adapter()
+    try:
+        with pytest.raises(RollbackError, match="another adapter"):
+            backend.adapter()
+        cp = adapter.checkpoint("t")
+        assert adapter.rollback(cp).mode == "none"
+        r.set("seed1", "x")
+        r.delete("seed2")
+        r.set("new", 1)
+        r.persist("seed7")
+        report = adapter.rollback(cp)
+        assert (report.mode, report.restored) == ("incremental", 4)
+        r.flushall()
+        r.set("after-flush", 1)
+        report = adapter.rollback(cp)
+        assert (report.mode, report.restored) == ("full", 5000) and "FLUSH" in (report.reason or ""), report
+        r.swapdb(0, 3)
+        backend.clients[3].set("seed3", "moved")
+        adapter.rollback(cp)
+        assert_same_state(backend.state(), before)
+    finally:
+        adapter.close()
+    backend.adapter().close()  # closed: the server takes a new one

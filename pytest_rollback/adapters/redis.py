@@ -42,10 +42,11 @@ After a rollback or checkpoint that failed, the next rollback is a full one.
 Nothing is stored on the server, so ``KEYS *`` and ``DBSIZE`` see no trace, and the
 Lua script cache is never touched.
 
-Servers that cannot do this (no RESP3, no ``INFO``, no ``CONFIG SET``: fakeredis,
-some managed services) get the ``snapshot`` strategy: a full copy at every
-checkpoint and a full comparison at every rollback. Exact, but its cost grows with
-the data.
+Servers that cannot do this (no RESP3, no ``INFO``, no ``CONFIG SET``: fakeredis
+reached by URL, some managed services) get the ``snapshot`` strategy: a full copy at
+every checkpoint and a full comparison at every rollback. Exact, but its cost grows
+with the data. fakeredis served from this process (the ``embedded`` provider) gets a
+journal on its own databases instead: see ``redis_inprocess``.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ def redis(settings: StoreSettings) -> Service:
     """fakeredis served over TCP on 127.0.0.1 from a thread of this process.
 
     Code under test reaches it by URL like a real server. fakeredis has no
-    keyspace-event counters, so the adapter uses the snapshot strategy: exact,
-    but each checkpoint and rollback costs time proportional to the data.
+    keyspace events; the server object (``extra["fakeredis"]``) lets the adapter
+    keep a write journal on its databases instead (see ``adapters.redis_inprocess``).
     """
     try:
         import fakeredis
@@ -60,7 +60,7 @@ def redis(settings: StoreSettings) -> Service:
         version=f"fakeredis {getattr(fakeredis, '__version__', '?')}",
         startup_ms=(time.perf_counter() - start) * 1000,
         owned=True,
-        extra={"db": 0, "dbs": list(range(16))},
+        extra={"db": 0, "dbs": list(range(16)), "fakeredis": server.fake_server},
         stop=stop,
     )
 
