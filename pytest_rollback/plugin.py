@@ -152,6 +152,7 @@ class RollbackSession:
         self.engine = Engine(config.hook, enabled=not options.disabled)
         self.engine.finish_owner = self._finish_owner
         self.engine.running = lambda: self.running
+        self.engine.silent_owner = _plugin_fixture
         self.branches = Branches(config, self.engine)
         self.registry = Registry()
         self.services: dict[str, Service] = {}
@@ -252,6 +253,8 @@ class RollbackSession:
                 held = self._hold(store, service)
                 adapter = spec.make_adapter(service, self.settings(store))
                 self.engine.activate(adapter)
+                if service.owned and not service.extra.get("kept"):
+                    self.engine.throwaway.add(store)  # stopped at the end: its last restores go to nobody
                 if held and self.engine.enabled:
                     self.holds.journal(store, adapter)  # before any test can write
             except BaseException:
@@ -364,6 +367,11 @@ class RollbackSession:
                     sync=sync, how=how,
                 )
         return report
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        """Before the last test's teardown: what follows are the session's own teardowns."""
+        self.engine.ending = nextitem is None
 
     def pytest_runtest_logstart(self, nodeid: str) -> None:
         """Remember the running test (for service lines and the summary's causes)."""
@@ -604,6 +612,12 @@ class RollbackSession:
         request = getattr(cp, "request", None)
         if fixturedef is not None and request is not None:
             fixturedef.finish(request)
+
+
+def _plugin_fixture(owner: Any) -> bool:
+    """Whether ``owner`` (a level's fixture) is one of this plugin's: their teardowns read no store."""
+    func = getattr(owner, "func", None)
+    return str(getattr(func, "__module__", "")).startswith("pytest_rollback.")
 
 
 from .fixtures import (  # noqa: E402  (fixtures are found in the plugin module)
