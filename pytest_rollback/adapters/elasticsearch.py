@@ -162,6 +162,10 @@ _TEMPLATE_PATHS = {"index_template": "/_index_template/", "component_template": 
                    "template": "/_template/"}
 
 
+#: where a one-node server counts the requests of each HTTP client
+_REQUESTS_PATH = "/_nodes/stats/http"
+
+
 class ElasticsearchAdapter:
     """Checkpoint and roll back the indices of an Elasticsearch cluster.
 
@@ -228,6 +232,11 @@ class ElasticsearchAdapter:
         self._clones_closed = True
         #: round trips of the last checkpoint or rollback (for the benchmark)
         self.last_round_trips = 0
+        #: the server's HTTP request counts per client after the last look, and the level the indices
+        #: were then known to equal: while only our own reading moved them, nothing changed
+        self._requests: dict[Any, int] | None = None
+        self._looked: _Level | None = None
+        self._counts_requests = True
 
     def _fault(self, exc: ConnectionFailed | HttpError) -> StoreFault:
         """The one line for a connection error: the server went away, stopped answering, or refuses us."""
@@ -305,6 +314,48 @@ class ElasticsearchAdapter:
                 seqs.append(max(int((c.get("seq_no") or {}).get("max_seq_no", -1)) for c in primary))
             out[name] = (str(data.get("uuid", "")), tuple(seqs))
         return out
+
+    def _request_counts(self) -> dict[Any, int] | None:
+        """Requests per HTTP client of a one-node server (``_nodes/stats/http``): one round trip."""
+        if not self._counts_requests:
+            return None
+        try:
+            got = self._call("GET", _REQUESTS_PATH, filter_path="nodes.*.http.clients.id,"
+                             "nodes.*.http.clients.request_count,nodes.*.http.clients.last_uri") or {}
+        except HttpError:
+            self._counts_requests = False
+            return None
+        nodes = list((got.get("nodes") or {}).values())
+        clients = ((nodes[0].get("http") or {}).get("clients") if len(nodes) == 1 else None) or None
+        if not isinstance(clients, list) or not all(isinstance(c.get("request_count"), int) for c in clients):
+            self._counts_requests = False
+            return None
+        return {(c.get("id"), c.get("last_uri")): int(c["request_count"]) for c in clients}
+
+    def _quiet(self, token: _Level) -> bool:
+        """True when the indices still equal ``token``'s state: it was the state at the last look, and the
+        server has answered no request since but our own reading of its request counts."""
+        base, self._requests = self._requests, None
+        looked, self._looked = self._looked, None
+        if base is None or looked is not token:
+            return False
+        now = self._request_counts()
+        if now is None:
+            return False
+        old = {key[0]: n for key, n in base.items()}
+        moved = [(key, n) for key, n in now.items() if old.get(key[0]) != n]
+        if len(now) != len(base) or len(moved) != 1:
+            return False
+        (ident, uri), count = moved[0]
+        if ident not in old or count != old[ident] + 1 or not str(uri).startswith(_REQUESTS_PATH):
+            return False
+        self._requests, self._looked = now, token
+        return True
+
+    def _looked_at(self, level: _Level) -> None:
+        """After a checkpoint or rollback: the indices equal ``level``; the request counts from now."""
+        self._requests = self._request_counts() if self._csv is not None else None
+        self._looked = level if self._requests is not None else None
 
     def _look(self) -> tuple[Mark, dict[str, Fp]]:
         """The cluster state's mark and every index's fingerprint (closed ones too where the server gives
@@ -467,11 +518,14 @@ class ElasticsearchAdapter:
     def checkpoint(self, label: str | None = None) -> _Level:
         """Mark the current state; clones only the indices that changed since their last snapshot."""
         self.last_round_trips = 0
+        self._requests = self._looked = None
         try:
-            return self._checkpoint(label)
+            level = self._checkpoint(label)
         except BaseException:
             self._failed()
             raise
+        self._looked_at(level)
+        return level
 
     def _failed(self) -> None:
         """After a checkpoint or rollback that failed: the next rollback restores every index from its snapshot."""
@@ -543,11 +597,14 @@ class ElasticsearchAdapter:
         for level in self._levels[idx + 1 :]:
             level.alive = False
         del self._levels[idx + 1 :]
+        if self._quiet(token):
+            return RestoreReport("elasticsearch", token.label, time.perf_counter() - start, "none", 0)
         try:
             report = self._rollback(token)
         except BaseException:
             self._failed()
             raise
+        self._looked_at(token)
         report.seconds = time.perf_counter() - start
         return report
 
