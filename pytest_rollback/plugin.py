@@ -152,7 +152,7 @@ class RollbackSession:
         self.engine = Engine(config.hook, enabled=not options.disabled)
         self.engine.finish_owner = self._finish_owner
         self.engine.running = lambda: self.running
-        self.engine.silent_owner = _plugin_fixture
+        self.engine.silent_owner = self._silent_owner
         self.branches = Branches(config, self.engine)
         self.registry = Registry()
         self.services: dict[str, Service] = {}
@@ -584,6 +584,19 @@ class RollbackSession:
                 self.engine.pop(cp)
             raise
 
+    def _silent_owner(self, owner: Any) -> bool:
+        """Whether ``owner`` (a level's fixture) is no fixture of the project's (under the rootdir): this
+        plugin's and other installed plugins' (an event loop policy) are taken not to read the stores at
+        their teardown; the project's may."""
+        func = getattr(owner, "func", None)
+        if str(getattr(func, "__module__", "")).startswith("pytest_rollback."):
+            return True
+        code = getattr(func, "__code__", None)
+        if code is None:
+            return False
+        path = Path(code.co_filename)
+        return not path.is_relative_to(self.config.rootpath) or "site-packages" in path.parts
+
     def _level_label(self, fixturedef: pytest.FixtureDef[Any]) -> str:
         """``session fixture seed_catalogue``: a fixture of the user's, by name; another plugin's or an
         internal one (``_name``) by its scope only, which is all the user can act on."""
@@ -612,12 +625,6 @@ class RollbackSession:
         request = getattr(cp, "request", None)
         if fixturedef is not None and request is not None:
             fixturedef.finish(request)
-
-
-def _plugin_fixture(owner: Any) -> bool:
-    """Whether ``owner`` (a level's fixture) is one of this plugin's: their teardowns read no store."""
-    func = getattr(owner, "func", None)
-    return str(getattr(func, "__module__", "")).startswith("pytest_rollback.")
 
 
 from .fixtures import (  # noqa: E402  (fixtures are found in the plugin module)
