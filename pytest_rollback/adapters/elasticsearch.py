@@ -238,7 +238,8 @@ class ElasticsearchAdapter:
         #: were then known to equal: while only our own reading moved them, nothing changed
         self._requests: dict[Any, tuple[str, int, str]] | None = None
         self._looked: _Level | None = None
-        self._counts_requests = True
+        #: not under a prefix (a server shared by xdist workers): the others' requests would make every probe fail
+        self._counts_requests = not prefix
         #: our requests so far, and when the counts were read last
         self._sent = self._sent_at = 0
         #: the user agent of this adapter's requests, to tell them from others' in the server's counts

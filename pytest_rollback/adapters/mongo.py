@@ -255,7 +255,8 @@ class MongoAdapter:
         #: the server's write counters (serverStatus) after the last look at the stream: while they
         #: stay there (bar our own reading), nothing changed, and a look costs one round trip
         self._baseline: tuple[int, ...] | None = None
-        self._has_opcounters = True
+        #: not on a server shared by xdist workers: the others' commands would make every probe fail
+        self._has_opcounters = others is None
         #: the label of the checkpoint being taken or restored (it names the test in warnings)
         self._restoring: str | None = None
         #: warnings of the restore under way, given when it ends
