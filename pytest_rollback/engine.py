@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -158,6 +159,9 @@ class Engine:
             top, tokens = kept
             live = {n for n in self.adapters if n not in self.broken}
             if reuse and not verify and top is (self.stack[-1] if self.stack else None) and set(tokens) == live:
+                for token in tokens.values():  # the adapters' reports and warnings name this level now
+                    with contextlib.suppress(AttributeError, TypeError):
+                        token.label = label
                 cp = Checkpoint(label, kind, tokens, owner)
                 self.stack.append(cp)
                 return cp
@@ -350,6 +354,7 @@ class Engine:
             raise RollbackError(f"pytest-rollback: {adapter.name}: rollback failed: {exc!r}") from exc
         if isinstance(result, RestoreReport):
             report = result
+            report.label = label  # a shared token's adapter may know it by the level it was taken for
         else:
             report = RestoreReport(adapter.name, label, time.perf_counter() - start, "restored")
         self.reports.append((label, report))
