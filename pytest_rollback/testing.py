@@ -326,10 +326,11 @@ def _skip_without(scenario: _Scenario, method: str) -> None:
 #     driver makes part of it (a view's filter). ``read_all()`` shows every view's definition.
 
 
-def _skip_without_driver(scenario: _Scenario, *methods: str) -> None:
-    for method in methods:
-        if not callable(getattr(scenario.store, method, None)):
-            pytest.skip(f"the store driver has no {method}() (optional: see pytest_rollback.testing)")
+def _skip_unless_driver(store: Any, *methods: str) -> None:
+    """Skip the test, naming what is missing, unless the store driver has every optional ``methods``."""
+    missing = [m for m in methods if not callable(getattr(store, m, None))]
+    if missing:
+        pytest.skip(f"the store driver has no {'(), '.join(missing)}() (an optional StoreDriver capability)")
 
 
 def _drive(run: _Scenario, method: str, *args: Any) -> None:
@@ -346,7 +347,7 @@ class _ContainerCases:
         """A container that a write made exist silently is removed by a rollback, and one that existed at a
         checkpoint and was dropped after is made again (whatever makes a container exist is state)."""
         run = _Scenario("silent containers", adapter, store)
-        _skip_without_driver(run, "make_empty_container", "drop_container")
+        _skip_unless_driver(run.store, "make_empty_container", "drop_container")
         seeded = run.seed()
         outer = run.checkpoint("module fixture")
         _drive(run, "make_empty_container", "side0")
@@ -365,7 +366,7 @@ class _ContainerCases:
     def test_bounded_container_evictions(self, adapter: Any, store: StoreDriver) -> None:
         """Items a full bounded container evicted by itself come back, in their order."""
         run = _Scenario("bounded container", adapter, store)
-        _skip_without_driver(run, "make_bounded", "append")
+        _skip_unless_driver(run.store, "make_bounded", "append")
         run.seed()
         _drive(run, "make_bounded", "ring", 4)
         for i in range(4):
@@ -381,7 +382,7 @@ class _ContainerCases:
     def test_views(self, adapter: Any, store: StoreDriver) -> None:
         """Views are restored with their definitions: one redefined, one dropped, one added."""
         run = _Scenario("views", adapter, store)
-        _skip_without_driver(run, "make_view", "drop_container")
+        _skip_unless_driver(run.store, "make_view", "drop_container")
         run.seed()
         _drive(run, "make_view", "view0", "a")
         _drive(run, "make_view", "view1", "b")
@@ -398,7 +399,7 @@ class _ContainerCases:
         """``observe()`` (what ``--rollback-verify`` compares) sees a container made without an event."""
         run = _Scenario("observe", adapter, store)
         _skip_without(run, "observe")
-        _skip_without_driver(run, "make_empty_container", "drop_container")
+        _skip_unless_driver(run.store, "make_empty_container", "drop_container")
         run.seed()
         first = run.observe()
         _drive(run, "make_empty_container", "side0")
@@ -418,12 +419,6 @@ def _needs_driver(*methods: str) -> Callable[[Callable[..., None]], Callable[...
         return test
 
     return mark
-
-
-def _skip_unless_driver(store: Any, *methods: str) -> None:
-    missing = [m for m in methods if not callable(getattr(store, m, None))]
-    if missing:
-        pytest.skip(f"the store driver has no {'(), '.join(missing)}() (an optional StoreDriver capability)")
 
 
 class _DefinitionsAndClosedContainers:
@@ -701,9 +696,7 @@ class AdapterConformance(_ContainerCases, _DefinitionsAndClosedContainers):
     def test_a_read_that_rewrites_a_value_is_undone(self, adapter: Any, store: StoreDriver) -> None:
         """A read that rewrites the stored form of a value (without a change event) is rolled back too."""
         run = _Scenario("a read that rewrites", adapter, store)
-        for method in ("write_rewritable", "read_rewriting"):
-            if not callable(getattr(store, method, None)):
-                pytest.skip(f"the store driver has no {method}(key)")
+        _skip_unless_driver(store, "write_rewritable", "read_rewriting")
         run.seed()
         _call(run.guarantee, "store.write_rewritable('r001')", store.write_rewritable, "r001")  # type: ignore[attr-defined]
         _call(run.guarantee, "store.write_rewritable('r002')", store.write_rewritable, "r002")  # type: ignore[attr-defined]
@@ -721,9 +714,7 @@ class AdapterConformance(_ContainerCases, _DefinitionsAndClosedContainers):
     def test_objects_beside_the_data_are_put_back(self, adapter: Any, store: StoreDriver) -> None:
         """Objects the store keeps beside its data, added, changed or deleted, are as they were after a rollback."""
         run = _Scenario("objects beside the data", adapter, store)
-        for method in ("write_object", "delete_object"):
-            if not callable(getattr(store, method, None)):
-                pytest.skip(f"the store driver has no {method}(name{', value' if method == 'write_object' else ''})")
+        _skip_unless_driver(store, "write_object", "delete_object")
 
         def write(name: str, value: str) -> None:
             _call(run.guarantee, f"store.write_object({name!r}, {value!r})", store.write_object, name, value)  # type: ignore[attr-defined]

@@ -507,3 +507,22 @@ def test_an_empty_blocks_group_a_users_null_left_is_kept(es: Any) -> None:
     assert_same(adapter, before)
     after = client.indices.get(index="products", flat_settings=True)["products"]["settings"]
     assert _volatile_free(after) == _volatile_free(shown)
+
+
+def test_a_block_the_index_had_at_the_checkpoint_is_lifted_before_reopening_it(es: Any) -> None:
+    """Read-only at the checkpoint, closed by the test and read-only again: nothing but its state differs,
+    and the cluster state has not moved since the last checkpoint; replacing it needs the block lifted."""
+    client, adapter = es
+    seed(client, n=3)
+    client.indices.put_settings(index="products", settings={"index.blocks.read_only": True})
+    outer = adapter.checkpoint("test")
+    at_outer = state(adapter)
+    client.indices.put_settings(index="products", settings={"index.blocks.read_only": None})
+    client.indices.close(index="products")
+    client.indices.put_settings(index="products", settings={"index.blocks.read_only": True})
+    adapter.checkpoint("rollback.checkpoint()")
+    try:
+        adapter.rollback(outer)
+        assert_same(adapter, at_outer)
+    finally:
+        client.indices.put_settings(index="products", settings={"index.blocks.read_only": None})

@@ -139,6 +139,9 @@ class Inner:
         for old in self.pytester.path.glob("started-*.json"):
             old.unlink()
         self.monkeypatch.setenv("HOLD", str(hold))
+        tmp = self.pytester.path / "tmp"  # its own: another run on the machine reaps dead runs' dirs in the shared one
+        tmp.mkdir(exist_ok=True)
+        self.monkeypatch.setenv("TMPDIR", str(tmp))
         out = open(self.pytester.path / "inner.log", "wb")  # noqa: SIM115 - closed in output()
         self._out = out
         self.proc = self.pytester.popen(

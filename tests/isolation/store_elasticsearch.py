@@ -3,12 +3,14 @@
 Every write stays inside the worker's index prefix as the plugin gives it
 (``elasticsearch_service.extra["prefix"]``: ``gw0-`` ... on a shared external
 server, ``""`` where each worker has a server of its own, as with the default
-embedded noida-db). This file is loaded into the inner run as a plugin
+embedded noida-db; ``ROLLBACK_ISOLATION_ES_URL`` runs both workers on one
+server instead). This file is loaded into the inner run as a plugin
 (``-p iso_store``) for its ``iso_es`` fixture, which knows that prefix.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -18,11 +20,14 @@ from elasticsearch.helpers import BulkIndexError
 
 STORE = "elasticsearch"
 CLIENT_FIXTURE = "iso_es"
-INNER_ARGS = ("-p", "iso_store")
+#: ``ROLLBACK_ISOLATION_ES_URL=http://...`` runs both workers on that one server, each in its prefix
+_SHARED = os.environ.get("ROLLBACK_ISOLATION_ES_URL")
+INNER_ARGS = ("-p", "iso_store", *((f"--rollback-elasticsearch-url={_SHARED}",) if _SHARED else ()))
 #: refusals a random op can meet (a missing index, a closed one, a mapping conflict), not bugs
 EXPECTED_ERRORS = (ApiError, BulkIndexError)
 
-INDICES = ("a", "b", "c", "d")
+INDICES = ("a", "b", "c", "d")  # written to (and so made) by document writes
+NEW = ("e", "f", "a")  # created (or cloned to) by name
 #: settings that differ between equal copies of an index (a restore makes a new copy): left out of the dump
 VOLATILE = ("index.uuid", "index.creation_date", "index.provided_name", "index.history.uuid")
 VOLATILE_PREFIXES = ("index.version.",)
@@ -34,8 +39,8 @@ class Es:
     def __init__(self, client: Elasticsearch, prefix: str, owns_cluster: bool) -> None:
         self.es, self.prefix, self.owns_cluster = client, prefix, owns_cluster
 
-    def name(self, rng: random.Random) -> str:
-        return self.prefix + rng.choice(INDICES)
+    def name(self, rng: random.Random, among: tuple[str, ...] = INDICES) -> str:
+        return self.prefix + rng.choice(among)
 
 
 @pytest.fixture(scope="session")
@@ -137,11 +142,11 @@ def op_create_index(rng: random.Random, c: Es) -> None:
         settings["number_of_shards"] = rng.choice([1, 2])
     mappings = {"properties": {"n": {"type": "long"}, "tag": {"type": "keyword"}}} if rng.random() < 0.6 else None
     aliases = {f"{c.prefix}al{rng.randrange(2)}": {}} if rng.random() < 0.3 else None
-    c.es.indices.create(index=c.name(rng), settings=settings, mappings=mappings, aliases=aliases)
+    c.es.indices.create(index=c.name(rng, NEW), settings=settings, mappings=mappings, aliases=aliases)
 
 
 def op_delete_index(rng: random.Random, c: Es) -> None:
-    c.es.indices.delete(index=c.name(rng), expand_wildcards="all")
+    c.es.indices.delete(index=c.name(rng, INDICES + NEW[:2]), expand_wildcards="all")
 
 
 def op_close(rng: random.Random, c: Es) -> None:
@@ -218,10 +223,29 @@ def op_cluster_settings(rng: random.Random, c: Es) -> None:
     c.es.cluster.put_settings(**{kind: {key: value}})
 
 
+def op_add_block(rng: random.Random, c: Es) -> None:
+    c.es.indices.add_block(index=c.name(rng), block=rng.choice(["write", "read_only"]))
+
+
+def op_reindex(rng: random.Random, c: Es) -> None:
+    c.es.reindex(source={"index": c.name(rng)}, dest={"index": c.name(rng)}, refresh=True, conflicts="proceed")
+
+
+def op_write_through_alias(rng: random.Random, c: Es) -> None:
+    c.es.index(index=f"{c.prefix}al{rng.randrange(3)}", id=_id(rng), document=_doc(rng))
+
+
+def op_clone(rng: random.Random, c: Es) -> None:
+    source, target = c.name(rng), c.name(rng, NEW)
+    c.es.indices.add_block(index=source, block="write")
+    c.es.indices.clone(index=source, target=target)
+
+
 OPS = [
     op_index, op_index, op_index, op_update, op_delete, op_bulk, op_bulk, op_update_by_query, op_delete_by_query,
     op_create_index, op_delete_index, op_close, op_open, op_settings, op_mapping, op_alias, op_alias,
     op_index_template, op_component_template, op_legacy_template, op_cluster_settings,
+    op_add_block, op_reindex, op_write_through_alias, op_clone,
 ]
 
 
