@@ -792,7 +792,7 @@ class MongoAdapter:
         if full is not None:
             colls = self._namespaces() | set(self._meta)
         self._gap = None
-        if not colls and not doc_keys:  # nothing to write: the last look stands
+        if not colls and not doc_keys and self.strategy == "tracking":  # nothing to write: the last look stands
             return RestoreReport("mongo", token.label, 0.0, "none", 0, None)
         try:
             restored = self._restore_all(colls, doc_keys)
