@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -76,12 +77,26 @@ class Engine:
         #: what failed: their data is not back, and what a later recovery needs
         #: (the adapter's snapshots) was not cleaned up.
         self.unrestored: dict[str, str] = {}
+        #: The tokens of the test level popped last, kept alive while nothing else happened: the
+        #: stores are exactly in that state, so the next test's level shares them instead of
+        #: checkpointing again (a test that touches no store then costs one probe per store, at
+        #: its restore). With the level that was on top when they were kept.
+        self._kept: tuple[Checkpoint | None, dict[str, Any]] | None = None
+        #: Stores whose server dies with the run (started by the plugin, not kept for reuse): once
+        #: ``ending`` is set, restores nothing later can observe are skipped for them.
+        self.throwaway: set[str] = set()
+        #: Set by the plugin when the last test's teardown begins (only session-end teardowns follow).
+        self.ending = False
+        #: Whether the level's owner is one whose teardown never reads a store (the plugin's own
+        #: fixtures); set by the plugin. Others' teardowns may read, so levels below them are restored.
+        self.silent_owner: Callable[[Any], bool] = lambda owner: False
 
     # -- adapters ------------------------------------------------------------
     def activate(self, adapter: Rollbackable) -> None:
         """Start checkpointing ``adapter``: its state now is what every open level restores to."""
         if adapter.name in self.adapters:
             raise ValueError(f"pytest-rollback: a store named {adapter.name!r} is already active")
+        self.forget_kept()
         self.adapters[adapter.name] = adapter
         if self.enabled:
             self.roots[adapter.name] = self._checkpoint(adapter, f"{adapter.name} start")
@@ -94,12 +109,18 @@ class Engine:
         may delete what a later recovery needs (Elasticsearch's snapshot indices);
         ``unrestored`` records why, and the ``RollbackError`` says so in one line.
         """
-        adapter = self.adapters.pop(name, None)
-        if adapter is None:
+        if name not in self.adapters:
             return
+        self.forget_kept()
+        adapter = self.adapters.pop(name)
         root = self.roots.pop(name, None)
         for cp in self.stack:
             cp.tokens.pop(name, None)
+        if root is not None and self.ending and name in self.throwaway and self._unobserved(len(self.stack)):
+            release = getattr(adapter, "release", None)
+            if release is not None and name not in self.broken:
+                release(root)  # the server is stopped next: its state goes to nobody
+            root = None
         if root is not None:
             try:
                 self._rollback(adapter, root, f"{name} start")
@@ -123,13 +144,29 @@ class Engine:
             raise RollbackError("\n".join(lines))
 
     # -- the stack -----------------------------------------------------------
-    def push(self, label: str | None, kind: str, owner: Any = None, verify: bool = False) -> Checkpoint:
+    def push(
+        self, label: str | None, kind: str, owner: Any = None, verify: bool = False, reuse: bool = False
+    ) -> Checkpoint:
         """Checkpoint every active adapter that is not broken and put the result on the stack.
 
         A store whose checkpoint fails is marked broken; the checkpoints already
         taken are released and ``StoreBroken`` is raised (nothing is pushed).
+        With ``reuse`` (a test's own level), the tokens of the test level popped
+        just before are shared when nothing happened since: no store is asked.
         """
-        tokens: dict[str, Any] = {}
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            top, tokens = kept
+            live = {n for n in self.adapters if n not in self.broken}
+            if reuse and not verify and top is (self.stack[-1] if self.stack else None) and set(tokens) == live:
+                for token in tokens.values():  # the adapters' reports and warnings name this level now
+                    with contextlib.suppress(AttributeError, TypeError):
+                        token.label = label
+                cp = Checkpoint(label, kind, tokens, owner)
+                self.stack.append(cp)
+                return cp
+            self._release_tokens(tokens)
+        tokens = {}
         failed: dict[str, str] = {}
         for name, adapter in self.adapters.items():
             if name in self.broken:
@@ -158,14 +195,16 @@ class Engine:
         ``StoreBroken`` is raised with one line per store that failed.
         """
         self._check(cp)
+        self.forget_kept()
         self._drop_above(cp)
+        skip = self._skipped(cp)
         names = list(self.adapters) if stores is None else [n for n in stores if n in self.adapters]
         problems: list[str] = []
         failed: dict[str, str] = {}
         for name in names:
             adapter = self.adapters[name]
             token = self.token(cp, name)
-            if token is None:
+            if token is None or name in skip:
                 continue
             try:
                 self._rollback(adapter, token, cp.label)
@@ -189,15 +228,42 @@ class Engine:
         """Roll back to ``cp`` (only ``stores``, if given) and release it (even when the restore fails)."""
         if not cp.alive:
             return []
+        keep = False
         try:
             if restore:
                 problems = self.restore(cp, stores)
+                keep = cp.kind == "test" and stores is None and not problems and not cp.observations
             else:
+                self.forget_kept()
                 self._drop_above(cp)
                 problems = []
         finally:
-            self._release(cp)
+            if keep and self.stack and self.stack[-1] is cp:
+                self.stack.pop()
+                cp.alive = False
+                self._kept = (self.stack[-1] if self.stack else None, cp.tokens)
+            else:
+                self._release(cp)
         return problems
+
+    def forget_kept(self) -> None:
+        """Release the tokens kept from the last test level: something may happen to the stores now."""
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            self._release_tokens(kept[1])
+
+    def _skipped(self, cp: Checkpoint) -> set[str]:
+        """The stores whose restore to ``cp`` nobody can observe: throwaway servers at the end of the
+        run, for a scope's level with no level below it whose owner's teardown may read a store."""
+        if not self.ending or not self.throwaway or cp.kind in ("test", "checkpoint"):
+            return set()
+        if not self._unobserved(self.stack.index(cp)):
+            return set()
+        return self.throwaway & set(self.adapters)
+
+    def _unobserved(self, depth: int) -> bool:
+        """Whether no level among the ``depth`` lowest of the stack has an owner whose teardown may read a store."""
+        return all(lv.owner is None or self.silent_owner(lv.owner) for lv in self.stack[:depth])
 
     def _drop_above(self, cp: Checkpoint) -> None:
         while self.stack and self.stack[-1] is not cp:
@@ -213,7 +279,10 @@ class Engine:
         if cp in self.stack:
             self.stack.remove(cp)
         cp.alive = False
-        for name, token in cp.tokens.items():
+        self._release_tokens(cp.tokens)
+
+    def _release_tokens(self, tokens: dict[str, Any]) -> None:
+        for name, token in tokens.items():
             adapter = self.adapters.get(name)
             release = getattr(adapter, "release", None)
             if release is not None and name not in self.broken:  # a broken store's server may be gone
@@ -285,6 +354,7 @@ class Engine:
             raise RollbackError(f"pytest-rollback: {adapter.name}: rollback failed: {exc!r}") from exc
         if isinstance(result, RestoreReport):
             report = result
+            report.label = label  # a shared token's adapter may know it by the level it was taken for
         else:
             report = RestoreReport(adapter.name, label, time.perf_counter() - start, "restored")
         self.reports.append((label, report))

@@ -342,11 +342,12 @@ def _rollback_test() -> Iterator[None]:
     if not marker.enabled or marker.stores:
         _hold_module_level(request, engine)
     if not marker.enabled:
+        engine.forget_kept()  # its writes stay: the last test's state is not this one's
         yield
         return
     verify = marker.verify or session.options.verify
     with session.shown.one_line():
-        cp = engine.push(f"test {request.node.nodeid}", "test", verify=verify)
+        cp = engine.push(f"test {request.node.nodeid}", "test", verify=verify, reuse=True)
     request.node._rollback_checkpoint = cp
     request.node._rollback_stores = marker.stores  # the stores it rolls back (empty: all), for its report
     try:

@@ -152,6 +152,7 @@ class RollbackSession:
         self.engine = Engine(config.hook, enabled=not options.disabled)
         self.engine.finish_owner = self._finish_owner
         self.engine.running = lambda: self.running
+        self.engine.silent_owner = self._silent_owner
         self.branches = Branches(config, self.engine)
         self.registry = Registry()
         self.services: dict[str, Service] = {}
@@ -252,6 +253,8 @@ class RollbackSession:
                 held = self._hold(store, service)
                 adapter = spec.make_adapter(service, self.settings(store))
                 self.engine.activate(adapter)
+                if service.owned and not service.extra.get("kept"):
+                    self.engine.throwaway.add(store)  # stopped at the end: its last restores go to nobody
                 if held and self.engine.enabled:
                     self.holds.journal(store, adapter)  # before any test can write
             except BaseException:
@@ -364,6 +367,11 @@ class RollbackSession:
                     sync=sync, how=how,
                 )
         return report
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        """Before the last test's teardown: what follows are the session's own teardowns."""
+        self.engine.ending = nextitem is None
 
     def pytest_runtest_logstart(self, nodeid: str) -> None:
         """Remember the running test (for service lines and the summary's causes)."""
@@ -575,6 +583,19 @@ class RollbackSession:
             if cp.alive:
                 self.engine.pop(cp)
             raise
+
+    def _silent_owner(self, owner: Any) -> bool:
+        """Whether ``owner`` (a level's fixture) is no fixture of the project's (under the rootdir): this
+        plugin's and other installed plugins' (an event loop policy) are taken not to read the stores at
+        their teardown; the project's may."""
+        func = getattr(owner, "func", None)
+        if str(getattr(func, "__module__", "")).startswith("pytest_rollback."):
+            return True
+        code = getattr(func, "__code__", None)
+        if code is None:
+            return False
+        path = Path(code.co_filename)
+        return not path.is_relative_to(self.config.rootpath) or "site-packages" in path.parts
 
     def _level_label(self, fixturedef: pytest.FixtureDef[Any]) -> str:
         """``session fixture seed_catalogue``: a fixture of the user's, by name; another plugin's or an

@@ -168,6 +168,12 @@ _TEMPLATE_PATHS = {"index_template": "/_index_template/", "component_template": 
                    "template": "/_template/"}
 
 
+#: where a one-node server counts the requests of each HTTP client
+_REQUESTS_PATH = "/_nodes/stats/http"
+#: paths of requests that read only: one of them from another client since the last reading moves nothing
+_READS = ("/_search", "/_count", "/_msearch", "/_mget", _REQUESTS_PATH)
+
+
 class ElasticsearchAdapter:
     """Checkpoint and roll back the indices of an Elasticsearch cluster.
 
@@ -234,6 +240,17 @@ class ElasticsearchAdapter:
         self._clones_closed = True
         #: round trips of the last checkpoint or rollback (for the benchmark)
         self.last_round_trips = 0
+        #: the server's HTTP request counts per client after the last look, and the level the indices
+        #: were then known to equal: while only our own reading moved them, nothing changed
+        self._requests: dict[Any, tuple[str, int, str]] | None = None
+        self._looked: _Level | None = None
+        #: not under a prefix (a server shared by xdist workers): the others' requests would make every probe fail
+        self._counts_requests = not prefix
+        #: our requests so far, and when the counts were read last
+        self._sent = self._sent_at = 0
+        #: the user agent of this adapter's requests, to tell them from others' in the server's counts
+        self._agent = f"pytest-rollback/{self._id}"
+        self.http.headers["user-agent"] = self._agent
 
     def _fault(self, exc: ConnectionFailed | HttpError) -> StoreFault:
         """The one line for a connection error: the server went away, stopped answering, or refuses us."""
@@ -262,6 +279,7 @@ class ElasticsearchAdapter:
 
     def _call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (), **params: Any) -> Any:
         self.last_round_trips += 1
+        self._sent += 1
         return self.http(method, path, body, ok, **params)
 
     def _probe_park(self) -> str:
@@ -311,6 +329,50 @@ class ElasticsearchAdapter:
                 seqs.append(max(int((c.get("seq_no") or {}).get("max_seq_no", -1)) for c in primary))
             out[name] = (str(data.get("uuid", "")), tuple(seqs))
         return out
+
+    def _request_counts(self) -> dict[Any, tuple[str, int, str]] | None:
+        """Per HTTP client of a one-node server (``_nodes/stats/http``): its agent, requests and last
+        path (one round trip); None where the server does not list them."""
+        if not self._counts_requests:
+            return None
+        try:
+            got = self._call("GET", _REQUESTS_PATH) or {}
+        except HttpError:
+            self._counts_requests = False
+            return None
+        nodes = list((got.get("nodes") or {}).values())
+        clients = (nodes[0].get("http") or {}).get("clients") if len(nodes) == 1 else None
+        if not isinstance(clients, list) or not all(
+            isinstance(c.get("request_count"), int) and c.get("agent") for c in clients
+        ):
+            self._counts_requests = False
+            return None
+        return {c.get("id"): (str(c["agent"]), int(c["request_count"]), str(c.get("last_uri", ""))) for c in clients}
+
+    def _quiet(self, token: _Level) -> bool:
+        """True when the indices still equal ``token``'s state: it was the state at the last look, and
+        since the last reading of the server's request counts it answered only our own requests and,
+        from other clients, at most one read each (a search, a count, a reading of the counts).
+
+        Reads the counts (one round trip), which the next call compares with.
+        """
+        looked, self._looked = self._looked, None
+        base, sent_at = self._requests, self._sent_at
+        now = self._request_counts()
+        self._requests, self._sent_at = now, self._sent
+        if now is None or base is None or looked is not token or not set(base) <= set(now):
+            return False  # a client gone since: what it sent is not known
+        ours = 0
+        for ident, (agent, count, uri) in now.items():
+            delta = count - (base[ident][1] if ident in base else 0)
+            if agent == self._agent:
+                ours += delta
+            elif delta and (delta != 1 or not uri.split("?", 1)[0].endswith(_READS)):
+                return False
+        if ours != self._sent - sent_at:  # our requests since the last reading, this one included
+            return False
+        self._looked = token
+        return True
 
     def _look(self) -> tuple[Mark, dict[str, Fp]]:
         """The cluster state's mark and every index's fingerprint (closed ones too where the server gives
@@ -473,16 +535,23 @@ class ElasticsearchAdapter:
     def checkpoint(self, label: str | None = None) -> _Level:
         """Mark the current state; clones only the indices that changed since their last snapshot."""
         self.last_round_trips = 0
+        self._looked = None
+        if self._requests is None:  # the first reading of the request counts, for the rollbacks to compare
+            self._requests = self._request_counts()
+            self._sent_at = self._sent
         try:
-            return self._checkpoint(label)
+            level = self._checkpoint(label)
         except BaseException:
             self._failed()
             raise
+        self._looked = level
+        return level
 
     def _failed(self) -> None:
         """After a checkpoint or rollback that failed: the next rollback restores every index from its snapshot."""
         self._current.clear()
         self._csv = None
+        self._looked = None
 
     def _checkpoint(self, label: str | None) -> _Level:
         csv, fps = self._look()
@@ -549,6 +618,8 @@ class ElasticsearchAdapter:
         for level in self._levels[idx + 1 :]:
             level.alive = False
         del self._levels[idx + 1 :]
+        if self._quiet(token):
+            return RestoreReport("elasticsearch", token.label, time.perf_counter() - start, "none", 0)
         try:
             try:
                 report = self._rollback(token)
@@ -561,6 +632,7 @@ class ElasticsearchAdapter:
         except BaseException:
             self._failed()
             raise
+        self._looked = token
         report.seconds = time.perf_counter() - start
         return report
 

@@ -89,6 +89,10 @@ _AUTH_CODES = (18, 13)
 SERVER_SELECTION_LIMIT = 5.0
 
 
+#: the serverStatus opcounters that move with every write and DDL command
+_OPS = ("insert", "update", "delete", "command")
+
+
 def _idkey(doc_id: Any) -> bytes:
     return bson.encode({"_id": doc_id})
 
@@ -248,6 +252,11 @@ class MongoAdapter:
         self._unseen: set[NS] = set()
         #: databases whose profiler was reported on (once each)
         self._profiled: set[str] = set()
+        #: the server's write counters (serverStatus) after the last look at the stream: while they
+        #: stay there (bar our own reading), nothing changed, and a look costs one round trip
+        self._baseline: tuple[int, ...] | None = None
+        #: not on a server shared by xdist workers: the others' commands would make every probe fail
+        self._has_opcounters = others is None
         #: the label of the checkpoint being taken or restored (it names the test in warnings)
         self._restoring: str | None = None
         #: warnings of the restore under way, given when it ends
@@ -381,6 +390,8 @@ class MongoAdapter:
             else:
                 self._collect_counters()
             return
+        if not discard and self._quiet():
+            return
         if self._stream is None:  # lost with the connection: a new one from now (the gap restores fully)
             self._open_stream()
         try:
@@ -409,6 +420,37 @@ class MongoAdapter:
             self._reopen()
         if not discard:
             self._compare_namespaces()
+        self._baseline = self._opcounters() if self._gap is None and not self._unseen else None
+
+    def _opcounters(self) -> tuple[int, ...] | None:
+        """insert, update, delete and command counts of the server, and its TTL deletions (one round trip)."""
+        if not self._has_opcounters:
+            return None
+        try:
+            status = self.client.admin.command("serverStatus")
+        except PyMongoError as exc:
+            if _is_fault(exc):
+                raise self._lost(exc) from None
+            self._has_opcounters = False
+            return None
+        ops = status.get("opcounters")
+        if not isinstance(ops, dict) or not all(isinstance(ops.get(k), int) for k in _OPS):
+            self._has_opcounters = False
+            return None
+        ttl = (status.get("metrics") or {}).get("ttl") or {}
+        return (*(int(ops[k]) for k in _OPS), int(ttl.get("deletedDocuments", 0) or 0))
+
+    def _quiet(self) -> bool:
+        """True when nothing can have changed since the last look at the stream: every write and DDL
+        command moves the server's counters, and only our own ``serverStatus`` moved them."""
+        base, self._baseline = self._baseline, None
+        if base is None or self._gap is not None or self._unseen or self._dirty_docs or self._dirty_colls:
+            return False
+        now = self._opcounters()
+        if now is None or now[:3] != base[:3] or now[3] != base[3] + 1 or now[4:] != base[4:]:
+            return False
+        self._baseline = now
+        return True
 
     def _compare_namespaces(self) -> None:
         """Mark dirty every collection that exists now and not in the snapshot, or the other way round.
@@ -750,6 +792,8 @@ class MongoAdapter:
         if full is not None:
             colls = self._namespaces() | set(self._meta)
         self._gap = None
+        if not colls and not doc_keys and self.strategy == "tracking":  # nothing to write: the last look stands
+            return RestoreReport("mongo", token.label, 0.0, "none", 0, None)
         try:
             restored = self._restore_all(colls, doc_keys)
         finally:

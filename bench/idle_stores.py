@@ -1,0 +1,107 @@
+"""What idle stores cost: trivial tests that touch no store, with Redis, MongoDB and Elasticsearch started.
+
+Run from the repository root::
+
+    .venv/bin/python bench/idle_stores.py                 # 1,000 tests, 3 timed runs per variant
+    .venv/bin/python bench/idle_stores.py --tests 500 --runs 5
+
+It writes a suite of trivial tests and a conftest whose autouse session fixture asks
+for ``redis_client``, ``mongo_db`` and ``es_client`` (so all three servers are started
+and every test is checkpointed and rolled back, although none touches them), and runs
+it with ``python -m pytest -q -p no:cacheprovider`` in two variants, interleaved run by
+run: rollback on, and ``--no-rollback`` (the same servers started, nothing rolled
+back). Servers come from ``--rollback-provider`` (default ``auto`` with Docker hidden:
+redis-server from PATH, SecantusDB and noida-db in-process providers).
+
+Reported: the median of pytest's own "in X s" (the session, server start-ups included)
+per variant, their ratio, and the difference per test: the plugin's time for a test
+that touches no store. The per-store medians of the rollback summary are shown for the
+last run. Prints only; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+
+SESSION_TIME = re.compile(r" in ([0-9.]+)s")
+STORE_LINE = re.compile(r"^(redis|mongo|elasticsearch) \([a-z]+\): \d+ restores, median .*$", re.M)
+
+CONFTEST = '''\
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stores(redis_client, mongo_db, es_client):
+    """Starts the three stores; no test uses them."""
+    yield
+'''
+
+
+def write_suite(directory: Path, tests: int) -> None:
+    (directory / "pytest.ini").write_text("[pytest]\n")
+    (directory / "conftest.py").write_text(CONFTEST)
+    files = 10
+    per_file = -(-tests // files)
+    for f in range(files):
+        body = [f'"""Trivial tests, file {f}: no store touched."""\n']
+        for i in range(f * per_file, min(tests, (f + 1) * per_file)):
+            body.append(f"\ndef test_{i}():\n    assert {i} + 1 == {i + 1}\n")
+        (directory / f"test_trivial_{f}.py").write_text("\n".join(body))
+
+
+def run(directory: Path, args: list[str], tests: int, env: dict[str, str]) -> tuple[float, str]:
+    others = sorted({ep.name for ep in entry_points(group="pytest11")} - {"rollback"})
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+           *(a for name in others for a in ("-p", f"no:{name}")), *args, "."]
+    proc = subprocess.run(cmd, cwd=directory, env=env, capture_output=True, text=True, timeout=900)
+    text = proc.stdout + proc.stderr
+    if proc.returncode != 0 or f"{tests} passed" not in text:
+        raise SystemExit(f"the run failed ({proc.returncode}): {' '.join(cmd)}\n{text[-3000:]}")
+    return float(SESSION_TIME.findall(text)[-1]), text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--tests", type=int, default=1000, help="trivial tests (default 1000)")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per variant, after a warm-up (default 3)")
+    parser.add_argument("--provider", default="auto", help="--rollback-provider of both variants (default auto)")
+    args = parser.parse_args(argv)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_ROLLBACK_", "PYTEST_ADDOPTS"))}
+    env.setdefault("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # auto: no Docker, the machine's servers
+    common = [f"--rollback-provider={args.provider}"]
+    on: list[float] = []
+    off: list[float] = []
+    last = ""
+    with tempfile.TemporaryDirectory(prefix="pytest-rollback-idle-") as tmp:
+        env["PYTEST_ROLLBACK_STATE_DIR"] = str(Path(tmp, "state"))
+        suite = Path(tmp, "suite")
+        suite.mkdir()
+        write_suite(suite, args.tests)
+        for i in range(args.runs + 1):  # the first round warms the caches and is not kept
+            t_on, last = run(suite, common, args.tests, env)
+            t_off, _ = run(suite, [*common, "--no-rollback"], args.tests, env)
+            if i:
+                on.append(t_on)
+                off.append(t_off)
+    m_on, m_off = statistics.median(on), statistics.median(off)
+    print(f"{args.tests} trivial tests, Redis + MongoDB + Elasticsearch started (provider {args.provider}); "
+          f"{args.runs} timed runs per variant; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    print(f"  rollback       pytest session {m_on:7.2f} s   (runs: {', '.join(f'{t:.2f}' for t in on)})")
+    print(f"  --no-rollback  pytest session {m_off:7.2f} s   (runs: {', '.join(f'{t:.2f}' for t in off)})")
+    print(f"  ratio {m_on / m_off:.2f}x; plugin time per untouched test {(m_on - m_off) / args.tests * 1000:.2f} ms")
+    for line in STORE_LINE.findall(last) and STORE_LINE.finditer(last):
+        print("  last run: " + line.group(0))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

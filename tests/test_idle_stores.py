@@ -1,0 +1,178 @@
+"""Idle stores: what a test that touches no store sends to each started server, counted at the server;
+and the end-of-run restore of a server the plugin started and stops, which nobody can observe."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import INNER
+
+#: An inner conftest that starts the three stores for the whole session (no test touches them) and
+#: counts, at the start of every test, the commands each server has answered so far.
+COUNTING_CONFTEST = '''
+import json, os
+import pymongo, pytest, redis, urllib3
+
+READINGS = {"redis": [], "elasticsearch": [], "mongo": []}
+
+
+def _redis_calls(client):
+    return sum(v["calls"] for k, v in client.info("commandstats").items() if k.startswith("cmdstat_"))
+
+
+def _mongo_ops(client):
+    return sum(client.admin.command("serverStatus")["opcounters"].values())
+
+
+def _es_requests(http, url):
+    got = json.loads(http.request("GET", url + "/_nodes/stats/http").data)
+    return sum(c["request_count"] for n in got["nodes"].values() for c in n["http"]["clients"])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stores(redis_client, mongo_db, es_client, redis_service, mongo_service, elasticsearch_service):
+    r = redis.Redis.from_url(redis_service.url)
+    m = pymongo.MongoClient(mongo_service.url, heartbeatFrequencyMS=60000)
+    h = urllib3.PoolManager(maxsize=1)
+
+    def read(mongo=False):
+        READINGS["redis"].append(_redis_calls(r))
+        READINGS["elasticsearch"].append(_es_requests(h, elasticsearch_service.url))
+        if mongo:
+            READINGS["mongo"].append(_mongo_ops(m))
+
+    yield read
+    READINGS["mongo"].append(_mongo_ops(m))
+    with open(os.environ["COUNTS_FILE"], "w") as f:
+        json.dump(READINGS, f)
+
+
+@pytest.fixture(autouse=True)
+def _count(_stores, request):
+    # MongoDB's counters move with every command, a reading too: read them in two tests only
+    _stores(mongo=request.node.name in ("test_5", "test_6"))
+'''
+
+TESTS = "\n".join(f"def test_{i}():\n    assert True\n" for i in range(25))
+
+#: a reading is one command to the server, counted by the next reading
+OWN_READING = 1
+
+
+def _readings(pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[int]]:
+    counts = tmp_path_factory.mktemp("counts") / "counts.json"
+    pytester.makeconftest(COUNTING_CONFTEST)
+    pytester.makepyfile(test_idle=TESTS)
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COUNTS_FILE", str(counts))
+        result = pytester.runpytest_subprocess(*INNER, "-p", "no:randomly", "--rollback-provider=auto")
+    result.assert_outcomes(passed=25)
+    result.stdout.fnmatch_lines(["*redis via local*", "*mongo via embedded*", "*elasticsearch via embedded*"])
+    return dict(json.loads(counts.read_text()))
+
+
+def test_an_untouched_test_costs_one_command_per_started_store(
+    pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """With Redis, MongoDB and Elasticsearch started, a test that touches none of them costs each
+    server one command (its restore's look; the next test shares the checkpoint), counted at the server."""
+    readings = _readings(pytester, tmp_path_factory)
+    for store in ("redis", "elasticsearch"):  # read at the start of every test: what came between
+        deltas = [b - a - OWN_READING for a, b in zip(readings[store][5:-1], readings[store][6:], strict=True)]
+        assert deltas == [1] * len(deltas), f"{store}: commands per test {deltas}"
+    # MongoDB, read in test_5, test_6 and at the end: test_5's restore saw the reading (a full look),
+    # test_6's too, and the 18 tests after it cost one command each
+    first, second, end = readings["mongo"]
+    slow = second - first - OWN_READING
+    rest = end - second - OWN_READING - slow
+    assert 18 <= rest <= 18 + 2, f"mongo: {rest} commands for 18 untouched tests (a full look costs {slow})"
+    assert slow < 18, slow  # the bound above says something
+
+
+SEEDING_CONFTEST = '''
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _seed(redis_client):
+    for i in range(50):
+        redis_client.set(f"seed:{i}", i)
+    yield
+'''
+
+
+def _end_restores(pytester: pytest.Pytester, *args: str) -> list[str]:
+    """The after-rollback reports of the session's teardown, as ``label mode``."""
+    pytester.makeconftest(
+        SEEDING_CONFTEST
+        + '''
+import json, os
+REPORTS = []
+ENDING = []
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if nextitem is None:
+        ENDING.append(True)
+
+
+def pytest_rollback_after_rollback(adapter, checkpoint, report):
+    if ENDING:
+        REPORTS.append(f"{report.label} {report.mode}")
+
+
+def pytest_unconfigure(config):
+    with open(os.environ["REPORTS_FILE"], "w") as f:
+        json.dump(REPORTS, f)
+'''
+    )
+    pytester.makepyfile(test_a="def test_a(redis_client):\n    redis_client.set('t', 1)\n")
+    reports = pytester.path / "reports.json"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REPORTS_FILE", str(reports))
+        result = pytester.runpytest_subprocess(*INNER, *args)
+    result.assert_outcomes(passed=1)
+    return list(json.loads(reports.read_text()))
+
+
+def test_a_server_the_plugin_stops_is_not_restored_at_the_end(pytester: pytest.Pytester) -> None:
+    """The session fixture's level and the store's start are not restored when the server is thrown
+    away: the test's own level is, and nothing after it."""
+    done = _end_restores(pytester, "--rollback-provider=local")
+    assert done == ["test test_a.py::test_a incremental"], done
+
+
+def test_an_external_server_is_restored_at_the_end(pytester: pytest.Pytester, server: object) -> None:
+    """Pointed at a server it did not start, the plugin puts everything back at the end."""
+    url = server.url  # type: ignore[attr-defined]
+    done = _end_restores(pytester, f"--rollback-redis-url={url}")
+    assert done[:2] == ["test test_a.py::test_a incremental", "session scope incremental"], done
+    assert done[-1] == "redis start none", done
+
+
+def test_a_user_fixture_torn_down_later_sees_the_state_it_expects(pytester: pytest.Pytester) -> None:
+    """An outer session fixture's teardown reads the store: the inner session fixture's writes are
+    restored before it runs, throwaway server or not."""
+    pytester.makeconftest(
+        '''
+import pytest
+
+
+@pytest.fixture(scope="session")
+def outer(redis_client):
+    redis_client.set("outer", 1)
+    yield
+    assert sorted(redis_client.keys()) == [b"outer"], redis_client.keys()
+
+
+@pytest.fixture(scope="session")
+def inner(outer, redis_client):
+    redis_client.set("inner", 1)
+    yield
+'''
+    )
+    pytester.makepyfile(test_b="def test_b(inner, redis_client):\n    redis_client.set('t', 1)\n")
+    result = pytester.runpytest_subprocess(*INNER, "--rollback-provider=local")
+    result.assert_outcomes(passed=1)
