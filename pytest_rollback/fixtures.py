@@ -93,20 +93,24 @@ def mongo_service(request: pytest.FixtureRequest) -> Service:
     return _service(request, "mongo")
 
 
+def mongo_client_of(service: Any) -> Any:
+    """A ``pymongo.MongoClient`` of ``service`` (a ``mongomock.MongoClient`` of its store on mongomock)."""
+    if "mongomock" in service.extra:
+        import mongomock
+
+        return mongomock.MongoClient(_store=service.extra["mongomock"]._store)
+    import pymongo
+
+    return pymongo.MongoClient(service.url)
+
+
 @pytest.fixture(scope="session")
 def mongo_client(mongo_service: Service) -> Iterator[pymongo.MongoClient[Any]]:
     """A ``pymongo.MongoClient`` of the session's server (a ``mongomock.MongoClient`` on mongomock).
 
     Session-scoped, so fixtures of every scope can seed data with it.
     """
-    if "mongomock" in mongo_service.extra:
-        import mongomock
-
-        client: Any = mongomock.MongoClient(_store=mongo_service.extra["mongomock"]._store)
-    else:
-        import pymongo as pm
-
-        client = pm.MongoClient(mongo_service.url)
+    client = mongo_client_of(mongo_service)
     yield client
     client.close()
 

@@ -161,15 +161,9 @@ def _redis_client(service_name: str) -> Any:
 def _mongo_client(service_name: str) -> Any:
     def client(request: pytest.FixtureRequest) -> Iterator[Any]:
         """A ``pymongo.MongoClient`` of the declared server."""
-        service = request.getfixturevalue(service_name)
-        if "mongomock" in service.extra:
-            import mongomock
+        from .fixtures import mongo_client_of
 
-            made: Any = mongomock.MongoClient(_store=service.extra["mongomock"]._store)
-        else:
-            import pymongo
-
-            made = pymongo.MongoClient(service.url)
+        made = mongo_client_of(request.getfixturevalue(service_name))
         yield made
         made.close()
 

@@ -228,6 +228,23 @@ def test_reuse_is_off_on_ci_when_only_the_ini_asks(pytester: pytest.Pytester, mo
     assert [c.labels[f"{LABEL}.server"] for c in containers(project, reuse="1")] == ["redis"]
 
 
+def _start_hanging_run(pytester: pytest.Pytester) -> subprocess.Popen[bytes]:
+    """Start the inner run in the background; return once its test wrote ``started`` (its servers are up)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *INNER, "--rollback-provider=docker", "-p",
+                             "no:randomly"], cwd=pytester.path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (pytester.path / "started").exists():
+        if proc.poll() is not None or time.monotonic() >= deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail("the inner run did not start its servers")
+        time.sleep(0.2)
+    return proc
+
+
+
 def test_containers_of_a_killed_run_are_removed_by_the_next(pytester: pytest.Pytester, project: str) -> None:
     pytester.makepyfile(
         test_hang="""
@@ -238,15 +255,8 @@ def test_containers_of_a_killed_run_are_removed_by_the_next(pytester: pytest.Pyt
             time.sleep(600)
         """
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", *INNER, "--rollback-provider=docker", "-p",
-                             "no:randomly"], cwd=pytester.path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = _start_hanging_run(pytester)
     try:
-        deadline = time.monotonic() + 240
-        while not (pytester.path / "started").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "the inner run did not start its servers"
-            time.sleep(0.2)
         left = containers(project)
         assert len(left) == 3
         watchdogs = _watchdogs_of([c.id for c in left])
@@ -293,15 +303,8 @@ def test_containers_of_a_killed_run_go_with_it(pytester: pytest.Pytester, projec
             time.sleep(600)
         """
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", *INNER, "--rollback-provider=docker", "-p",
-                             "no:randomly"], cwd=pytester.path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = _start_hanging_run(pytester)
     try:
-        deadline = time.monotonic() + 240
-        while not (pytester.path / "started").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "the inner run did not start its servers"
-            time.sleep(0.2)
         assert len(containers(project)) == 2
     finally:
         proc.send_signal(signal.SIGKILL)
