@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import uuid
 from pathlib import Path
@@ -10,6 +11,9 @@ from .api import Rollbackable, Service
 from .faults import require
 from .options import DEFAULT_IMAGES, StoreSettings
 from .registry import ProviderFn, Registry, Store
+
+#: the modules of ``pytest_rollback.services`` that hold the built-in providers, by provider name
+PROVIDER_MODULES = ("external", "docker", "local", "embedded")
 
 
 def _needs(store: str, package: str, extra: str, provider: ProviderFn) -> ProviderFn:
@@ -21,6 +25,26 @@ def _needs(store: str, package: str, extra: str, provider: ProviderFn) -> Provid
 
     checked.__doc__ = provider.__doc__
     return checked
+
+
+def _lazy(module: str, name: str) -> ProviderFn:
+    """The provider ``name`` of ``services.<module>``, imported when it is first called.
+
+    A run imports only the provider modules it uses (the Docker one alone is
+    700 lines and the docker SDK): loading the plugin stays cheap.
+    """
+
+    def provider(settings: StoreSettings) -> Service:
+        found: ProviderFn = getattr(importlib.import_module(f".services.{module}", __package__), name)
+        return found(settings)
+
+    provider.__doc__ = f"The {module} provider of {name} (pytest_rollback.services.{module}.{name})."
+    return provider
+
+
+def _providers(store: str) -> dict[str, ProviderFn]:
+    """The four built-in providers of ``store``, each imported when first used."""
+    return {name: _lazy(name, store) for name in PROVIDER_MODULES}
 
 
 def _needs_all(store: str, package: str, extra: str, providers: dict[str, ProviderFn]) -> dict[str, ProviderFn]:
@@ -63,8 +87,6 @@ def _recover_redis(path: Path, url: str, restore_data: bool, timeout: float) -> 
 
 
 def redis_store() -> Store:
-    from .services import docker, embedded, external, local
-
     return Store(
         name="redis",
         make_adapter=_redis_adapter,
@@ -72,7 +94,7 @@ def redis_store() -> Store:
             "redis",
             "redis",
             "redis",
-            {"external": external.redis, "docker": docker.redis, "local": local.redis, "embedded": embedded.redis},
+            _providers("redis"),
         ),
         default_image=DEFAULT_IMAGES["redis"],
         recover=_recover_redis,
@@ -116,15 +138,14 @@ def _mongo_embedded(embedded: ProviderFn) -> ProviderFn:
 
 
 def mongo_store() -> Store:
-    from .services import docker, embedded, external, local
-
+    lazy = _providers("mongo")
     return Store(
         name="mongo",
         make_adapter=_mongo_adapter,
         providers={
-            **_needs_all("mongo", "pymongo", "mongo", {"external": external.mongo, "docker": docker.mongo}),
-            "local": _needs("mongo", "pymongo", "mongo", local.mongo),
-            "embedded": _mongo_embedded(embedded.mongo),
+            **_needs_all("mongo", "pymongo", "mongo", {"external": lazy["external"], "docker": lazy["docker"]}),
+            "local": _needs("mongo", "pymongo", "mongo", lazy["local"]),
+            "embedded": _mongo_embedded(lazy["embedded"]),
         },
         default_image=DEFAULT_IMAGES["mongo"],
         recover=_recover_mongo,
@@ -157,8 +178,6 @@ def _recover_elasticsearch(path: Path, url: str, restore_data: bool, timeout: fl
 
 
 def elasticsearch_store() -> Store:
-    from .services import docker, embedded, external, local
-
     return Store(
         name="elasticsearch",
         make_adapter=_elasticsearch_adapter,
@@ -166,12 +185,7 @@ def elasticsearch_store() -> Store:
             "elasticsearch",
             "elasticsearch",
             "elasticsearch",
-            {
-                "external": external.elasticsearch,
-                "docker": docker.elasticsearch,
-                "local": local.elasticsearch,
-                "embedded": embedded.elasticsearch,
-            },
+            _providers("elasticsearch"),
         ),
         default_image=DEFAULT_IMAGES["elasticsearch"],
         recover=_recover_elasticsearch,

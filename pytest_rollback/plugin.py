@@ -24,8 +24,7 @@ from .options import Options, StoreSettings, addoption
 from .registry import RegistrationError, Registry
 from .reporting import Reporter
 from .servers import Server
-from .services import orphans, shared
-from .services.docker import ImageUnavailable
+from .services import ImageUnavailable, orphans, shared
 from .services.recovery import Holds, recover_all
 from .signals import HELD_NOTE, Signals
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import statistics
 from collections import Counter
 from collections.abc import Generator, Iterable
 from typing import TYPE_CHECKING, Any
@@ -318,6 +317,8 @@ class StoreStats:
 
     def line(self, template: str, **fields: str) -> str:
         """``template`` filled with the count, median and slowest restore, and ``fields``."""
+        import statistics  # here, at the end of the run: it imports fractions, decimal... (~5 ms)
+
         count = len(self.seconds)
         return template.format(
             count=count,

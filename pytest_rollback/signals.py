@@ -22,12 +22,21 @@ import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
+
+try:  # the C function: signal.signal wraps it to turn handlers into enums, which costs ~20 us a call
+    from _signal import signal as _set_handler
+except ImportError:  # pragma: no cover - an interpreter without the C module
+    from signal import signal as _set_handler
 from typing import Any
 
 HELD_NOTE = (
     "pytest-rollback: putting back the servers' data before exiting; Ctrl-C is held until that is done "
     "(a kill leaves it to the next run, which puts them back from the journal)"
 )
+
+
+#: the signals a hold keeps for later (their numbers: the C function takes no enums)
+_HELD = (int(signal.SIGINT), int(signal.SIGTERM))
 
 
 def _main_thread() -> bool:
@@ -89,11 +98,11 @@ class Signals:
         self._note = note
         saved: dict[int, Any] = {}
         try:
-            for sig in (signal.SIGINT.value, signal.SIGTERM.value):
-                saved[sig] = signal.signal(sig, self._defer)
+            for sig in _HELD:
+                saved[sig] = _set_handler(sig, self._defer)
         except (ValueError, OSError):  # not settable here: hold nothing
             for sig, handler in saved.items():
-                signal.signal(sig, handler)
+                _set_handler(sig, handler)
             yield
             return
         self._depth = 1
@@ -102,7 +111,7 @@ class Signals:
         finally:
             self._depth = 0
             for sig, handler in saved.items():
-                signal.signal(sig, handler)
+                _set_handler(sig, handler)
             self._note = None
         if self.received and interrupt_after:
             raise KeyboardInterrupt(f"signal {signal.Signals(self.received[0]).name}, held until a restore ended")

@@ -298,7 +298,10 @@ def test_a_second_session_on_a_held_server_is_refused_with_one_line(
         def test_slow(redis_client):
             redis_client.set("first", 1)
             pathlib.Path("reached").write_text("1")
-            time.sleep(2)
+            for _ in range(600):  # until the outer test is done with the second run (not a fixed time: load)
+                if pathlib.Path("go").exists():
+                    break
+                time.sleep(0.1)
             assert redis_client.get("first") == b"1"
             assert not redis_client.exists("second")
         """,
@@ -308,6 +311,7 @@ def test_a_second_session_on_a_held_server_is_refused_with_one_line(
     first.wait_for()
     other_db = redis_server.url.rsplit("/", 1)[0] + "/3"  # another database of the same server
     code, out = run(pytester, "test_fast.py", f"--rollback-redis-url={other_db}")
+    (pytester.path / "go").write_text("1")
     assert code == pytest.ExitCode.USAGE_ERROR
     refused = lines_with(out, "is held by another pytest run")
     assert len(refused) == 1 and f"(pid {first.proc.pid} on " in refused[0], out
@@ -787,7 +791,10 @@ def test_a_live_run_on_another_server_is_not_taken_for_an_interrupted_one(
 
         def test_slow(redis_client):
             pathlib.Path("reached").write_text("1")
-            time.sleep(2)
+            for _ in range(600):  # until the outer test has run the other two (not a fixed time: load)
+                if pathlib.Path("go").exists():
+                    break
+                time.sleep(0.1)
         """,
         test_plain="def test_plain(): pass",
     )
@@ -796,6 +803,7 @@ def test_a_live_run_on_another_server_is_not_taken_for_an_interrupted_one(
     code, out = run(pytester, "test_plain.py")
     assert code == 0 and "left by interrupted runs" not in out, out
     code, out = run(pytester, "--rollback-recover")
+    (pytester.path / "go").write_text("1")
     assert code == 0 and "nothing to recover" in out, out
     assert first.finish() == 0
 

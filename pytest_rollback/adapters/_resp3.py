@@ -249,3 +249,11 @@ class Resp3Connection:
     @property
     def closed(self) -> bool:
         return self._sock is None
+
+
+def info(conn: Resp3Connection, section: str) -> dict[str, str]:
+    """The fields of one ``INFO`` section (``redis_version``, ``process_id``, ...), as text."""
+    reply = conn.call("INFO", section)
+    text = reply.decode(errors="replace") if isinstance(reply, (bytes, bytearray)) else str(reply)
+    fields = (line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+    return {name: value.strip() for name, value in fields}

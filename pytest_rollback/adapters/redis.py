@@ -57,7 +57,7 @@ import time
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from .. import faults
 from ..api import Changes, Observation, RestoreReport, RollbackError, RollbackWarning, StoreFault
@@ -181,17 +181,31 @@ return out
 
 
 def parse_url(url: str) -> dict[str, Any]:
-    """Host, port, db, username and password of a ``redis://`` URL."""
+    """Host, port, db, username and password of a ``redis://`` URL, as redis-py reads it.
+
+    The query's ``db``, ``username`` and ``password`` count too (``db=`` wins over
+    the path, credentials before the host win over the query's); the rest of the
+    query (time-outs, pool sizes) is redis-py's business. Raises ``ValueError`` for
+    a URL redis-py would refuse: another scheme, a database that is not a number.
+    """
     parts = urlsplit(url)
     if parts.scheme not in ("redis", ""):
         raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} (use redis://host:port/db)")
-    path = parts.path.strip("/")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items() if v}
+    path = unquote(parts.path).strip("/")
+    db = query.get("db", path)
+    try:
+        number = int(db) if db else None
+    except ValueError:
+        raise ValueError(f"the database {db!r} is not a number") from None
+    username = unquote(parts.username) if parts.username else query.get("username")
+    password = unquote(parts.password) if parts.password else query.get("password")
     return {
         "host": parts.hostname or "127.0.0.1",
         "port": parts.port or 6379,
-        "db": int(path) if path else None,
-        "username": unquote(parts.username) if parts.username else None,
-        "password": unquote(parts.password) if parts.password else None,
+        "db": number,
+        "username": username or None,
+        "password": password,
     }
 
 
@@ -1217,7 +1231,14 @@ class RedisAdapter:
             raise RollbackError("redis: save_journal() needs a checkpoint first")
         where = Path(path)
         snapshot = self._snap if self.strategy == "tracking" else (self._levels[0].delta.full_prev or {})
-        config = read_config(self._redis_client(0))
+        if self._conn is None:  # the snapshot strategy reads with redis-py
+            config = read_config(self._redis_client(0))
+        else:
+            try:  # the settings this checkpoint read already, else one CONFIG GET on the adapter's connection
+                raw = self._config if self._config is not None and not self._config_stale else self._read_config()
+            except ReplyError:  # a server without CONFIG
+                raw = {}
+            config = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
         if self._original_flags is not None:
             config["notify-keyspace-events"] = self._original_flags
         write_config(where, config, self._owned)
@@ -1339,6 +1360,11 @@ def auth_reason(exc: BaseException) -> str:
     return next((why for word, why in _AUTH_REASONS if word in text), faults.reason(exc))
 
 
+def is_auth_error(exc: ReplyError) -> bool:
+    """True when the server's error reply refuses the credentials (or wants some)."""
+    return str(exc).startswith(_AUTH_ERRORS)
+
+
 def _timed_out(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError) or getattr(exc, "timed_out", False) or type(exc).__name__ == "TimeoutError"
 
@@ -1346,7 +1372,7 @@ def _timed_out(exc: BaseException) -> bool:
 def _is_fault(exc: BaseException) -> bool:
     """True for the errors of a server that is gone, frozen or refuses the credentials (not of a command)."""
     if isinstance(exc, ReplyError):
-        return str(exc).startswith(_AUTH_ERRORS)
+        return is_auth_error(exc)
     if isinstance(exc, (ConnectionLost, OSError)) or _timed_out(exc):
         return True
     try:

@@ -126,18 +126,43 @@ def put_back_config(client: Any, saved: Mapping[str, str]) -> list[str]:
     return done
 
 
+class _Client:
+    """The few calls the journal makes, on one RESP3 connection (redis-py is not imported for them)."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        from ._resp3 import Resp3Connection
+        from .redis import parse_url
+
+        p = parse_url(url)
+        self._conn = Resp3Connection(
+            p["host"], p["port"], username=p["username"], password=p["password"], timeout=timeout
+        )
+
+    def execute_command(self, *args: Any) -> object:
+        return self._conn.call(*args)
+
+    def config_get(self, pattern: str) -> dict[Any, Any]:
+        reply = self._conn.call("CONFIG", "GET", pattern)
+        if isinstance(reply, list):
+            return dict(zip(reply[::2], reply[1::2], strict=True))
+        return dict(reply) if isinstance(reply, dict) else {}
+
+    def config_set(self, name: str, value: str) -> None:
+        self._conn.call("CONFIG", "SET", name, value)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 def recover(path: Path, url: str, restore_data: bool = True, timeout: float = 30.0) -> str:
     """Put the server at ``url`` back as the journal in ``path`` describes; return what was done, in words.
 
     With ``restore_data`` false (the run restored the data itself, or never
     started writing) only the server's settings are put back.
     """
-    import redis as redis_py
-
     from .redis import RedisAdapter, _Delta, _Level
 
-    base = url.split("?")[0]
-    client = redis_py.Redis.from_url(base, socket_timeout=timeout, socket_connect_timeout=timeout)
+    client = _Client(url, timeout)
     try:
         done = unblock(client)
         meta: dict[str, Any] = {}

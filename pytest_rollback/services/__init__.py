@@ -9,6 +9,10 @@ from collections.abc import Callable
 from ..api import StoreUnavailable
 
 
+class ImageUnavailable(StoreUnavailable):
+    """The engine answers but the image is neither on it nor obtainable: ``auto`` says so and falls back."""
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

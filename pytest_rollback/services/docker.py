@@ -45,6 +45,7 @@ from typing import Any
 
 from ..api import Service, StoreUnavailable
 from ..options import StoreSettings
+from . import ImageUnavailable
 from .state import RunId, ensure_dir
 
 LABEL = "org.pytest-rollback"
@@ -57,10 +58,6 @@ IMAGE_UNAVAILABLE = (
 )
 START_FAILED = "pytest-rollback: {server}: container {name} ({image}) did not start: {why}"
 REMOVED_DEAD = "pytest-rollback: removed {count} container{s} left by {who}: {names}"
-
-
-class ImageUnavailable(StoreUnavailable):
-    """The engine answers but the image is neither on it nor obtainable: ``auto`` says so and falls back."""
 
 
 def engine_answers(timeout: float = 2.0) -> str | None:
@@ -577,26 +574,33 @@ def redis(settings: StoreSettings) -> Service:
     Each worker gets its own database number (its index), and rollback covers
     only that database.
     """
-    import redis as redis_py
-
+    from ..adapters._resp3 import Resp3Connection, info
     from . import wait_until
 
     def ready(host: str, port: int, logs: Callable[[], str]) -> str:
-        client = redis_py.Redis(host=host, port=port, socket_connect_timeout=1, socket_timeout=settings.timeout)
-        try:
-            wait_until(lambda: _alive(logs) and bool(client.ping()), 60, f"redis container {_image(settings)}", logs)
-            return str(client.info("server").get("redis_version", "?"))
-        finally:
-            client.close()
+        version: list[str] = []
+
+        def answers() -> bool:
+            if not _alive(logs):
+                return False
+            conn = Resp3Connection(host, port, timeout=min(1.0, settings.timeout))
+            try:
+                version.append(info(conn, "server").get("redis_version", "?"))
+            finally:
+                conn.close()
+            return True
+
+        wait_until(answers, 60, f"redis container {_image(settings)}", logs)
+        return version[-1]
 
     def reset(host: str, port: int) -> None:
-        client = redis_py.Redis(host=host, port=port, socket_timeout=settings.timeout)
+        conn = Resp3Connection(host, port, timeout=settings.timeout)
         try:
-            client.flushall()
-            client.script_flush()
-            client.config_set("notify-keyspace-events", "KA")  # as started
+            conn.call("FLUSHALL")
+            conn.call("SCRIPT", "FLUSH")
+            conn.call("CONFIG", "SET", "notify-keyspace-events", "KA")  # as started
         finally:
-            client.close()
+            conn.close()
 
     spec = ContainerSpec(
         server=_server(settings), store="redis", image=_image(settings), port=6379,

