@@ -104,6 +104,11 @@ def _key(doc: Any) -> Any:
     return helpers.hashdict(doc_id) if isinstance(doc_id, dict) else doc_id
 
 
+def _meta(coll: Any) -> Meta:
+    """A collection store's indexes, TTL indexes and created flag (its own objects: copy to keep)."""
+    return coll.__dict__["indexes"], coll._ttl_indexes, bool(coll._is_force_created)
+
+
 class _Hub:
     """On a mongomock server store: the journals (one per adapter) its changes are reported to."""
 
@@ -358,11 +363,7 @@ class _Journal:
             if entry is None:
                 return
             if entry.meta is None:
-                entry.meta = (
-                    copy.deepcopy(coll.__dict__["indexes"]),
-                    copy.deepcopy(coll._ttl_indexes),
-                    bool(coll._is_force_created),
-                )
+                entry.meta = copy.deepcopy(_meta(coll))
             if dropping and entry.table is None:
                 entry.table = coll._documents  # mongomock gives the collection a new table: keep this one whole
 
@@ -412,6 +413,8 @@ class _Journal:
             if entry.order is not None:
                 coll._documents = collections.OrderedDict((key, table[key]) for key in entry.order if key in table)
             if entry.meta is not None:
+                if entry.table is None and entry.meta != _meta(coll):
+                    colls += 1  # its indexes or created flag put back
                 coll.__dict__["indexes"], coll._ttl_indexes, coll._is_force_created = entry.meta
         return docs, colls
 
@@ -545,7 +548,7 @@ def _view(coll: Any, then: tuple[Any, Any, dict[Any, Any], Meta | None] | None) 
     """A collection store's documents and meta (now, or at the checkpoint with ``then``); None if not created."""
     if coll is None:
         return None
-    meta: Meta = (coll.__dict__["indexes"], coll._ttl_indexes, bool(coll._is_force_created))
+    meta = _meta(coll)
     if then is None:
         return (coll._documents, meta) if coll.is_created else None
     _, table, images, was_meta = then
