@@ -298,6 +298,19 @@ def test_a_mongomock_without_the_layout_falls_back_to_copying(monkeypatch: pytes
         MongomockAdapter(client, strategy="snapshot")
 
 
+def test_one_strategy_per_store() -> None:
+    copied, journaled = mongomock.MongoClient(), mongomock.MongoClient()
+    first = MongomockAdapter(copied, strategy="copy-on-touch")
+    assert MongomockAdapter(copied).strategy == "copy-on-touch"
+    with pytest.raises(RollbackError, match="journal cannot run here: another adapter already copies this store"):
+        MongomockAdapter(copied, strategy="journal")
+    second = MongomockAdapter(journaled)
+    with pytest.raises(RollbackError, match="another adapter already keeps a journal of this store"):
+        MongomockAdapter(journaled, strategy="copy-on-touch")
+    first.close()
+    second.close()
+
+
 def test_writes_from_other_threads_and_clients_are_journaled(client: Any, adapter: MongomockAdapter) -> None:
     before = view(client)
     cp = adapter.checkpoint("test")
