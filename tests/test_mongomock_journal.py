@@ -436,3 +436,23 @@ def test_through_the_plugin_on_the_embedded_provider(pytester: pytest.Pytester) 
     )  # fmt: skip
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["*mongo via embedded at *mongomock*journal rollback*"])
+
+
+def test_dropping_a_large_collection_or_its_database_copies_nothing() -> None:
+    client = mongomock.MongoClient()
+    client.big.items.insert_many([{"_id": i} for i in range(20_000)])
+    client.big.items.create_index("x")
+    adapter = MongomockAdapter(client)
+    try:
+        before = view(client)
+        for drop in (lambda: client.big.items.drop(), lambda: client.drop_database("big")):
+            cp = adapter.checkpoint("test")
+            drop()
+            client.big.items.insert_one({"_id": "after the drop"})  # into the new table: nothing recorded
+            assert journal_images(adapter) == 0
+            report = adapter.rollback(cp)
+            assert report.mode == "full" and "dropped" in (report.reason or "")
+            assert view(client) == before
+            adapter.release(cp)
+    finally:
+        adapter.close()
