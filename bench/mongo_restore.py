@@ -91,7 +91,7 @@ def mongomock_table(reps: int) -> None:
         client = mongomock.MongoClient()
         products = client.shop.products
         products.insert_many(docs(n))
-        cot = per_test(MongomockAdapter(client), products, max(3, reps // 4))
+        cot = per_test(MongomockAdapter(client, strategy="copy-on-touch"), products, max(3, reps // 4))
         reseed = reseed_times(products, n)
         for k, value in cot.items():
             print(f"{n:>7} {k:>5} | {value:>13.2f} | {median_ms(reseed):>9.1f} | {median_ms(reseed) / value:>9.1f}x")

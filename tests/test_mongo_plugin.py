@@ -173,7 +173,7 @@ def test_embedded_providers_run_the_same_suite(pytester: pytest.Pytester, embedd
     pytester.makepyfile(test_a=SCOPES, test_b=OTHER_MODULE)
     result = pytester.runpytest(*INNER, "--rollback-provider=embedded", f"--rollback-mongo-embedded={embedded}")
     result.assert_outcomes(passed=8)
-    strategy = "tracking" if embedded == "secantusdb" else "copy-on-touch"
+    strategy = "tracking" if embedded == "secantusdb" else "journal"
     what = "SecantusDB" if embedded == "secantusdb" else "mongomock"
     line = f"*pytest-rollback: mongo via embedded at *{what}*ready in * ms, {strategy} rollback*"
     result.stdout.fnmatch_lines([line])
