@@ -127,25 +127,28 @@ class _Examples:
     def _wrap(self, inner: Callable[..., Any]) -> Callable[..., Any]:
         # functools.wraps keeps what Hypothesis reads off the inner test: its source, name and
         # signature (the example database's key) and the attributes it set on it.
+        # No line of it runs only when an example fails: Hypothesis's explain phase would name it.
         @functools.wraps(inner)
         def one_example(*args: Any, **kwargs: Any) -> Any:
             __tracebackhide__ = True
             try:
                 return inner(*args, **kwargs)
-            except BaseException:
-                if _is_final():
-                    self._note_changes()
-                raise
             finally:
                 self._back()
 
         return one_example
 
     def _back(self) -> None:
-        """Roll the stores back to the examples' starting level (the next example starts there)."""
+        """Roll the stores back to the examples' starting level (the next example starts there).
+
+        Before that, in a replay Hypothesis makes to report a failing example
+        (never traced by its explain phase), keep what the example changed.
+        """
         cp = self.cp
         if cp is None or not cp.alive:
             return
+        if _is_final():
+            self._note_changes()
         with broken_fails():
             problems = self.engine.restore(cp, self.stores)
         if problems:
@@ -179,12 +182,12 @@ class _Examples:
 
 
 def _is_final() -> bool:
-    """Whether the example running now is Hypothesis's last replay of the failing example it reports."""
+    """Whether the example running now is one Hypothesis reports: a failing one replayed last, or an explicit one."""
     try:
         from hypothesis.control import current_build_context
 
         return bool(current_build_context().is_final)
-    except Exception:  # another version of Hypothesis: keep every failing example's changes (the last wins)
+    except Exception:  # another version of Hypothesis: keep every example's changes (the last one's win)
         return True
 
 

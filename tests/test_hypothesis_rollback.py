@@ -106,6 +106,7 @@ def test_every_replay_saw_the_starting_state(redis_client):
         "  + *order:1000",
         "  ~ *stock",
     ])
+    assert "per_example.py" not in result.stdout.str()  # Hypothesis's explain phase never names the plugin
 
 
 def test_a_state_machine_test_case_runs_from_the_seeded_state(pytester: pytest.Pytester, run: Any) -> None:
