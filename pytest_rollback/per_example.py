@@ -76,7 +76,7 @@ class PerExample:
         cp: Checkpoint | None = getattr(item, "_rollback_checkpoint", None)
         if cp is None or not cp.alive:  # rollback is off for this test: its writes stay, example by example too
             return (yield)
-        handle = getattr(item.obj, "hypothesis", None)  # type: ignore[attr-defined]
+        handle = getattr(getattr(item, "obj", None), "hypothesis", None)  # a doctest has no obj
         restore_settings = _quiet_own_fixtures(item) if handle is not None else None
         self.item = item
         unpatch = _patch_state_machines(self)
