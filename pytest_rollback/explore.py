@@ -36,7 +36,10 @@ ACCEPTED_ACTIONS = "actions: a non-empty list of callables (or Action(fn, when=.
 ACCEPTED_INVARIANTS = "invariants: a list of callables that raise AssertionError or return False when violated"
 ACCEPTED_DEPTH = "max_depth: an int >= 1"
 ACCEPTED_BUDGET = "budget: None or an int >= 1 (the most action sequences to try)"
-ACCEPTED_KEY = "key: None or a callable that returns a hashable value (part of each state's fingerprint)"
+ACCEPTED_KEY = (
+    "key: None or a callable that returns a hashable value (part of each state's fingerprint; "
+    "required with observe=False, where it is all of it)"
+)
 #: The progress line (written while it runs, on a terminal, and once at the end).
 PROGRESS = "pytest-rollback explore: {states} states, {sequences} sequences, {violations} violations, depth {depth}"
 #: How often the progress line is rewritten at most, on a terminal (seconds).
@@ -409,7 +412,7 @@ def parse_actions(actions: object) -> list[Action]:
 
 
 def check_arguments(
-    invariants: object, max_depth: object, budget: object, key: object
+    invariants: object, max_depth: object, budget: object, key: object, observe: object = True
 ) -> list[Callable[[], object]]:
     """The invariants as a list, after checking every argument; ``ValueError`` with one line otherwise."""
     if callable(invariants):
@@ -426,6 +429,9 @@ def check_arguments(
         raise ValueError(BAD_ARGUMENT.format(problem=f"budget is {budget!r}", accepted=ACCEPTED_BUDGET))
     if key is not None and not callable(key):
         raise ValueError(BAD_ARGUMENT.format(problem=f"key is {key!r}", accepted=ACCEPTED_KEY))
+    if not observe and key is None:
+        problem = "observe=False without a key: every state would look the same"
+        raise ValueError(BAD_ARGUMENT.format(problem=problem, accepted=ACCEPTED_KEY))
     return checks
 
 

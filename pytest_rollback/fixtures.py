@@ -324,7 +324,7 @@ class RollbackHandle:
         self._require_enabled()
         try:
             steps = parse_actions(actions)
-            checks = check_arguments(invariants, max_depth, budget, key)
+            checks = check_arguments(invariants, max_depth, budget, key, observe)
         except ValueError as exc:
             message = str(exc)
         else:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pytest_rollback.explore import ACCEPTED_ACTIONS, ACCEPTED_BUDGET, ACCEPTED_DEPTH, BAD_ARGUMENT
+from pytest_rollback.explore import ACCEPTED_ACTIONS, ACCEPTED_BUDGET, ACCEPTED_DEPTH, ACCEPTED_KEY, BAD_ARGUMENT
 
 #: Two flags a and b in Redis, each 0 or 1: four states. set_a and set_b in either order
 #: reach a=b=1 (a state seen before the second time); clear goes back to the start.
@@ -211,6 +211,8 @@ def test_key(rollback, redis_client):
     ("rollback.explore([f, f])", "two actions are named 'f' (name them with Action(fn, name=...))", ACCEPTED_ACTIONS),
     ("rollback.explore([f], max_depth=0)", "max_depth is 0", ACCEPTED_DEPTH),
     ("rollback.explore([f], budget=-1)", "budget is -1", ACCEPTED_BUDGET),
+    ("rollback.explore([f], observe=False)", "observe=False without a key: every state would look the same",
+     ACCEPTED_KEY),
 ])
 def test_bad_arguments_give_one_line(
     pytester: pytest.Pytester, run: Any, call: str, problem: str, accepted: str
