@@ -225,7 +225,7 @@ NO_SUBTESTS = (
 
 
 class RollbackHandle:
-    """What the ``rollback`` fixture gives a test: checkpoints, restores, branches and changes."""
+    """What the ``rollback`` fixture gives a test: checkpoints, restores, branches, changes and exploration."""
 
     def __init__(self, request: pytest.FixtureRequest) -> None:
         self._request = request
@@ -352,6 +352,8 @@ def rollback(request: pytest.FixtureRequest) -> RollbackHandle:
     undoes the block's writes on exit (``branch(label, subtest=True)`` also
     reports the block as a subtest), and ``rollback.changes(since=None)`` tells
     per store what was added, modified or removed since the test began.
+    ``rollback.explore(actions, invariants, max_depth=5)`` runs every sequence of
+    actions from the current state and reports a shortest one that breaks an invariant.
     """
     return RollbackHandle(request)
 
