@@ -15,6 +15,7 @@ from .api import (
     StoreUnavailable,
 )
 from .engine import Checkpoint
+from .explore import Action, Exploration, InvariantViolated
 from .fixtures import RollbackHandle
 from .registry import Registry, Store
 from .servers import Server, server
@@ -22,8 +23,11 @@ from .servers import Server, server
 __version__ = "0.1.0"
 
 __all__ = [
+    "Action",
     "Changes",
     "Checkpoint",
+    "Exploration",
+    "InvariantViolated",
     "Observation",
     "Registry",
     "RestoreReport",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Hashable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
+    from .explore import Exploration
     from .plugin import RollbackSession
 
 
@@ -224,7 +225,7 @@ NO_SUBTESTS = (
 
 
 class RollbackHandle:
-    """What the ``rollback`` fixture gives a test: checkpoints, restores, branches and changes."""
+    """What the ``rollback`` fixture gives a test: checkpoints, restores, branches, changes and exploration."""
 
     def __init__(self, request: pytest.FixtureRequest) -> None:
         self._request = request
@@ -295,6 +296,48 @@ class RollbackHandle:
             raise RollbackError("pytest-rollback: this test has no checkpoint (rollback is disabled for it)")
         return self._engine.changes(base)
 
+    def explore(
+        self,
+        actions: Any,
+        invariants: Any = (),
+        *,
+        max_depth: int = 5,
+        budget: int | None = None,
+        key: Callable[[], Hashable] | None = None,
+        observe: bool = True,
+    ) -> Exploration:
+        """Run every sequence of up to ``max_depth`` actions from the current state, checking the invariants.
+
+        ``actions``: callables (or ``pytest_rollback.Action(fn, when=..., name=...)``,
+        enabled only while ``when()`` is true). ``invariants``: callables that raise
+        ``AssertionError`` or return ``False`` when violated. Breadth first, every
+        state reached is checkpointed and the stores are rolled back to it before the
+        next action; a state seen before (same ``observe()`` of every store, and same
+        ``key()``) is not explored again. Stops after ``max_depth`` actions, or
+        ``budget`` sequences tried. Returns the counts (:class:`Exploration`); raises
+        :class:`InvariantViolated` (an ``AssertionError``) with a shortest violating
+        sequence, what each step changed per store and a snippet that replays it.
+        The stores are back at the state they had before it either way.
+        """
+        from .explore import Explorer, check_arguments, parse_actions, terminal_writer
+
+        self._require_enabled()
+        try:
+            steps = parse_actions(actions)
+            checks = check_arguments(invariants, max_depth, budget, key, observe)
+        except ValueError as exc:
+            message = str(exc)
+        else:
+            node = self._request.node
+            explorer = Explorer(
+                self._engine, steps, checks, max_depth=max_depth, budget=budget, key=key, observe=observe,
+                label=f"explore {node.nodeid}", write=terminal_writer(node.config, self._session._write_line),
+                test=node.nodeid,
+            )
+            with broken_fails():
+                return explorer.run()
+        pytest.fail(message, pytrace=False)  # outside the except: no "During handling of ..." chain
+
     def _require_enabled(self) -> None:
         if not self._engine.enabled:
             raise RollbackError("pytest-rollback: rollback is disabled (--no-rollback); checkpoints are not available")
@@ -309,6 +352,8 @@ def rollback(request: pytest.FixtureRequest) -> RollbackHandle:
     undoes the block's writes on exit (``branch(label, subtest=True)`` also
     reports the block as a subtest), and ``rollback.changes(since=None)`` tells
     per store what was added, modified or removed since the test began.
+    ``rollback.explore(actions, invariants, max_depth=5)`` runs every sequence of
+    actions from the current state and reports a shortest one that breaks an invariant.
     """
     return RollbackHandle(request)
 

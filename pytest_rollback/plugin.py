@@ -21,6 +21,7 @@ from .faults import MissingClient, Shown
 from .markers import ROLLBACK_MARKER_HELP
 from .masking import mask
 from .options import Options, StoreSettings, addoption
+from .per_example import PerExample
 from .registry import RegistrationError, Registry
 from .reporting import Reporter
 from .servers import Server
@@ -56,6 +57,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(session, "rollback-session")
     config.pluginmanager.register(Reporter(session), "rollback-reporter")
     config.pluginmanager.register(session.branches, "rollback-branches")
+    config.pluginmanager.register(PerExample(session.engine), "rollback-per-example")
     session.signals.install()
 
 
