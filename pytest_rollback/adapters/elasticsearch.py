@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
 import time
 import uuid
@@ -173,6 +174,9 @@ def _is_fault(exc: Exception) -> bool:
     return isinstance(exc, ConnectionFailed) or (isinstance(exc, HttpError) and exc.status == 401)
 
 
+#: the most documents put back one by one in an index (more: a clone, which costs one copy of it)
+_MAX_NOTED = 10_000
+
 _TEMPLATE_PATHS = {"index_template": "/_index_template/", "component_template": "/_component_template/",
                    "template": "/_template/"}
 
@@ -257,6 +261,9 @@ class ElasticsearchAdapter:
         self._counts_requests = not prefix
         #: our requests so far, and when the counts were read last
         self._sent = self._sent_at = 0
+        #: what answers to other clients' writes said (:meth:`note`): index -> sequence number -> document id,
+        #: since the index's snapshot was taken or cloned back
+        self._notes: dict[str, dict[int, str]] = {}
         #: the user agent of this adapter's requests, to tell them from others' in the server's counts
         self._agent = f"pytest-rollback/{self._id}"
         self.http.headers["user-agent"] = self._agent
@@ -451,6 +458,7 @@ class ElasticsearchAdapter:
     def _take(self, name: str, meta: _Meta, fp: Fp) -> _Snap:
         """Clone ``name`` into a new hidden, write-blocked snapshot."""
         number = next(self._numbers)
+        self._notes.pop(name, None)  # a note before the snapshot says nothing of what comes after it
         snap = _Snap(f"{self.reserved}{self._id}-{number}", name, meta.mappings, _core(meta.settings), fp[1])
         blocked = meta.settings.get("index.blocks.write") == "true"
         if not blocked:
@@ -566,6 +574,7 @@ class ElasticsearchAdapter:
     def _failed(self) -> None:
         """After a checkpoint or rollback that failed: the next rollback restores every index from its snapshot."""
         self._current.clear()
+        self._notes.clear()
         self._csv = None
         self._looked = None
 
@@ -675,7 +684,10 @@ class ElasticsearchAdapter:
         fix_aliases: list[str] = []
         close: list[str] = []
         wants: dict[str, dict[str, Any]] = {}  # the settings an index is given back
+        docs: dict[str, list[str]] = {}  # indices whose changed documents are all known: their ids
         delete = [n for n in self._known if n not in token.indices]
+        if not moved:  # a write can extend a mapping without moving the cluster state
+            self._recheck_mappings(token, fps)
         for name, st in token.indices.items():
             live = self._known.get(name)
             if st.snap is None:
@@ -686,8 +698,11 @@ class ElasticsearchAdapter:
                 live is None or live.closed != st.closed or cur is None or cur[0] is not st.snap
                 or fps.get(name) != cur[1] or live.mappings != st.snap.mappings
             ):
-                restore.append(name)
-                continue
+                ids = self._noted_changes(name, st, live, cur, fps.get(name))
+                if ids is None or live is None:
+                    restore.append(name)
+                    continue
+                docs[name] = ids  # only documents moved: put back one by one, definitions compared below
             wanted = {**st.snap.settings, **{k: v for k, v in st.overrides.items() if v is not None}}
             diff = {k: wanted.get(k) for k in set(wanted) | set(live.settings) if wanted.get(k) != live.settings.get(k)}
             wants[name] = wanted
@@ -703,6 +718,15 @@ class ElasticsearchAdapter:
                 self._put_settings(name, diff, wants[name])
             except HttpError:  # a static setting: only a fresh copy brings it back
                 restore.append(name)
+                if name in fix_aliases:
+                    fix_aliases.remove(name)
+        for name, ids in list(docs.items()):
+            snap = token.indices[name].snap
+            assert snap is not None
+            if name in restore or not self._put_back(name, snap, ids, fps[name]):
+                del docs[name]  # a static setting to put back, or a document refused: a fresh copy
+                if name not in restore:
+                    restore.append(name)
                 if name in fix_aliases:
                     fix_aliases.remove(name)
         self._delete([*delete, *(n for n in restore if n in self._known)])
@@ -738,16 +762,131 @@ class ElasticsearchAdapter:
             del self._current[name]
         done = len(restore) + len(delete) + len(fix_settings) + len(fix_aliases) + len(close) + fixed_globals
         done += len(blocks) + len(lifted)
-        if done:
+        if done:  # definitions changed (documents put back one by one change none)
             self._refresh_known()
+        for name in [*restore, *delete]:  # what was noted of the index the test had is not of this one
+            self._notes.pop(name, None)
         for name in restore:  # a clone has its snapshot's sequence numbers and a new uuid
             snap = token.indices[name].snap
             assert snap is not None
             restored = self._known.get(name)
             self._current[name] = (snap, (restored.uuid if restored else "", snap.seqs))
         self._collect()
+        done += len(docs)
         mode = "incremental" if done else "none"
         return RestoreReport("elasticsearch", token.label, 0.0, mode, done)
+
+    # -- documents put back one by one -----------------------------------------
+    def _noted_changes(self, name: str, st: _State, live: _Meta | None, cur: tuple[_Snap, Fp] | None,
+                       fp: Fp | None) -> list[str] | None:
+        """The ids of every document written to ``name`` since it equalled its snapshot, when the notes
+        prove them complete (every sequence number taken since has a noted answer); else None.
+
+        Only an open index of one shard (sequence numbers are per shard), the same index (its uuid) as
+        when it equalled the snapshot, whose mapping did not change and needs no routing.
+        """
+        if live is None or cur is None or fp is None or cur[0] is not st.snap or st.snap is None:
+            return None
+        if live.closed or st.closed or live.uuid != cur[1][0] or fp[0] != cur[1][0] or len(fp[1]) != 1:
+            return None
+        if len(cur[1][1]) != 1 or live.mappings != st.snap.mappings:
+            return None
+        if ((live.mappings.get("_routing") or {}) if isinstance(live.mappings, dict) else {}).get("required"):
+            return None
+        first, last = cur[1][1][0] + 1, fp[1][0]
+        notes = self._notes.get(name, {})
+        if last - first + 1 > _MAX_NOTED or not all(seq in notes for seq in range(first, last + 1)):
+            return None
+        return sorted({notes[seq] for seq in range(first, last + 1)})
+
+    def _recheck_mappings(self, token: _Level, fps: dict[str, Fp]) -> None:
+        """Read again the definitions of the indices whose documents moved (a write can extend a mapping
+        without moving the cluster state, and such an index is not cloned when its notes are complete)."""
+        moved = [n for n, st in token.indices.items()
+                 if st.snap is not None and n in self._known and (cur := self._current.get(n)) is not None
+                 and cur[0] is st.snap and fps.get(n) not in (None, cur[1]) and n in self._notes]
+        if moved:
+            self._known.update(self._read_meta(",".join(moved)))
+
+    def _put_back(self, name: str, snap: _Snap, ids: list[str], fp: Fp) -> bool:
+        """Write ``ids`` back as ``snap`` holds them (deleted where it has none), refreshed; False when a
+        document could not be read or written (the index is then cloned back)."""
+        got = self._call("POST", "/_mget", {"docs": [{"_index": snap.index, "_id": i} for i in ids]})
+        lines: list[str] = []
+        for doc_id, doc in zip(ids, (got or {}).get("docs") or [], strict=False):
+            if doc.get("error") is not None or doc.get("_id") != doc_id:
+                return False
+            if doc.get("found"):
+                if not isinstance(doc.get("_source"), dict):
+                    return False  # a mapping without _source: nothing to write back
+                meta = {"_index": name, "_id": doc_id, "routing": doc.get("_routing")}
+                lines += [json.dumps({"index": {k: v for k, v in meta.items() if v is not None}}),
+                          json.dumps(doc["_source"])]
+            else:
+                lines.append(json.dumps({"delete": {"_index": name, "_id": doc_id}}))
+        if len((got or {}).get("docs") or []) != len(ids):
+            return False
+        answer = self._call("POST", "/_bulk", ("\n".join(lines) + "\n").encode(), refresh="true") or {}
+        seqs = []
+        for item in answer.get("items") or []:
+            result: Any = next(iter(item.values()), {}) if isinstance(item, dict) else {}
+            if result.get("error") is not None or not isinstance(result.get("_seq_no"), int):
+                return False
+            seqs.append(result["_seq_no"])
+        if sorted(seqs) != list(range(fp[1][0] + 1, fp[1][0] + 1 + len(ids))):
+            return False  # another client wrote meanwhile: the sequence numbers say nothing certain
+        self._current[name] = (snap, (fp[0], (fp[1][0] + len(ids),)))
+        self._notes.pop(name, None)
+        return True
+
+    # -- what other clients' answers say ----------------------------------------------
+    def note(self, answer: Any) -> None:
+        """Note what the server answered to a request of another client of it: each document the answer
+        names with its index and sequence number (``_index``, ``_id``, ``_seq_no``: the answer to an
+        index, create, update or delete, each item of a ``_bulk``).
+
+        A rollback then puts back only the documents written to an index, from its snapshot, instead
+        of cloning the whole index, when the notes account for every sequence number the index took
+        since it equalled its snapshot (a write no note names, such as a ``delete_by_query``, a write
+        of a client that notes nothing, or a mapping the writes extended, is restored by a clone as
+        before). An answer of another server, or one that names no sequence number, proves nothing
+        and does no harm. :meth:`node_class` makes a client that notes its answers.
+        """
+        if not isinstance(answer, dict):
+            return
+        items = answer.get("items")
+        results = [next(iter(i.values()), None) for i in items if isinstance(i, dict) and i] \
+            if isinstance(items, list) else [answer]
+        for result in results:
+            if not isinstance(result, dict):
+                continue
+            index, doc_id, seq = result.get("_index"), result.get("_id"), result.get("_seq_no")
+            if isinstance(index, str) and isinstance(doc_id, str) and isinstance(seq, int) and self.owns(index):
+                self._notes.setdefault(index, {})[seq] = doc_id
+
+    def node_class(self) -> type[Any]:
+        """An ``elastic_transport`` node class whose answers to writes this adapter notes (:meth:`note`),
+        for an ``elasticsearch.Elasticsearch`` client of the same server::
+
+            client = Elasticsearch(url, node_class=adapter.node_class())
+
+        The client's writes are then rolled back document by document.
+        """
+        from elastic_transport import Urllib3HttpNode
+
+        adapter, where = self, (self.http.host, self.http.port)
+
+        class NotingNode(Urllib3HttpNode):
+            def perform_request(self, method: str, target: str, *args: Any, **kwargs: Any) -> Any:
+                resp = super().perform_request(method, target, *args, **kwargs)
+                if method != "GET" and (self.config.host, self.config.port) == where and b'"_seq_no"' in resp.body:
+                    try:
+                        adapter.note(json.loads(resp.body))
+                    except ValueError:
+                        pass
+                return resp
+
+        return NotingNode
 
     def _blocked_and_touched(self, token: _Level, fps: dict[str, Fp]) -> bool:
         """True when an index with a block differs from ``token`` in any way (a block refuses the delete,
