@@ -31,6 +31,13 @@ How it works:
   carry (replicas, hidden, write block). Settings or aliases changed without a
   write are put back in place. Index, component and legacy templates and
   cluster settings are read again only when the cluster state moved.
+* **Documents put back one by one**: where the answers to a test's writes were
+  noted (:meth:`ElasticsearchAdapter.note`), an index of one shard whose every
+  sequence number since it equalled its snapshot is named by a note, and whose
+  mapping did not change, gets back only those documents (``_mget`` of the
+  snapshot, one ``_bulk``, refreshed) instead of a clone, when they are few
+  enough to cost less than one; the bulk's sequence numbers are its new
+  fingerprint.
 
 * **Blocks** a test put on an index (``index.blocks.read_only``, ``..._allow_delete``,
   ``read``, ``write``, ``metadata``: they refuse the deletes, clones and settings
@@ -176,6 +183,10 @@ def _is_fault(exc: Exception) -> bool:
 
 #: the most documents put back one by one in an index (more: a clone, which costs one copy of it)
 _MAX_NOTED = 10_000
+#: documents a clone copies for the cost of one written back (noida-db: a 1,000-document bulk, refreshed,
+#: about 150 ms; a 1,000-document clone about 6 ms): more documents to put back than the index holds
+#: divided by this, and a clone is cheaper
+_CLONED_PER_WRITTEN = 25
 
 _TEMPLATE_PATHS = {"index_template": "/_index_template/", "component_template": "/_component_template/",
                    "template": "/_template/"}
@@ -264,6 +275,8 @@ class ElasticsearchAdapter:
         #: what answers to other clients' writes said (:meth:`note`): index -> sequence number -> document id,
         #: since the index's snapshot was taken or cloned back
         self._notes: dict[str, dict[int, str]] = {}
+        #: each index's documents at the last reading of the statistics (which of a clone and a put-back costs less)
+        self._sizes: dict[str, int] = {}
         #: the user agent of this adapter's requests, to tell them from others' in the server's counts
         self._agent = f"pytest-rollback/{self._id}"
         self.http.headers["user-agent"] = self._agent
@@ -333,12 +346,14 @@ class ElasticsearchAdapter:
         body = self._call(
             "GET", f"/{pattern or self._pattern}/_stats", level="shards", expand_wildcards="all",
             allow_no_indices="true", ignore_unavailable="true",
-            filter_path="indices.*.uuid,indices.*.shards.*.seq_no.max_seq_no,indices.*.shards.*.routing.primary",
+            filter_path="indices.*.uuid,indices.*.shards.*.seq_no.max_seq_no,indices.*.shards.*.routing.primary,"
+                        "indices.*.primaries.docs.count",
         ) or {}
         out: dict[str, Fp] = {}
         for name, data in (body.get("indices") or {}).items():
             if not self.owns(name):
                 continue
+            self._sizes[name] = int(((data.get("primaries") or {}).get("docs") or {}).get("count") or 0)
             seqs = []
             for _shard, copies in sorted((data.get("shards") or {}).items(), key=lambda kv: int(kv[0])):
                 primary = [c for c in copies if (c.get("routing") or {}).get("primary")] or copies
@@ -797,7 +812,8 @@ class ElasticsearchAdapter:
         notes = self._notes.get(name, {})
         if last - first + 1 > _MAX_NOTED or not all(seq in notes for seq in range(first, last + 1)):
             return None
-        return sorted({notes[seq] for seq in range(first, last + 1)})
+        ids = sorted({notes[seq] for seq in range(first, last + 1)})
+        return ids if len(ids) * _CLONED_PER_WRITTEN <= self._sizes.get(name, 0) else None
 
     def _recheck_mappings(self, token: _Level, fps: dict[str, Fp]) -> None:
         """Read again the definitions of the indices whose documents moved (a write can extend a mapping
