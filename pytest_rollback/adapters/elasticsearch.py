@@ -793,7 +793,7 @@ class ElasticsearchAdapter:
 
     # -- documents put back one by one -----------------------------------------
     def _noted_changes(self, name: str, st: _State, live: _Meta | None, cur: tuple[_Snap, Fp] | None,
-                       fp: Fp | None) -> list[str] | None:
+                       fp: Fp | None, mapping: bool = True) -> list[str] | None:
         """The ids of every document written to ``name`` since it equalled its snapshot, when the notes
         prove them complete (every sequence number taken since has a noted answer); else None.
 
@@ -804,7 +804,7 @@ class ElasticsearchAdapter:
             return None
         if live.closed or st.closed or live.uuid != cur[1][0] or fp[0] != cur[1][0] or len(fp[1]) != 1:
             return None
-        if len(cur[1][1]) != 1 or live.mappings != st.snap.mappings:
+        if len(cur[1][1]) != 1 or (mapping and live.mappings != st.snap.mappings):
             return None
         if ((live.mappings.get("_routing") or {}) if isinstance(live.mappings, dict) else {}).get("required"):
             return None
@@ -818,9 +818,13 @@ class ElasticsearchAdapter:
     def _recheck_mappings(self, token: _Level, fps: dict[str, Fp]) -> None:
         """Read again the definitions of the indices whose documents moved (a write can extend a mapping
         without moving the cluster state, and such an index is not cloned when its notes are complete)."""
-        moved = [n for n, st in token.indices.items()
-                 if st.snap is not None and n in self._known and (cur := self._current.get(n)) is not None
-                 and cur[0] is st.snap and fps.get(n) not in (None, cur[1]) and n in self._notes]
+        moved = []
+        for name, st in token.indices.items():
+            cur, fp = self._current.get(name), fps.get(name)
+            if name in self._notes and cur is not None and fp is not None and fp != cur[1] and self._noted_changes(
+                name, st, self._known.get(name), cur, fp, mapping=False
+            ) is not None:
+                moved.append(name)
         if moved:
             self._known.update(self._read_meta(",".join(moved)))
 
