@@ -194,6 +194,8 @@ _TEMPLATE_PATHS = {"index_template": "/_index_template/", "component_template": 
 
 #: where a one-node server counts the requests of each HTTP client
 _REQUESTS_PATH = "/_nodes/stats/http"
+#: the connections a server has opened, and per client id: agent, requests, last path, closed
+_Counts = tuple[int, dict[Any, tuple[str, int, str, bool]]]
 #: paths of requests that read only: one of them from another client since the last reading moves nothing
 _READS = ("/_search", "/_count", "/_msearch", "/_mget", _REQUESTS_PATH)
 
@@ -266,7 +268,7 @@ class ElasticsearchAdapter:
         self.last_round_trips = 0
         #: the server's HTTP request counts per client after the last look, and the level the indices
         #: were then known to equal: while only our own reading moved them, nothing changed
-        self._requests: dict[Any, tuple[str, int, str]] | None = None
+        self._requests: _Counts | None = None
         self._looked: _Level | None = None
         #: not under a prefix (a server shared by xdist workers): the others' requests would make every probe fail
         self._counts_requests = not prefix
@@ -361,9 +363,10 @@ class ElasticsearchAdapter:
             out[name] = (str(data.get("uuid", "")), tuple(seqs))
         return out
 
-    def _request_counts(self) -> dict[Any, tuple[str, int, str]] | None:
-        """Per HTTP client of a one-node server (``_nodes/stats/http``): its agent, requests and last
-        path (one round trip); None where the server does not list them."""
+    def _request_counts(self) -> _Counts | None:
+        """The connections a one-node server has opened, and per HTTP client it lists
+        (``_nodes/stats/http``): its agent, requests, last path and whether it is closed (one round
+        trip); None where the server does not list them."""
         if not self._counts_requests:
             return None
         try:
@@ -372,13 +375,18 @@ class ElasticsearchAdapter:
             self._counts_requests = False
             return None
         nodes = list((got.get("nodes") or {}).values())
-        clients = (nodes[0].get("http") or {}).get("clients") if len(nodes) == 1 else None
-        if not isinstance(clients, list) or not all(
+        http = (nodes[0].get("http") or {}) if len(nodes) == 1 else {}
+        clients, opened = http.get("clients"), http.get("total_opened")
+        if not isinstance(clients, list) or not isinstance(opened, int) or not all(
             isinstance(c.get("request_count"), int) and c.get("agent") for c in clients
         ):
             self._counts_requests = False
             return None
-        return {c.get("id"): (str(c["agent"]), int(c["request_count"]), str(c.get("last_uri", ""))) for c in clients}
+        return opened, {
+            c.get("id"): (str(c["agent"]), int(c["request_count"]), str(c.get("last_uri", "")),
+                          c.get("closed_time_millis") is not None)
+            for c in clients
+        }
 
     def _quiet(self) -> _Level | None:
         """The level the indices were known to equal at the last look, when they still do: since the
@@ -388,13 +396,20 @@ class ElasticsearchAdapter:
         Reads the counts (one round trip), which the next call compares with.
         """
         looked, self._looked = self._looked, None
-        base, sent_at = self._requests, self._sent_at
-        now = self._request_counts()
-        self._requests, self._sent_at = now, self._sent
-        if now is None or base is None or looked is None or not set(base) <= set(now):
-            return None  # a client gone since: what it sent is not known
+        before, sent_at = self._requests, self._sent_at
+        counts = self._request_counts()
+        self._requests, self._sent_at = counts, self._sent
+        if counts is None or before is None or looked is None:
+            return None
+        (opened, now), (opened_before, base) = counts, before
+        # a client gone from the list since (the server keeps about the last 100) that was open then, or one
+        # opened and gone since without being listed: what it sent is not known (one closed then sent nothing)
+        if any(i not in now and not c[3] for i, c in base.items()) or len(now.keys() - base.keys()) != (
+            opened - opened_before
+        ):
+            return None
         ours = 0
-        for ident, (agent, count, uri) in now.items():
+        for ident, (agent, count, uri, _closed) in now.items():
             delta = count - (base[ident][1] if ident in base else 0)
             if agent == self._agent:
                 ours += delta
