@@ -1,29 +1,34 @@
 """Per-test restore cost of the Elasticsearch adapter against the anchors.
 
-    python bench/es_restore.py [--quick] [--sizes 1000,20000]
+    python bench/es_restore.py [--quick] [--sizes 1000,20000,100000]
 
 Starts noida-db on a free loopback port (the plugin's embedded provider; a
 server given with --url is used instead), seeds a ``products`` index of N
 documents, and for each kind of test times what the plugin does around it:
 
 * untouched - a test that only searches
+* one       - a test that updates 1 document
 * light     - a test that updates 10 documents
+* hundred   - a test that updates 100 documents in one bulk request
 * heavy     - a test that updates 1,000 documents and deletes a tenth by query
 
 Columns (medians, ms per test; the test's own writes are not timed):
 
-* clone     - ElasticsearchAdapter: checkpoint at test start + rollback at test end
-* rt        - round trips of that rollback
-* doc-level - the alternative the adapter does not use: refresh, find the
-              documents whose _seq_no moved, and write their old versions back
-              from the snapshot (light test only: it cannot see deletions)
+* clone     - ElasticsearchAdapter, the test writing through a plain client:
+              checkpoint at test start + rollback at test end (a touched index
+              is cloned back from its snapshot)
+* rt        - round trips of that checkpoint and rollback
+* noted     - the same, the test writing through a client made with
+              ``node_class=adapter.node_class()``: the adapter notes the
+              answers, and puts back only the documents written when the notes
+              account for every sequence number (the heavy test's
+              delete_by_query is not: a clone)
+* rt        - round trips of that checkpoint and rollback
 * snapshot  - anchor: full snapshot restore (delete the index, clone a copy kept
               aside), whatever the test did
 * reseed    - anchor: delete, recreate and bulk-index the N documents again
 
-Ratios: reseed/clone and snapshot/clone. Prints only; asserts nothing. A
-doc-level "n/a" means the server did not find the moved documents by _seq_no
-(noida-db 0.2.3 does not query that field), so it cannot be restored that way.
+Ratios: reseed/clone, reseed/noted and snapshot/noted. Prints only; asserts nothing.
 """
 
 from __future__ import annotations
@@ -63,6 +68,15 @@ def reseed(es: Elasticsearch, n: int) -> None:
     helpers.bulk(es, docs(n), refresh=True, chunk_size=5000)
 
 
+def one(es: Elasticsearch) -> None:
+    es.update(index=INDEX, id="3", doc={"price": -1})
+
+
+def hundred(es: Elasticsearch) -> None:
+    updates = ({"_op_type": "update", "_index": INDEX, "_id": str(i * 3), "doc": {"price": -1}} for i in range(100))
+    helpers.bulk(es, updates)
+
+
 def light(es: Elasticsearch) -> None:
     for i in range(10):
         es.update(index=INDEX, id=str(i * 7), doc={"price": -1})
@@ -78,23 +92,29 @@ def untouched(es: Elasticsearch) -> None:
     es.search(index=INDEX, query={"match": {"name": "number"}}, size=5)
 
 
-TESTS: dict[str, Callable[[Elasticsearch], None]] = {"untouched": untouched, "light": light, "heavy": heavy}
+TESTS: dict[str, Callable[[Elasticsearch], None]] = {
+    "untouched": untouched, "one": one, "light": light, "hundred": hundred, "heavy": heavy,
+}
 
 
 def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
 
 
-def time_clone(es: Elasticsearch, adapter: ElasticsearchAdapter, test: Callable[[Elasticsearch], None], reps: int):
+def time_adapter(
+    writer: Elasticsearch, adapter: ElasticsearchAdapter, test: Callable[[Elasticsearch], None], reps: int
+) -> tuple[float, float]:
+    """Median ms of checkpoint + rollback around ``test`` (writing through ``writer``), and median round trips."""
     samples, trips = [], []
     for _ in range(reps):
         t0 = time.perf_counter()
         cp = adapter.checkpoint("test")
         t1 = time.perf_counter()
-        test(es)
+        before = adapter.last_round_trips
+        test(writer)
         t2 = time.perf_counter()
         adapter.rollback(cp)
-        trips.append(adapter.last_round_trips)
+        trips.append(before + adapter.last_round_trips)
         adapter.release(cp)
         samples.append((t1 - t0) + (time.perf_counter() - t2))
     return median_ms(samples), statistics.median(trips)
@@ -106,42 +126,6 @@ def keep_aside(es: Elasticsearch, keep: str) -> None:
     es.indices.add_block(index=INDEX, block="write")
     es.indices.clone(index=INDEX, target=keep, settings={"index.hidden": True})
     es.indices.put_settings(index=INDEX, settings={"index.blocks.write": None})
-
-
-def max_seq_no(es: Elasticsearch) -> int:
-    shards = es.indices.stats(index=INDEX, level="shards")["indices"][INDEX]["shards"]
-    return max(copy["seq_no"]["max_seq_no"] for copies in shards.values() for copy in copies)
-
-
-def time_doc_level(es: Elasticsearch, reps: int) -> float | None:
-    """Undo ``light`` document by document: the seq_no search needs a refresh first.
-
-    None when the server does not find the moved documents by ``_seq_no``.
-    """
-    keep = ".bench-doc-level"
-    keep_aside(es, keep)
-    samples = []
-    for _ in range(reps):
-        mark = max_seq_no(es)
-        light(es)
-        t0 = time.perf_counter()
-        es.indices.refresh(index=INDEX)
-        moved = es.search(index=INDEX, query={"range": {"_seq_no": {"gt": mark}}}, size=10000, source=False)
-        ids = [hit["_id"] for hit in moved["hits"]["hits"]]
-        if len(ids) != 10:
-            es.indices.delete(index=keep)
-            return None
-        if ids:
-            old = es.mget(index=keep, ids=ids)["docs"]
-            actions = [
-                {"_index": INDEX, "_id": d["_id"], "_source": d["_source"]} if d.get("found")
-                else {"_op_type": "delete", "_index": INDEX, "_id": d["_id"]}
-                for d in old
-            ]
-            helpers.bulk(es, actions)
-        samples.append(time.perf_counter() - t0)
-    es.indices.delete(index=keep)
-    return median_ms(samples)
 
 
 def time_snapshot(es: Elasticsearch, test: Callable[[Elasticsearch], None], reps: int) -> float:
@@ -190,24 +174,26 @@ def main() -> None:
             es.perform_request("GET", "/", headers={"accept": "application/json"})
             ping.append(time.perf_counter() - t0)
         print(f"server: {what}; one round trip (GET /): {median_ms(ping):.2f} ms; load {os.getloadavg()[0]:.2f}")
-        print(f"{'N':>7} {'test':>9} {'clone':>9} {'rt':>4} {'doc-level':>10} {'snapshot':>9} {'reseed':>9}"
-              f" {'reseed/clone':>13} {'snapshot/clone':>15}")
+        print(f"{'N':>7} {'test':>9} {'clone':>9} {'rt':>4} {'noted':>9} {'rt':>4} {'snapshot':>9} {'reseed':>9}"
+              f" {'reseed/clone':>13} {'reseed/noted':>13} {'snapshot/noted':>15}")
         for n in (int(s) for s in args.sizes.split(",")):
             reseed(es, n)
             adapter = ElasticsearchAdapter(url)
+            noted = Elasticsearch(url, request_timeout=120, node_class=adapter.node_class())
             session = adapter.checkpoint("session")
             for name, test in TESTS.items():
-                clone_ms, trips = time_clone(es, adapter, test, reps)
+                clone_ms, clone_rt = time_adapter(es, adapter, test, reps)
                 adapter.rollback(session)
-                doc_ms = time_doc_level(es, reps) if name == "light" else None
+                noted_ms, noted_rt = time_adapter(noted, adapter, test, reps)
                 adapter.rollback(session)
-                doc = f"{doc_ms:10.1f}" if doc_ms is not None else f"{'-' if name != 'light' else 'n/a':>10}"
                 snap_ms = time_snapshot(es, test, reps)
                 adapter.rollback(session)
                 reseed_ms = time_reseed(es, test, n, max(3, reps // 3))
                 adapter.rollback(session)
-                print(f"{n:>7} {name:>9} {clone_ms:9.1f} {trips:4.0f} {doc} {snap_ms:9.1f} {reseed_ms:9.1f}"
-                      f" {reseed_ms / clone_ms:12.1f}x {snap_ms / clone_ms:14.1f}x", flush=True)
+                print(f"{n:>7} {name:>9} {clone_ms:9.1f} {clone_rt:4.0f} {noted_ms:9.1f} {noted_rt:4.0f} {snap_ms:9.1f}"
+                      f" {reseed_ms:9.1f} {reseed_ms / clone_ms:12.1f}x {reseed_ms / noted_ms:12.1f}x"
+                      f" {snap_ms / noted_ms:14.1f}x", flush=True)
+            noted.close()
             adapter.close()
             es.indices.delete(index=INDEX)
     finally:

@@ -54,12 +54,20 @@ class Http:
         )
 
     def __call__(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (), **params: Any) -> Any:
-        """Send one request; return the decoded JSON. Statuses in ``ok`` return ``None`` instead of raising."""
+        """Send one request; return the decoded JSON. Statuses in ``ok`` return ``None`` instead of raising.
+
+        ``body`` is sent as JSON, or as it is when it is ``bytes`` (newline-delimited JSON, for ``_bulk``).
+        """
         query = {k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items() if v is not None}
         url = self.base + path + ("?" + urlencode(query) if query else "")
-        data = None if body is None else json.dumps(body).encode()
+        headers = self.headers
+        if isinstance(body, bytes):  # newline-delimited JSON (a bulk request), sent as it is
+            data: bytes | None = body
+            headers = {**headers, "content-type": "application/x-ndjson"}
+        else:
+            data = None if body is None else json.dumps(body).encode()
         try:
-            resp = self.pool.request(method, url, body=data, headers=self.headers)
+            resp = self.pool.request(method, url, body=data, headers=headers)
         except urllib3.exceptions.NewConnectionError as exc:  # (a ConnectTimeoutError too, oddly)
             raise ConnectionFailed(_cause(exc), timed_out=False) from None
         except urllib3.exceptions.TimeoutError:

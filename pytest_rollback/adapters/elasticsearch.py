@@ -2,7 +2,16 @@
 
 How it works:
 
-* **Detecting what a test touched** costs two round trips whatever the data's
+* **A test that sent nothing** (the server's per-client request counts,
+  ``_nodes/stats/http``, show only this adapter's requests since its last look,
+  and at most one read from each other client) costs one round trip at its
+  checkpoint and one at its rollback, whatever the number and size of indices:
+  the indices are still in the state of the level last seen. No other signal
+  that a document was written comes cheaper on noida-db 0.2.3: its index
+  statistics (``_stats`` of any metric, ``_cat/indices``, ``_cat/shards``,
+  ``_nodes/stats/indices``) read every document, and it neither sorts nor
+  filters on ``_seq_no``.
+* **Detecting what a test touched** otherwise costs two round trips whatever the data's
   size: the cluster state's ``version`` with every index's name, uuid and
   state (the version moves when a mapping, settings, aliases, a template or a
   cluster setting change; it is never trusted alone, as noida-db lowers it when
@@ -22,6 +31,13 @@ How it works:
   carry (replicas, hidden, write block). Settings or aliases changed without a
   write are put back in place. Index, component and legacy templates and
   cluster settings are read again only when the cluster state moved.
+* **Documents put back one by one**: where the answers to a test's writes were
+  noted (:meth:`ElasticsearchAdapter.note`), an index of one shard whose every
+  sequence number since it equalled its snapshot is named by a note, and whose
+  mapping did not change, gets back only those documents (``_mget`` of the
+  snapshot, one ``_bulk``, refreshed) instead of a clone, when they are few
+  enough to cost less than one; the bulk's sequence numbers are its new
+  fingerprint.
 
 * **Blocks** a test put on an index (``index.blocks.read_only``, ``..._allow_delete``,
   ``read``, ``write``, ``metadata``: they refuse the deletes, clones and settings
@@ -50,6 +66,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
 import time
 import uuid
@@ -164,12 +181,21 @@ def _is_fault(exc: Exception) -> bool:
     return isinstance(exc, ConnectionFailed) or (isinstance(exc, HttpError) and exc.status == 401)
 
 
+#: the most documents put back one by one in an index (more: a clone, which costs one copy of it)
+_MAX_NOTED = 10_000
+#: documents a clone copies for the cost of one written back (noida-db: a 1,000-document bulk, refreshed,
+#: about 150 ms; a 1,000-document clone about 6 ms): more documents to put back than the index holds
+#: divided by this, and a clone is cheaper
+_CLONED_PER_WRITTEN = 25
+
 _TEMPLATE_PATHS = {"index_template": "/_index_template/", "component_template": "/_component_template/",
                    "template": "/_template/"}
 
 
 #: where a one-node server counts the requests of each HTTP client
 _REQUESTS_PATH = "/_nodes/stats/http"
+#: the connections a server has opened, and per client id: agent, requests, last path, closed
+_Counts = tuple[int, dict[Any, tuple[str, int, str, bool]]]
 #: paths of requests that read only: one of them from another client since the last reading moves nothing
 _READS = ("/_search", "/_count", "/_msearch", "/_mget", _REQUESTS_PATH)
 
@@ -242,12 +268,17 @@ class ElasticsearchAdapter:
         self.last_round_trips = 0
         #: the server's HTTP request counts per client after the last look, and the level the indices
         #: were then known to equal: while only our own reading moved them, nothing changed
-        self._requests: dict[Any, tuple[str, int, str]] | None = None
+        self._requests: _Counts | None = None
         self._looked: _Level | None = None
         #: not under a prefix (a server shared by xdist workers): the others' requests would make every probe fail
         self._counts_requests = not prefix
         #: our requests so far, and when the counts were read last
         self._sent = self._sent_at = 0
+        #: what answers to other clients' writes said (:meth:`note`): index -> sequence number -> document id,
+        #: since the index's snapshot was taken or cloned back
+        self._notes: dict[str, dict[int, str]] = {}
+        #: each index's documents at the last reading of the statistics (which of a clone and a put-back costs less)
+        self._sizes: dict[str, int] = {}
         #: the user agent of this adapter's requests, to tell them from others' in the server's counts
         self._agent = f"pytest-rollback/{self._id}"
         self.http.headers["user-agent"] = self._agent
@@ -317,12 +348,14 @@ class ElasticsearchAdapter:
         body = self._call(
             "GET", f"/{pattern or self._pattern}/_stats", level="shards", expand_wildcards="all",
             allow_no_indices="true", ignore_unavailable="true",
-            filter_path="indices.*.uuid,indices.*.shards.*.seq_no.max_seq_no,indices.*.shards.*.routing.primary",
+            filter_path="indices.*.uuid,indices.*.shards.*.seq_no.max_seq_no,indices.*.shards.*.routing.primary,"
+                        "indices.*.primaries.docs.count",
         ) or {}
         out: dict[str, Fp] = {}
         for name, data in (body.get("indices") or {}).items():
             if not self.owns(name):
                 continue
+            self._sizes[name] = int(((data.get("primaries") or {}).get("docs") or {}).get("count") or 0)
             seqs = []
             for _shard, copies in sorted((data.get("shards") or {}).items(), key=lambda kv: int(kv[0])):
                 primary = [c for c in copies if (c.get("routing") or {}).get("primary")] or copies
@@ -330,9 +363,10 @@ class ElasticsearchAdapter:
             out[name] = (str(data.get("uuid", "")), tuple(seqs))
         return out
 
-    def _request_counts(self) -> dict[Any, tuple[str, int, str]] | None:
-        """Per HTTP client of a one-node server (``_nodes/stats/http``): its agent, requests and last
-        path (one round trip); None where the server does not list them."""
+    def _request_counts(self) -> _Counts | None:
+        """The connections a one-node server has opened, and per HTTP client it lists
+        (``_nodes/stats/http``): its agent, requests, last path and whether it is closed (one round
+        trip); None where the server does not list them."""
         if not self._counts_requests:
             return None
         try:
@@ -341,38 +375,50 @@ class ElasticsearchAdapter:
             self._counts_requests = False
             return None
         nodes = list((got.get("nodes") or {}).values())
-        clients = (nodes[0].get("http") or {}).get("clients") if len(nodes) == 1 else None
-        if not isinstance(clients, list) or not all(
+        http = (nodes[0].get("http") or {}) if len(nodes) == 1 else {}
+        clients, opened = http.get("clients"), http.get("total_opened")
+        if not isinstance(clients, list) or not isinstance(opened, int) or not all(
             isinstance(c.get("request_count"), int) and c.get("agent") for c in clients
         ):
             self._counts_requests = False
             return None
-        return {c.get("id"): (str(c["agent"]), int(c["request_count"]), str(c.get("last_uri", ""))) for c in clients}
+        return opened, {
+            c.get("id"): (str(c["agent"]), int(c["request_count"]), str(c.get("last_uri", "")),
+                          c.get("closed_time_millis") is not None)
+            for c in clients
+        }
 
-    def _quiet(self, token: _Level) -> bool:
-        """True when the indices still equal ``token``'s state: it was the state at the last look, and
-        since the last reading of the server's request counts it answered only our own requests and,
-        from other clients, at most one read each (a search, a count, a reading of the counts).
+    def _quiet(self) -> _Level | None:
+        """The level the indices were known to equal at the last look, when they still do: since the
+        last reading of the server's request counts it answered only our own requests and, from other
+        clients, at most one read each (a search, a count, a reading of the counts); else None.
 
         Reads the counts (one round trip), which the next call compares with.
         """
         looked, self._looked = self._looked, None
-        base, sent_at = self._requests, self._sent_at
-        now = self._request_counts()
-        self._requests, self._sent_at = now, self._sent
-        if now is None or base is None or looked is not token or not set(base) <= set(now):
-            return False  # a client gone since: what it sent is not known
+        before, sent_at = self._requests, self._sent_at
+        counts = self._request_counts()
+        self._requests, self._sent_at = counts, self._sent
+        if counts is None or before is None or looked is None:
+            return None
+        (opened, now), (opened_before, base) = counts, before
+        # a client gone from the list since (the server keeps about the last 100) that was open then, or one
+        # opened and gone since without being listed: what it sent is not known (one closed then sent nothing)
+        if any(i not in now and not c[3] for i, c in base.items()) or len(now.keys() - base.keys()) != (
+            opened - opened_before
+        ):
+            return None
         ours = 0
-        for ident, (agent, count, uri) in now.items():
+        for ident, (agent, count, uri, _closed) in now.items():
             delta = count - (base[ident][1] if ident in base else 0)
             if agent == self._agent:
                 ours += delta
             elif delta and (delta != 1 or not uri.split("?", 1)[0].endswith(_READS)):
-                return False
+                return None
         if ours != self._sent - sent_at:  # our requests since the last reading, this one included
-            return False
-        self._looked = token
-        return True
+            return None
+        self._looked = looked
+        return looked
 
     def _look(self) -> tuple[Mark, dict[str, Fp]]:
         """The cluster state's mark and every index's fingerprint (closed ones too where the server gives
@@ -442,6 +488,7 @@ class ElasticsearchAdapter:
     def _take(self, name: str, meta: _Meta, fp: Fp) -> _Snap:
         """Clone ``name`` into a new hidden, write-blocked snapshot."""
         number = next(self._numbers)
+        self._notes.pop(name, None)  # a note before the snapshot says nothing of what comes after it
         snap = _Snap(f"{self.reserved}{self._id}-{number}", name, meta.mappings, _core(meta.settings), fp[1])
         blocked = meta.settings.get("index.blocks.write") == "true"
         if not blocked:
@@ -535,12 +582,19 @@ class ElasticsearchAdapter:
     def checkpoint(self, label: str | None = None) -> _Level:
         """Mark the current state; clones only the indices that changed since their last snapshot."""
         self.last_round_trips = 0
-        self._looked = None
+        looked = None
         if self._requests is None:  # the first reading of the request counts, for the rollbacks to compare
+            self._looked = None
             self._requests = self._request_counts()
             self._sent_at = self._sent
+        else:  # nothing happened since the last look: the indices are in the state of the level it saw
+            looked = self._quiet()
         try:
-            level = self._checkpoint(label)
+            if looked is not None:
+                level = _Level(label, dict(looked.indices), looked.globals)
+                self._levels.append(level)
+            else:
+                level = self._checkpoint(label)
         except BaseException:
             self._failed()
             raise
@@ -550,6 +604,7 @@ class ElasticsearchAdapter:
     def _failed(self) -> None:
         """After a checkpoint or rollback that failed: the next rollback restores every index from its snapshot."""
         self._current.clear()
+        self._notes.clear()
         self._csv = None
         self._looked = None
 
@@ -618,7 +673,11 @@ class ElasticsearchAdapter:
         for level in self._levels[idx + 1 :]:
             level.alive = False
         del self._levels[idx + 1 :]
-        if self._quiet(token):
+        looked = self._quiet()
+        if looked is not None and (
+            looked is token or (looked.indices == token.indices and looked.globals == token.globals)
+        ):
+            self._looked = token
             return RestoreReport("elasticsearch", token.label, time.perf_counter() - start, "none", 0)
         try:
             try:
@@ -655,7 +714,10 @@ class ElasticsearchAdapter:
         fix_aliases: list[str] = []
         close: list[str] = []
         wants: dict[str, dict[str, Any]] = {}  # the settings an index is given back
+        docs: dict[str, list[str]] = {}  # indices whose changed documents are all known: their ids
         delete = [n for n in self._known if n not in token.indices]
+        if not moved:  # a write can extend a mapping without moving the cluster state
+            self._recheck_mappings(token, fps)
         for name, st in token.indices.items():
             live = self._known.get(name)
             if st.snap is None:
@@ -666,8 +728,11 @@ class ElasticsearchAdapter:
                 live is None or live.closed != st.closed or cur is None or cur[0] is not st.snap
                 or fps.get(name) != cur[1] or live.mappings != st.snap.mappings
             ):
-                restore.append(name)
-                continue
+                ids = self._noted_changes(name, st, live, cur, fps.get(name))
+                if ids is None or live is None:
+                    restore.append(name)
+                    continue
+                docs[name] = ids  # only documents moved: put back one by one, definitions compared below
             wanted = {**st.snap.settings, **{k: v for k, v in st.overrides.items() if v is not None}}
             diff = {k: wanted.get(k) for k in set(wanted) | set(live.settings) if wanted.get(k) != live.settings.get(k)}
             wants[name] = wanted
@@ -683,6 +748,15 @@ class ElasticsearchAdapter:
                 self._put_settings(name, diff, wants[name])
             except HttpError:  # a static setting: only a fresh copy brings it back
                 restore.append(name)
+                if name in fix_aliases:
+                    fix_aliases.remove(name)
+        for name, ids in list(docs.items()):
+            snap = token.indices[name].snap
+            assert snap is not None
+            if name in restore or not self._put_back(name, snap, ids, fps[name]):
+                del docs[name]  # a static setting to put back, or a document refused: a fresh copy
+                if name not in restore:
+                    restore.append(name)
                 if name in fix_aliases:
                     fix_aliases.remove(name)
         self._delete([*delete, *(n for n in restore if n in self._known)])
@@ -718,16 +792,136 @@ class ElasticsearchAdapter:
             del self._current[name]
         done = len(restore) + len(delete) + len(fix_settings) + len(fix_aliases) + len(close) + fixed_globals
         done += len(blocks) + len(lifted)
-        if done:
+        if done:  # definitions changed (documents put back one by one change none)
             self._refresh_known()
+        for name in [*restore, *delete]:  # what was noted of the index the test had is not of this one
+            self._notes.pop(name, None)
         for name in restore:  # a clone has its snapshot's sequence numbers and a new uuid
             snap = token.indices[name].snap
             assert snap is not None
             restored = self._known.get(name)
             self._current[name] = (snap, (restored.uuid if restored else "", snap.seqs))
         self._collect()
+        done += len(docs)
         mode = "incremental" if done else "none"
         return RestoreReport("elasticsearch", token.label, 0.0, mode, done)
+
+    # -- documents put back one by one -----------------------------------------
+    def _noted_changes(self, name: str, st: _State, live: _Meta | None, cur: tuple[_Snap, Fp] | None,
+                       fp: Fp | None, mapping: bool = True) -> list[str] | None:
+        """The ids of every document written to ``name`` since it equalled its snapshot, when the notes
+        prove them complete (every sequence number taken since has a noted answer); else None.
+
+        Only an open index of one shard (sequence numbers are per shard), the same index (its uuid) as
+        when it equalled the snapshot, whose mapping did not change and needs no routing.
+        """
+        if live is None or cur is None or fp is None or cur[0] is not st.snap or st.snap is None:
+            return None
+        if live.closed or st.closed or live.uuid != cur[1][0] or fp[0] != cur[1][0] or len(fp[1]) != 1:
+            return None
+        if len(cur[1][1]) != 1 or (mapping and live.mappings != st.snap.mappings):
+            return None
+        if ((live.mappings.get("_routing") or {}) if isinstance(live.mappings, dict) else {}).get("required"):
+            return None
+        first, last = cur[1][1][0] + 1, fp[1][0]
+        notes = self._notes.get(name, {})
+        if last - first + 1 > _MAX_NOTED or not all(seq in notes for seq in range(first, last + 1)):
+            return None
+        ids = sorted({notes[seq] for seq in range(first, last + 1)})
+        return ids if len(ids) * _CLONED_PER_WRITTEN <= self._sizes.get(name, 0) else None
+
+    def _recheck_mappings(self, token: _Level, fps: dict[str, Fp]) -> None:
+        """Read again the definitions of the indices whose documents moved (a write can extend a mapping
+        without moving the cluster state, and such an index is not cloned when its notes are complete)."""
+        moved = []
+        for name, st in token.indices.items():
+            cur, fp = self._current.get(name), fps.get(name)
+            if name in self._notes and cur is not None and fp is not None and fp != cur[1] and self._noted_changes(
+                name, st, self._known.get(name), cur, fp, mapping=False
+            ) is not None:
+                moved.append(name)
+        if moved:
+            self._known.update(self._read_meta(",".join(moved)))
+
+    def _put_back(self, name: str, snap: _Snap, ids: list[str], fp: Fp) -> bool:
+        """Write ``ids`` back as ``snap`` holds them (deleted where it has none), refreshed; False when a
+        document could not be read or written (the index is then cloned back)."""
+        got = self._call("POST", "/_mget", {"docs": [{"_index": snap.index, "_id": i} for i in ids]})
+        lines: list[str] = []
+        for doc_id, doc in zip(ids, (got or {}).get("docs") or [], strict=False):
+            if doc.get("error") is not None or doc.get("_id") != doc_id:
+                return False
+            if doc.get("found"):
+                if not isinstance(doc.get("_source"), dict):
+                    return False  # a mapping without _source: nothing to write back
+                meta = {"_index": name, "_id": doc_id, "routing": doc.get("_routing")}
+                lines += [json.dumps({"index": {k: v for k, v in meta.items() if v is not None}}),
+                          json.dumps(doc["_source"])]
+            else:
+                lines.append(json.dumps({"delete": {"_index": name, "_id": doc_id}}))
+        if len((got or {}).get("docs") or []) != len(ids):
+            return False
+        answer = self._call("POST", "/_bulk", ("\n".join(lines) + "\n").encode(), refresh="true") or {}
+        seqs = []
+        for item in answer.get("items") or []:
+            result: Any = next(iter(item.values()), {}) if isinstance(item, dict) else {}
+            if result.get("error") is not None or not isinstance(result.get("_seq_no"), int):
+                return False
+            seqs.append(result["_seq_no"])
+        if sorted(seqs) != list(range(fp[1][0] + 1, fp[1][0] + 1 + len(ids))):
+            return False  # another client wrote meanwhile: the sequence numbers say nothing certain
+        self._current[name] = (snap, (fp[0], (fp[1][0] + len(ids),)))
+        self._notes.pop(name, None)
+        return True
+
+    # -- what other clients' answers say ----------------------------------------------
+    def note(self, answer: Any) -> None:
+        """Note what the server answered to a request of another client of it: each document the answer
+        names with its index and sequence number (``_index``, ``_id``, ``_seq_no``: the answer to an
+        index, create, update or delete, each item of a ``_bulk``).
+
+        A rollback then puts back only the documents written to an index, from its snapshot, instead
+        of cloning the whole index, when the notes account for every sequence number the index took
+        since it equalled its snapshot (a write no note names, such as a ``delete_by_query``, a write
+        of a client that notes nothing, or a mapping the writes extended, is restored by a clone as
+        before). An answer of another server, or one that names no sequence number, proves nothing
+        and does no harm. :meth:`node_class` makes a client that notes its answers.
+        """
+        if not isinstance(answer, dict):
+            return
+        items = answer.get("items")
+        results = [next(iter(i.values()), None) for i in items if isinstance(i, dict) and i] \
+            if isinstance(items, list) else [answer]
+        for result in results:
+            if not isinstance(result, dict):
+                continue
+            index, doc_id, seq = result.get("_index"), result.get("_id"), result.get("_seq_no")
+            if isinstance(index, str) and isinstance(doc_id, str) and isinstance(seq, int) and self.owns(index):
+                self._notes.setdefault(index, {})[seq] = doc_id
+
+    def node_class(self) -> type[Any]:
+        """An ``elastic_transport`` node class whose answers to writes this adapter notes (:meth:`note`),
+        for an ``elasticsearch.Elasticsearch`` client of the same server::
+
+            client = Elasticsearch(url, node_class=adapter.node_class())
+
+        The client's writes are then rolled back document by document.
+        """
+        from elastic_transport import Urllib3HttpNode
+
+        adapter, where = self, (self.http.host, self.http.port)
+
+        class NotingNode(Urllib3HttpNode):
+            def perform_request(self, method: str, target: str, *args: Any, **kwargs: Any) -> Any:
+                resp = super().perform_request(method, target, *args, **kwargs)
+                if method != "GET" and (self.config.host, self.config.port) == where and b'"_seq_no"' in resp.body:
+                    try:
+                        adapter.note(json.loads(resp.body))
+                    except ValueError:
+                        pass
+                return resp
+
+        return NotingNode
 
     def _blocked_and_touched(self, token: _Level, fps: dict[str, Fp]) -> bool:
         """True when an index with a block differs from ``token`` in any way (a block refuses the delete,
@@ -937,26 +1131,26 @@ class ElasticsearchAdapter:
         """Every document of ``index``: id -> (source, routing). Refreshes it first."""
         reopen = snapshot and self.park == "closed"
         if reopen:
-            self.http("POST", f"/{index}/_open")
+            self._call("POST", f"/{index}/_open")
         try:
-            self.http("POST", f"/{index}/_refresh", ok=(403,), expand_wildcards="all")
+            self._call("POST", f"/{index}/_refresh", ok=(403,), expand_wildcards="all")
             docs: dict[str, Any] = {}
-            page = self.http("POST", f"/{index}/_search", {"size": 1000, "sort": ["_doc"]}, scroll="1m",
+            page = self._call("POST", f"/{index}/_search", {"size": 1000, "sort": ["_doc"]}, scroll="1m",
                              expand_wildcards="all")
             scroll_id = page.get("_scroll_id")
             try:
                 while page["hits"]["hits"]:
                     for hit in page["hits"]["hits"]:
                         docs[hit["_id"]] = (hit.get("_source"), hit.get("_routing"))
-                    page = self.http("POST", "/_search/scroll", {"scroll": "1m", "scroll_id": scroll_id})
+                    page = self._call("POST", "/_search/scroll", {"scroll": "1m", "scroll_id": scroll_id})
                     scroll_id = page.get("_scroll_id", scroll_id)
             finally:
                 if scroll_id:
-                    self.http("DELETE", "/_search/scroll", {"scroll_id": scroll_id}, ok=(404,))
+                    self._call("DELETE", "/_search/scroll", {"scroll_id": scroll_id}, ok=(404,))
             return docs
         finally:
             if reopen:
-                self.http("POST", f"/{index}/_close")
+                self._call("POST", f"/{index}/_close")
 
     @faults.one_line
     def changes(self, token: _Level) -> Changes:
