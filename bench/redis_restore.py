@@ -4,6 +4,7 @@ Run from the repository root::
 
     .venv/bin/python bench/redis_restore.py          # full run (about 2-3 minutes)
     .venv/bin/python bench/redis_restore.py --quick  # fewer repetitions (under 30 s)
+    .venv/bin/python bench/redis_restore.py --grid   # issue 15's grid: k in 0, 1, 10, 100, 1000 at N 1k, 10k, 100k
 
 It starts its own ``redis-server`` on 127.0.0.1 through pytest-rollback's ``local``
 provider, and for every store size N and every test write count k measures, per
@@ -81,6 +82,16 @@ FULL = Plan(
     tracking={0: (50, 2000), 10: (50, 2000), 1000: (10, 300)},
     snapshot={1_000: (3, 100), 100_000: (1, 3)},
     reseed={1_000: (3, 100), 100_000: (1, 5)},
+)
+#: issue 15's grid, at the quick plan's repetitions: every k at every N
+GRID_SIZES = (1_000, 10_000, 100_000)
+GRID_WRITES = (0, 1, 10, 100, 1000)
+GRID = Plan(
+    ping=1000,
+    tracking={0: (20, 300), 1: (20, 300), 10: (20, 300), 100: (10, 150), 1000: (3, 40)},
+    snapshot={1_000: (1, 10), 10_000: (1, 5), 100_000: (0, 1)},
+    reseed={1_000: (1, 10), 10_000: (1, 5), 100_000: (0, 1)},
+    snapshot_ks={10_000: (10,), 100_000: (10,)},
 )
 QUICK = Plan(
     ping=1000,
@@ -431,7 +442,7 @@ def settings() -> StoreSettings:
     )
 
 
-def run(plan: Plan, sizes: Sequence[int], log: Callable[[str], None]) -> None:
+def run(plan: Plan, sizes: Sequence[int], log: Callable[[str], None], writes: Sequence[int] = WRITES) -> None:
     service = local.redis(settings())
     pid = int(service.extra["pid"])
     main_place, second_place, own_cpus = placements()
@@ -455,7 +466,7 @@ def run(plan: Plan, sizes: Sequence[int], log: Callable[[str], None]) -> None:
             t0 = time.perf_counter()
             seed(client, n)
             log(f"N={n:,}: seeded in {(time.perf_counter() - t0) * 1000:.0f} ms")
-            by_k = {k: Row(n, k) for k in WRITES}
+            by_k = {k: Row(n, k) for k in writes}
             t0 = time.perf_counter()
             session_s = measure_tracking(service.url, client, n, by_k, plan)
             check_intact(client, n, "tracking")
@@ -474,7 +485,7 @@ def run(plan: Plan, sizes: Sequence[int], log: Callable[[str], None]) -> None:
             rows.extend(by_k.values())
             if second_place is not None:
                 second_place.apply(pid)
-                again = {k: Row(n, k) for k in WRITES}
+                again = {k: Row(n, k) for k in writes}
                 t0 = time.perf_counter()
                 measure_tracking(service.url, client, n, again, plan.second())
                 check_intact(client, n, "tracking")
@@ -499,13 +510,19 @@ def run(plan: Plan, sizes: Sequence[int], log: Callable[[str], None]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (under 30 s)")
+    parser.add_argument(
+        "--grid", action="store_true", help="k in 0, 1, 10, 100, 1000 at N 1k, 10k, 100k (quick repetitions)"
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
 
     def log(line: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f} s] {line}", flush=True)
 
-    run(QUICK if args.quick else FULL, SIZES, log)
+    if args.grid:
+        run(GRID, GRID_SIZES, log, GRID_WRITES)
+    else:
+        run(QUICK if args.quick else FULL, SIZES, log)
     log(f"done; load average {os.getloadavg()[0]:.2f} (other processes on this machine skew the figures)")
     return 0
 

@@ -173,15 +173,21 @@ def elasticsearch_service(request: pytest.FixtureRequest) -> Service:
 
 
 @pytest.fixture(scope="session")
-def es_client(elasticsearch_service: Service) -> Iterator[elasticsearch.Elasticsearch]:
+def es_client(request: pytest.FixtureRequest, elasticsearch_service: Service) -> Iterator[elasticsearch.Elasticsearch]:
     """An ``elasticsearch.Elasticsearch`` client of the session's server (elasticsearch-py 8 or 9).
 
     Session-scoped, so fixtures of every scope can create indices and seed
-    documents with it.
+    documents with it. The adapter reads the answers to its writes (each names
+    the document and its sequence number): an index written only through this
+    client is put back document by document where that costs less than a clone
+    of it (see "Elasticsearch" in How it works).
     """
     from elasticsearch import Elasticsearch
 
-    client = Elasticsearch(elasticsearch_service.url, request_timeout=60)
+    adapter = _session(request).engine.adapters.get("elasticsearch")
+    node_class = getattr(adapter, "node_class", None)
+    extra: dict[str, Any] = {"node_class": node_class()} if node_class is not None else {}
+    client = Elasticsearch(elasticsearch_service.url, request_timeout=60, **extra)
     yield client
     client.close()
 

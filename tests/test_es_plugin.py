@@ -124,6 +124,47 @@ def test_verify_compares_the_whole_state_after_every_restore(pytester: pytest.Py
     result.assert_outcomes(passed=8)
 
 
+#: An index written only through ``es_client``: its few changed documents are put back in place (the
+#: index keeps its uuid: no clone), and every test still starts from the module's documents.
+NOTED = """
+import pytest
+from elasticsearch import helpers
+
+@pytest.fixture(scope="module", autouse=True)
+def items(es_client):
+    es_client.indices.create(index="items", settings={"number_of_shards": 1, "number_of_replicas": 0})
+    docs = ({"_index": "items", "_id": str(i), "_source": {"n": i}} for i in range(400))
+    helpers.bulk(es_client, docs, refresh=True)
+    return es_client.indices.get(index="items")["items"]["settings"]["index"]["uuid"]
+
+@pytest.mark.parametrize("run", range(3))
+def test_writes_a_few(es_client, items, run):
+    assert es_client.get(index="items", id="1")["_source"] == {"n": 1}
+    assert not es_client.exists(index="items", id="new")
+    es_client.index(index="items", id="1", document={"n": -1})
+    es_client.delete(index="items", id="2")
+    es_client.index(index="items", id="new", document={"n": 0}, refresh=True)
+    assert es_client.count(index="items")["count"] == 400
+
+def test_the_index_was_not_cloned(es_client, items):
+    assert es_client.indices.get(index="items")["items"]["settings"]["index"]["uuid"] == items
+    es_client.indices.refresh(index="items")
+    assert es_client.count(index="items")["count"] == 400
+    assert es_client.get(index="items", id="2")["_source"] == {"n": 2}
+"""
+
+
+def test_writes_through_es_client_are_put_back_document_by_document(
+    pytester: pytest.Pytester, server: Service
+) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(test_noted=NOTED)
+    result = pytester.runpytest(
+        *INNER, f"--rollback-elasticsearch-url={server.url}", "--rollback-verify", "-p", "no:randomly"
+    )
+    result.assert_outcomes(passed=4)
+
+
 def test_verify_catches_a_restore_that_leaves_a_write_behind(pytester: pytest.Pytester, server: Service) -> None:
     pytester.makeini(INI)
     pytester.makeconftest(restores_nothing("elasticsearch"))

@@ -175,6 +175,53 @@ def test_redis_sigkill_during_a_test_is_put_back_by_the_next_run(
     assert journals(state_dir) == []
 
 
+LIBRARY = "#!lua name=userlib\nredis.register_function('userfn', function() return 1 end)"
+
+
+def test_redis_sigkill_after_function_flush_and_acl_changes_puts_them_back(
+    pytester: pytest.Pytester, redis_server: Service, state_dir: Path
+) -> None:
+    """Functions and ACL users are no keys, but the user's too: the journal keeps them."""
+    client = redis.Redis.from_url(redis_server.url)
+    if int(client.info("server")["redis_version"].split(".")[0]) < 7:
+        pytest.skip("functions need Redis 7; this machine's redis-server is older")
+    client.function_load(LIBRARY)
+    client.acl_setuser("alice", enabled=True, passwords=["+pw"], keys=["app:*"], commands=["+get"])
+
+    def objects() -> Any:
+        return client.function_dump(), sorted(client.acl_list())
+
+    before = objects()
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        test_objects="""
+        import pathlib, time
+
+        def test_objects(redis_client):
+            redis_client.function_flush()
+            redis_client.acl_deluser("alice")
+            redis_client.acl_setuser("mallory", enabled=True, nopass=True, commands=["+@all"], keys=["*"])
+            pathlib.Path("reached").write_text("1")
+            time.sleep(120)
+        """,
+        test_other="def test_other(redis_client): pass",
+    )
+    r = inner(pytester, "test_objects.py", f"--rollback-redis-url={redis_server.url}")
+    r.wait_for()
+    r.proc.kill()
+    r.finish()
+    assert objects() != before, "the kill should leave the functions and users changed"
+    code, out = run(pytester, "test_other.py", f"--rollback-redis-url={redis_server.url}")
+    assert code == 0, out
+    recovered = lines_with(out, "put back as it was before an interrupted run")
+    assert len(recovered) == 1 and "ACL users alice, mallory" in recovered[0] and "functions" in recovered[0], out
+    assert objects() == before
+    assert journals(state_dir) == []
+    client.function_flush()
+    client.acl_deluser("alice")
+    client.close()
+
+
 def test_redis_sigterm_ends_the_run_like_ctrl_c_and_puts_everything_back(
     pytester: pytest.Pytester, redis_server: Service, state_dir: Path
 ) -> None:

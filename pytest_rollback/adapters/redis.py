@@ -1221,11 +1221,12 @@ class RedisAdapter:
 
         Called once, right after that checkpoint, for a server the plugin did not
         start: the keys (from the snapshot already in memory), the configuration
-        with the server's own notification flags, and the databases that are ours.
+        with the server's own notification flags, the functions and ACL users the
+        checkpoint read, and the databases that are ours.
         """
         from pathlib import Path
 
-        from .redis_journal import FLAGS_FILE, KEYS_FILE, read_config, write_config, write_keys
+        from .redis_journal import FLAGS_FILE, KEYS_FILE, read_config, write_config, write_keys, write_objects
 
         if not self._levels:
             raise RollbackError("redis: save_journal() needs a checkpoint first")
@@ -1242,6 +1243,8 @@ class RedisAdapter:
         if self._original_flags is not None:
             config["notify-keyspace-events"] = self._original_flags
         write_config(where, config, self._owned)
+        first = self._levels[0]
+        write_objects(where, first.functions, first.users)
         _first_flags(str(where / FLAGS_FILE), config.get("notify-keyspace-events", ""))
         write_keys(where / KEYS_FILE, snapshot)
 

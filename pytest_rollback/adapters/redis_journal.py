@@ -8,17 +8,21 @@ start (``RedisAdapter.save_journal``), before any test can write:
   memory, so writing it costs the disk and no round trip);
 * ``redis-config.json``: ``CONFIG GET *`` (with the server's own
   ``notify-keyspace-events``) and which databases are the run's;
+* ``redis-objects.json``: the server's functions (``FUNCTION DUMP``) and ACL
+  users (``ACL LIST``), which are no keys but are the user's too;
 * ``redis-notify-keyspace-events``: the server's own notification flags, written
   by the adapter before it widens them (so even a run killed while connecting
   leaves them to be put back).
 
 :func:`recover` puts all of that back: what keeps writes from succeeding first
-(a paused server, a busy script), then the configuration, then the keys
+(a paused server, a busy script), then the ACL users and functions, then the
+configuration, then the keys
 (comparing, and rewriting only the keys that differ), then the flags.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -30,6 +34,7 @@ from typing import Any
 KEYS_FILE = "redis-keys.bin"
 CONFIG_FILE = "redis-config.json"
 FLAGS_FILE = "redis-notify-keyspace-events"
+OBJECTS_FILE = "redis-objects.json"
 _MAGIC = b"pytest-rollback redis journal 1\n"
 _HEAD = struct.Struct(">HII")  # db, key length, payload length
 _EXPIRY = struct.Struct(">q")
@@ -126,6 +131,52 @@ def put_back_config(client: Any, saved: Mapping[str, str]) -> list[str]:
     return done
 
 
+def write_objects(path: Path, functions: bytes | None, users: Mapping[bytes, list[bytes]] | None) -> None:
+    """Keep the server's functions and ACL users (None: the server has none to give, or refused)."""
+    from ..services.state import write_json
+
+    def text(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    write_json(path / OBJECTS_FILE, {
+        "functions": text(functions) if functions is not None else None,
+        "users": {text(n): [text(r) for r in rules] for n, rules in users.items()} if users is not None else None,
+    })
+
+
+def put_back_objects(client: Any, path: Path) -> list[str]:
+    """The ACL users, then the functions, of ``path``'s journal again where they differ; what was done."""
+    from .redis import user_commands, users_of
+
+    try:
+        data = json.loads((path / OBJECTS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    done: list[str] = []
+    users = data.get("users")
+    if users is not None:
+        target = {base64.b64decode(n): [base64.b64decode(r) for r in rules] for n, rules in users.items()}
+        now = users_of(client.execute_command("ACL", "LIST"))
+        cmds = user_commands(now, target, selectors=client.version >= (7, 0))
+        failed: list[str] = []
+        for cmd in cmds:
+            try:
+                client.execute_command(*cmd)
+            except Exception as exc:  # the journal stays, and says which user
+                failed.append(f"{_text(cmd[2])} ({exc})")
+        if failed:
+            raise RuntimeError(f"ACL users could not be put back: {', '.join(failed)}")
+        if cmds:
+            done.append("ACL users " + ", ".join(sorted({_text(c[2]) for c in cmds})))
+    functions = data.get("functions")
+    if functions is not None:
+        saved = base64.b64decode(functions)
+        if client.execute_command("FUNCTION", "DUMP") != saved:
+            client.execute_command("FUNCTION", "RESTORE", saved, "FLUSH")
+            done.append("functions")
+    return done
+
+
 class _Client:
     """The few calls the journal makes, on one RESP3 connection (redis-py is not imported for them)."""
 
@@ -137,6 +188,10 @@ class _Client:
         self._conn = Resp3Connection(
             p["host"], p["port"], username=p["username"], password=p["password"], timeout=timeout
         )
+        info = self._conn.server_info
+        version = info.get(b"version", b"0") if isinstance(info, dict) else b"0"
+        #: the server's version, (major, minor)
+        self.version = tuple(int(x) for x in bytes(version).split(b".")[:2] if x.isdigit())
 
     def execute_command(self, *args: Any) -> object:
         return self._conn.call(*args)
@@ -168,11 +223,14 @@ def recover(path: Path, url: str, restore_data: bool = True, timeout: float = 30
         meta: dict[str, Any] = {}
         with contextlib.suppress(OSError, ValueError):
             meta = json.loads((path / CONFIG_FILE).read_text())
+        # users first (a test may have taken rights from the plugin's user), as the adapter does
+        objects_done = put_back_objects(client, path) if restore_data else []
         # the configuration is the data's: put back with it (a run with --no-rollback changes neither)
         config_done = put_back_config(client, meta.get("config") or {}) if restore_data else []
         words: list[str] = []
         if done:
             words.append(", ".join(done))
+        words += objects_done
         keys_file = path / KEYS_FILE
         if restore_data and keys_file.exists():
             snapshot = read_keys(keys_file)
