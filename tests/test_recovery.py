@@ -80,6 +80,15 @@ def run(pytester: pytest.Pytester, *args: str) -> tuple[int, str]:
     return r.finish(), r.text()
 
 
+def killed(pytester: pytest.Pytester, *args: str) -> Inner:
+    """An inner run SIGKILLed once its test has written ``reached``; it has ended when this returns."""
+    r = inner(pytester, *args)
+    r.wait_for()
+    r.proc.kill()
+    r.finish()
+    return r
+
+
 def lines_with(text: str, needle: str) -> list[str]:
     return [line for line in text.splitlines() if needle in line]
 
@@ -157,10 +166,7 @@ def test_redis_sigkill_during_a_test_is_put_back_by_the_next_run(
     before = read()
     pytester.makeini(INI)
     pytester.makepyfile(test_flush=REDIS_TESTS, test_other="def test_other(redis_client): redis_client.set('o', 1)")
-    r = inner(pytester, "test_flush.py", f"--rollback-redis-url={redis_server.url}")
-    r.wait_for()
-    r.proc.kill()
-    r.finish()
+    r = killed(pytester, "test_flush.py", f"--rollback-redis-url={redis_server.url}")
     damaged = read()
     assert damaged != before and damaged[1]["notify-keyspace-events"] != "Ex", "the kill should leave damage"
     assert len(journals(state_dir)) == 1
@@ -206,10 +212,7 @@ def test_redis_sigkill_after_function_flush_and_acl_changes_puts_them_back(
         """,
         test_other="def test_other(redis_client): pass",
     )
-    r = inner(pytester, "test_objects.py", f"--rollback-redis-url={redis_server.url}")
-    r.wait_for()
-    r.proc.kill()
-    r.finish()
+    killed(pytester, "test_objects.py", f"--rollback-redis-url={redis_server.url}")
     assert objects() != before, "the kill should leave the functions and users changed"
     code, out = run(pytester, "test_other.py", f"--rollback-redis-url={redis_server.url}")
     assert code == 0, out
@@ -278,10 +281,7 @@ def test_redis_sigkill_during_a_checkpoint_or_the_end_of_run_restore(
         """
     )
     monkeypatch.setenv("KILL_POINT", point)
-    r = inner(pytester, f"--rollback-redis-url={redis_server.url}")
-    r.wait_for()
-    r.proc.kill()
-    r.finish()
+    killed(pytester, f"--rollback-redis-url={redis_server.url}")
     monkeypatch.delenv("KILL_POINT")
     if point == "checkpoint":
         assert read() != before, "the module fixture's writes should be there when the run dies"
@@ -377,10 +377,7 @@ def test_a_journal_that_cannot_be_replayed_stops_the_run_and_stays(
     before = read()
     pytester.makeini(INI)
     pytester.makepyfile(test_flush=REDIS_TESTS, test_other="def test_other(redis_client): pass")
-    r = inner(pytester, "test_flush.py", f"--rollback-redis-url={redis_server.url}")
-    r.wait_for()
-    r.proc.kill()
-    r.finish()
+    killed(pytester, "test_flush.py", f"--rollback-redis-url={redis_server.url}")
     (journal,) = journals(state_dir)
     keys = journal / "redis-keys.bin"
     keys.write_bytes(keys.read_bytes()[:-7])  # a disk that lost the end of the file
@@ -441,10 +438,7 @@ def test_mongo_sigkill_after_drops_is_put_back_by_the_next_run(
         """,
         test_other="def test_other(mongo_client): pass",
     )
-    r = inner(pytester, "test_drop.py", f"--rollback-mongo-url={secantus.url}")
-    r.wait_for()
-    r.proc.kill()
-    r.finish()
+    killed(pytester, "test_drop.py", f"--rollback-mongo-url={secantus.url}")
     assert mongo_state(client) != before
     code, out = run(pytester, "test_other.py", f"--rollback-mongo-url={secantus.url}")
     assert code == 0, out
@@ -498,10 +492,7 @@ def test_elasticsearch_sigkill_after_a_delete_is_put_back_by_the_next_run(
         """,
         test_other="def test_other(es_client): pass",
     )
-    r = inner(pytester, "test_delete.py", f"--rollback-elasticsearch-url={noida.url}")
-    r.wait_for()
-    r.proc.kill()
-    r.finish()
+    killed(pytester, "test_delete.py", f"--rollback-elasticsearch-url={noida.url}")
     left = client.indices.get(index=".pytest-rollback-*", expand_wildcards="all")
     assert left, "the killed run should leave its snapshots behind"
     code, out = run(pytester, "test_other.py", f"--rollback-elasticsearch-url={noida.url}")
@@ -520,10 +511,7 @@ def test_journals_of_servers_this_run_does_not_use_are_mentioned_in_one_line(
     seed_redis(redis_server.url)
     pytester.makeini(INI)
     pytester.makepyfile(test_flush=REDIS_TESTS, test_plain="def test_plain(): pass")
-    r = inner(pytester, "test_flush.py", f"--rollback-redis-url={redis_server.url}")
-    r.wait_for()
-    r.proc.kill()
-    r.finish()
+    killed(pytester, "test_flush.py", f"--rollback-redis-url={redis_server.url}")
     code, out = run(pytester, "test_plain.py")
     assert code == 0, out
     pending = lines_with(out, "left by interrupted runs")
