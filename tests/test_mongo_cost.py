@@ -228,3 +228,28 @@ def test_a_unique_clash_restores_collection_by_collection_this_time(
         assert commands.names.count("bulkWrite") == 1
     finally:
         adapter.close()
+
+
+def test_inserts_and_deletes_only_need_no_list_of_collections(
+    secantus: Service, client: Any, commands: Commands
+) -> None:
+    """A test that only inserted and deleted (no update, no command) moved no counter that can make a
+    collection without an event: no ``listDatabases`` or ``listCollections``; a new collection in a new
+    database, made by an insert, is still dropped (its events say so)."""
+    seed(client, 10)
+    before = state(client)
+    adapter = MongoAdapter(secantus.url)
+    try:
+        test = adapter.checkpoint("test")
+        for value in range(2):
+            client.shop.products.insert_one({"_id": f"new-{value}"})
+            client.crm.customers.delete_one({"_id": value})
+            client.brand_new.things.insert_one({"_id": value})
+            rollback(adapter, test, commands)
+            assert state(client) == before  # reads (a query is no command)
+            assert client.brand_new.things.find_one() is None
+        assert "list" not in " ".join(commands.names), commands.names
+        assert commands.names.count("barrier") == 1
+        assert "brand_new" not in client.list_database_names()
+    finally:
+        adapter.close()

@@ -275,6 +275,8 @@ class MongoAdapter:
         self._has_opcounters = others is None
         #: the last serverStatus reply
         self._status: dict[str, Any] | None = None
+        #: how far the counters of ``_baseline`` moved at the last probe that was not quiet (None: unknown)
+        self._moved: tuple[int, ...] | None = None
         #: the server's time after the adapter's own restore writes, not yet read back from the stream:
         #: events up to it are ours (a rollback's), and are skipped instead of marked dirty
         self._own_until: bson.Timestamp | None = None
@@ -447,10 +449,19 @@ class MongoAdapter:
                 raise self._lost(exc) from None
             self._gap = f"the change stream failed ({exc.__class__.__name__}: {exc})"
             self._reopen()
-        if not discard:
+        if not discard and self._may_have_made_collections():
             self._compare_namespaces()
         if settle:
             self._baseline = self._opcounters() if self._gap is None and not self._unseen else None
+
+    def _may_have_made_collections(self) -> bool:
+        """False when the server's counters since the last look show inserts, deletes and reads only, and
+        no command but our probe: an insert into a new collection has its change events, and nothing
+        else that ran makes or drops a collection (an update that matches nothing, which makes one on
+        SecantusDB without an event, moves the update counter; every DDL, ``findAndModify`` or
+        transaction, the command counter). Else, or with no counters, the collections are listed."""
+        moved = self._moved
+        return moved is None or moved[1] != 0 or moved[3] != 1
 
     def _ours(self, event: dict[str, Any]) -> bool:
         """True for an event of the adapter's own restore writes (at or before the time read after them)."""
@@ -504,11 +515,14 @@ class MongoAdapter:
     def _quiet(self) -> bool:
         """True when nothing can have changed since the last look at the stream: every write and DDL
         command moves the server's counters, and only our own ``serverStatus`` moved them."""
-        base, self._baseline = self._baseline, None
+        base, self._baseline, self._moved = self._baseline, None, None
         if base is None or self._gap is not None or self._unseen or self._dirty_docs or self._dirty_colls:
             return False
         now = self._opcounters()
-        if now is None or now[:3] != base[:3] or now[3] != base[3] + 1 or now[4:] != base[4:]:
+        if now is None:
+            return False
+        self._moved = tuple(n - b for n, b in zip(now, base, strict=True))
+        if now[:3] != base[:3] or now[3] != base[3] + 1 or now[4:] != base[4:]:
             return False
         self._baseline = now
         return True
