@@ -26,7 +26,8 @@ as a single-node replica set, as the docker and local providers do):
 * Which collections exist is compared, not taken from the stream: at every
   checkpoint and rollback that is not quiet, one ``listCollections`` per owned
   database (an update that matches nothing makes a collection on SecantusDB,
-  with no event).
+  with no event), unless the server's counters show inserts, deletes and reads
+  only since the last look.
 * Capped collections (their natural order, and what they evicted), views (their
   definition) and time-series collections (``_id`` is not unique there) are
   restored whole, compared first.
