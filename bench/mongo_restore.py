@@ -1,6 +1,6 @@
 """Per-test restore cost of the MongoDB adapters against the anchors.
 
-    python bench/mongo_restore.py [--quick]
+    python bench/mongo_restore.py [--quick] [--spread]
 
 Starts SecantusDB on a free loopback port (the plugin's embedded provider), seeds
 a collection of N documents, and for each k simulates a test that updates k of
@@ -13,6 +13,14 @@ them, timing:
 * reseed    - anchor: drop the collection and insert the N documents again
 * $out      - anchor: a server-side copy kept aside, restored with an aggregation
               `$out` into the collection (full snapshot restore)
+
+Then a test as generated suites write them: k documents inserted, updated and
+deleted across three collections in two databases (N documents each), the
+adapter driven as the plugin drives it (the test level's checkpoint is taken once
+and shared by the next test when nothing happened in between, so a test costs
+its rollback), next to the same anchors and the test without the plugin; with the
+commands the adapter sent per test (counted by a pymongo command listener) and
+its barriers (the ``update`` of its own barrier document).
 
 Then the same on mongomock in process: the copy-on-touch adapter against
 dropping and re-inserting into mongomock.
@@ -32,6 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pymongo  # noqa: E402
+from pymongo import monitoring  # noqa: E402
 
 from pytest_rollback.adapters.mongo import MongoAdapter  # noqa: E402
 from pytest_rollback.adapters.mongomock import MongomockAdapter  # noqa: E402
@@ -80,6 +89,104 @@ def reseed_times(products: Any, n: int) -> list[float]:
     return times
 
 
+class Commands(monitoring.CommandListener):
+    """Counts the commands sent while ``on`` (the adapter's, when only the adapter runs), by name."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.names: list[str] = []
+        self.barrier_db = "__pytest_rollback__"
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if self.on:
+            barrier = event.command_name == "update" and event.database_name == self.barrier_db
+            self.names.append("barrier" if barrier else event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+#: three collections in two databases
+SPREAD = (("shop", "products"), ("shop", "orders"), ("crm", "customers"))
+
+
+def spread_writes(client: Any, k: int, r: int) -> None:
+    """A test writing k documents across SPREAD: updates, inserts and deletes in turn."""
+    for i in range(k):
+        db, name = SPREAD[i % 3]
+        coll = client[db][name]
+        kind = (i // 3) % 3
+        if kind == 0:
+            coll.update_one({"_id": i}, {"$set": {"stock": r}})
+        elif kind == 1:
+            coll.insert_one({"_id": f"new-{i}", "sku": "x"})
+        else:
+            coll.delete_one({"_id": i})
+
+
+def spread_table(url: str, client: Any, commands: Commands, reps: int, anchor_reps: int) -> None:
+    """k documents across three collections in two databases, as the plugin drives the adapter."""
+    print("\nSecantusDB: k documents written across 3 collections in 2 databases (N each), per test (median):")
+    header = (
+        f"{'N':>7} {'k':>3} | {'rollback':>8} {'no plugin':>9} | {'$out':>7} {'reseed':>8} | "
+        f"{'reseed/rb':>9} {'$out/rb':>7} | {'barriers':>8} {'commands':>8}  adapter's commands"
+    )
+    print(header)
+    print("-" * len(header))
+    for n in (1_000, 50_000):
+        for db, _ in SPREAD:
+            client.drop_database(db)
+        for db, name in SPREAD:
+            client[db][name].insert_many(docs(n))
+        adapter = MongoAdapter(url, strategy="tracking")  # every database, as outside xdist
+        adapter.checkpoint("session seed")
+        test = adapter.checkpoint("test")  # shared by every next test (nothing happens in between)
+        rows = []
+        for k in (0, 1, 10):
+            samples, bare, counts = [], [], []
+            for r in range(reps):
+                t0 = time.perf_counter()
+                spread_writes(client, k, r)
+                t1 = time.perf_counter()
+                commands.on, commands.names = True, []
+                adapter.rollback(test)
+                commands.on = False
+                samples.append(time.perf_counter() - t1)
+                bare.append(t1 - t0)
+                counts.append(list(commands.names))
+            rows.append((k, median_ms(samples), median_ms(bare), counts[-1]))
+        adapter.close()
+        out, reseed = [], []
+        for _ in range(anchor_reps):
+            t = time.perf_counter()
+            for db, name in SPREAD:
+                client[db][name].drop()
+                client[db][name].insert_many(docs(n))
+            reseed.append(time.perf_counter() - t)
+        for db, name in SPREAD:
+            client[db][name].aggregate([{"$match": {}}, {"$out": name + "_snapshot"}])
+        for _ in range(anchor_reps):
+            t = time.perf_counter()
+            for db, name in SPREAD:
+                client[db][name + "_snapshot"].aggregate([{"$match": {}}, {"$out": name}])
+            out.append(time.perf_counter() - t)
+        for db, name in SPREAD:
+            client[db][name + "_snapshot"].drop()
+        for k, rb, no_plugin, names in rows:
+            kinds = ", ".join(f"{names.count(c)} {c}" for c in dict.fromkeys(names))
+            print(
+                f"{n:>7} {k:>3} | {rb:>8.2f} {no_plugin:>9.2f} | {median_ms(out):>7.1f} {median_ms(reseed):>8.1f} | "
+                f"{median_ms(reseed) / rb:>8.0f}x {median_ms(out) / rb:>6.0f}x | "
+                f"{names.count('barrier'):>8} {len(names):>8}  {kinds}"
+            )
+    for db, _ in SPREAD:
+        client.drop_database(db)
+    print("target (issue 15): k <= 10 across 3 collections in 2 databases: <= 15 ms, <= 1 barrier, whatever N")
+
+
 def mongomock_table(reps: int) -> None:
     import mongomock
 
@@ -101,8 +208,11 @@ def mongomock_table(reps: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--spread", action="store_true", help="only the table of k documents across collections")
     args = parser.parse_args()
     reps = 10 if args.quick else 40
+    commands = Commands()
+    monitoring.register(commands)  # every client made from now on, the adapters' too
     settings = StoreSettings("mongo", "local", None, "", False, None, None)  # type: ignore[arg-type]
     service = embedded.secantusdb(settings)
     try:
@@ -114,6 +224,9 @@ def main() -> None:
             pings.append(time.perf_counter() - t)
         ping = median_ms(pings)
         print(f"{service.version} at {service.url}; one ping: {ping:.3f} ms median\n")
+        if args.spread:
+            spread_table(service.url, client, commands, reps, 1 if args.quick else 3)
+            return
         rows = []
         for n in (1_000, 50_000):
             client.drop_database("shop")
@@ -143,6 +256,7 @@ def main() -> None:
             print(f"{n:>7} {k:>5} | {tr:>9.2f} {co:>9.2f} | {out_ms:>9.1f} {reseed_ms:>9.1f} | {ratios}")
         print("\ntargets (MongoDB issue): k = 10 within 15 ms whatever the size; >= 50x faster than")
         print("drop-and-reseed at 50k documents (the tracking strategy; counters reads what was touched)")
+        spread_table(service.url, client, commands, reps, 1 if args.quick else 3)
         client.close()
         mongomock_table(reps)
     finally:

@@ -193,6 +193,18 @@ def secantus() -> Iterator[Service]:
     yield from _embedded("mongo", embedded.secantusdb, "SecantusDB")
 
 
+@pytest.fixture
+def secantus_client(secantus: Service) -> Iterator[Any]:
+    """A pymongo client of ``secantus``, with no database but the system ones before and after the test."""
+    import pymongo
+
+    client: Any = pymongo.MongoClient(secantus.url)
+    clear_mongo(client)
+    yield client
+    clear_mongo(client)
+    client.close()
+
+
 def clear_mongo(client: Any) -> None:
     """Drop every database but the system ones (and the adapter's own)."""
     for db in client.list_database_names():

@@ -9,14 +9,25 @@ as a single-node replica set, as the docker and local providers do):
   are seen) marks touched documents and collections dirty.
 * A barrier: the adapter bumps a counter in its own database and reads the
   stream until it sees that bump; every change made before it has then been
-  read (the stream follows the oplog's order).
+  read (the stream follows the oplog's order). A look at the stream starts with
+  one ``serverStatus``: when the server's write counters moved by that reading
+  only, nothing changed and no barrier is needed.
 * The state at the newest checkpoint lives in this process's memory as raw BSON
   (types and field order exact), per collection with its options and indexes.
-  A rollback replaces or deletes only the dirty documents; a collection whose
-  DDL changed (drop, rename, create, indexes, collMod) is rebuilt whole.
+  A rollback replaces or deletes only the dirty documents, those of every
+  collection in one client-level ``bulkWrite`` (MongoDB 8.0, SecantusDB; else
+  one ``bulk_write`` per collection); a collection whose DDL changed (drop,
+  rename, create, indexes, collMod) is rebuilt whole.
+* A rollback writes no barrier after its own writes: the server's time read
+  after them (the ``operationTime`` of the ``serverStatus`` that also gives the
+  next quiet probe its counters) marks their events, which the next look at the
+  stream skips. A test that wrote costs one barrier; one that wrote nothing,
+  the ``serverStatus`` alone.
 * Which collections exist is compared, not taken from the stream: at every
-  checkpoint and rollback one ``listCollections`` per owned database (an update
-  that matches nothing makes a collection on SecantusDB, with no event).
+  checkpoint and rollback that is not quiet, one ``listCollections`` per owned
+  database (an update that matches nothing makes a collection on SecantusDB,
+  with no event), unless the server's counters show inserts, deletes and reads
+  only since the last look.
 * Capped collections (their natural order, and what they evicted), views (their
   definition) and time-series collections (``_id`` is not unique there) are
   restored whole, compared first.
@@ -53,7 +64,13 @@ from typing import Any
 import bson
 from bson.raw_bson import RawBSONDocument
 from pymongo import DeleteOne, IndexModel, MongoClient, ReplaceOne
-from pymongo.errors import ConnectionFailure, NetworkTimeout, OperationFailure, PyMongoError
+from pymongo.errors import (
+    ClientBulkWriteException,
+    ConnectionFailure,
+    NetworkTimeout,
+    OperationFailure,
+    PyMongoError,
+)
 
 from .. import faults
 from ..api import Changes, Observation, RestoreReport, RollbackError, RollbackWarning, StoreFault
@@ -257,6 +274,16 @@ class MongoAdapter:
         self._baseline: tuple[int, ...] | None = None
         #: not on a server shared by xdist workers: the others' commands would make every probe fail
         self._has_opcounters = others is None
+        #: the last serverStatus reply
+        self._status: dict[str, Any] | None = None
+        #: how far the counters of ``_baseline`` moved at the last probe that was not quiet (None: unknown)
+        self._moved: tuple[int, ...] | None = None
+        #: the server's time after the adapter's own restore writes, not yet read back from the stream:
+        #: events up to it are ours (a rollback's), and are skipped instead of marked dirty
+        self._own_until: bson.Timestamp | None = None
+        #: the server runs the client-level ``bulkWrite`` command (MongoDB 8.0): the documents of every
+        #: collection are put back in one command
+        self._client_bulk = True
         #: the label of the checkpoint being taken or restored (it names the test in warnings)
         self._restoring: str | None = None
         #: warnings of the restore under way, given when it ends
@@ -382,8 +409,12 @@ class MongoAdapter:
             return False
         return self._owned is None or db in self._owned
 
-    def _drain(self, discard: bool = False) -> None:
-        """Read the stream up to a barrier written now; mark what changed dirty."""
+    def _drain(self, discard: bool = False, settle: bool = True) -> None:
+        """Read the stream up to a barrier written now; mark what changed dirty.
+
+        With ``settle``, the server's counters are read at the end (the next quiet probe compares
+        with them); a rollback that writes reads them after its writes instead.
+        """
         if self.strategy == "counters":
             if discard:
                 self._settle_counters()
@@ -406,10 +437,11 @@ class MongoAdapter:
                     if time.monotonic() > deadline:
                         raise _StreamLost(f"the change stream lagged more than {self.lag_limit:.0f} s behind")
                     continue
-                if not discard:
+                if not discard and not self._ours(event):
                     self._note(event)
                 elif self._is_barrier(event):
                     self._seen += 1
+            self._own_until = None  # the barrier came after them: every event of ours is read
         except _StreamLost as exc:
             self._gap = str(exc)
             self._reopen()
@@ -418,16 +450,57 @@ class MongoAdapter:
                 raise self._lost(exc) from None
             self._gap = f"the change stream failed ({exc.__class__.__name__}: {exc})"
             self._reopen()
-        if not discard:
+        if not discard and self._may_have_made_collections():
             self._compare_namespaces()
-        self._baseline = self._opcounters() if self._gap is None and not self._unseen else None
+        if settle:
+            self._baseline = self._opcounters() if self._gap is None and not self._unseen else None
+
+    def _may_have_made_collections(self) -> bool:
+        """False when the server's counters since the last look show inserts, deletes and reads only, and
+        no command but our probe: an insert into a new collection has its change events, and nothing
+        else that ran makes or drops a collection (an update that matches nothing, which makes one on
+        SecantusDB without an event, moves the update counter; every DDL, ``findAndModify`` or
+        transaction, the command counter). Else, or with no counters, the collections are listed."""
+        moved = self._moved
+        return moved is None or moved[1] != 0 or moved[3] != 1
+
+    def _ours(self, event: dict[str, Any]) -> bool:
+        """True for an event of the adapter's own restore writes (at or before the time read after them)."""
+        at = event.get("clusterTime")
+        return self._own_until is not None and isinstance(at, bson.Timestamp) and at <= self._own_until
+
+    def _after_restore(self) -> None:
+        """After the restore's writes: the server's time, so that the next look at the stream skips their
+        events (no barrier now), and its counters, for the next quiet probe; both from one reply (a
+        ``serverStatus``, else a ``ping``). A server whose replies carry no time gets a barrier."""
+        if self.strategy == "counters":
+            self._settle_counters()
+            return
+        self._baseline, status = None, None
+        if self._gap is None and not self._unseen:
+            self._baseline = self._opcounters()
+            status = self._status
+        if status is None:
+            try:
+                status = self.client.admin.command("ping")
+            except PyMongoError as exc:
+                if _is_fault(exc):
+                    raise self._lost(exc) from None
+                status = {}
+        at = status.get("operationTime")
+        if isinstance(at, bson.Timestamp) and self._stream is not None:
+            self._own_until = at
+        else:
+            self._drain(discard=True)
 
     def _opcounters(self) -> tuple[int, ...] | None:
-        """insert, update, delete and command counts of the server, and its TTL deletions (one round trip)."""
+        """insert, update, delete and command counts of the server, and its TTL deletions (one round trip);
+        the whole reply is kept in ``_status``."""
+        self._status = None
         if not self._has_opcounters:
             return None
         try:
-            status = self.client.admin.command("serverStatus")
+            status = self._status = self.client.admin.command("serverStatus")
         except PyMongoError as exc:
             if _is_fault(exc):
                 raise self._lost(exc) from None
@@ -443,11 +516,14 @@ class MongoAdapter:
     def _quiet(self) -> bool:
         """True when nothing can have changed since the last look at the stream: every write and DDL
         command moves the server's counters, and only our own ``serverStatus`` moved them."""
-        base, self._baseline = self._baseline, None
+        base, self._baseline, self._moved = self._baseline, None, None
         if base is None or self._gap is not None or self._unseen or self._dirty_docs or self._dirty_colls:
             return False
         now = self._opcounters()
-        if now is None or now[:3] != base[:3] or now[3] != base[3] + 1 or now[4:] != base[4:]:
+        if now is None:
+            return False
+        self._moved = tuple(n - b for n, b in zip(now, base, strict=True))
+        if now[:3] != base[:3] or now[3] != base[3] + 1 or now[4:] != base[4:]:
             return False
         self._baseline = now
         return True
@@ -472,6 +548,7 @@ class MongoAdapter:
             self._stream.close()
         except PyMongoError:
             pass
+        self._own_until = None
         self._open_stream()
 
     def _is_barrier(self, event: dict[str, Any]) -> bool:
@@ -657,6 +734,32 @@ class MongoAdapter:
             return self._restore_coll(ns)
         return len(deletes) + len(replaces)
 
+    def _restore_docs_at_once(self, by_ns: dict[NS, list[bytes]]) -> int | None:
+        """Put back the documents of every collection in one client-level ``bulkWrite`` (MongoDB 8.0):
+        the deletions of all collections first, then the replacements, in order; None when it could not
+        (a unique clash, a server without the command): the caller restores collection by collection,
+        which does again, harmlessly, what was done here."""
+        deletes: list[Any] = []
+        replaces: list[Any] = []
+        for ns, idkeys in sorted(by_ns.items()):
+            name, docs = f"{ns[0]}.{ns[1]}", self._docs.get(ns, {})
+            for idkey in idkeys:
+                doc_id, doc = bson.decode(idkey)["_id"], docs.get(idkey)
+                if doc is None:
+                    deletes.append(DeleteOne({"_id": doc_id}, namespace=name))
+                else:
+                    replaces.append(ReplaceOne({"_id": doc_id}, doc, upsert=True, namespace=name))
+        try:
+            self.client.bulk_write(deletes + replaces, ordered=True, bypass_document_validation=True)
+        except PyMongoError as exc:
+            # a write refused (error None: a unique clash) is this restore's; the command refused whole, or
+            # a server pymongo knows to be older than 8.0 (InvalidOperation), is every restore's
+            cause = exc.error if isinstance(exc, ClientBulkWriteException) else exc
+            if cause is not None and not _is_fault(cause):
+                self._client_bulk = False
+            return None
+        return len(deletes) + len(replaces)
+
     def _restore_all(self, colls: set[NS], doc_keys: set[tuple[NS, bytes]]) -> int:
         """Restore ``colls`` whole and the documents ``doc_keys`` elsewhere, one collection at a time.
 
@@ -668,6 +771,10 @@ class MongoAdapter:
             if ns not in colls:
                 by_ns.setdefault(ns, []).append(idkey)
         restored = 0
+        if by_ns and self._client_bulk:
+            done = self._restore_docs_at_once(by_ns)
+            if done is not None:
+                restored, by_ns = done, {}
         failures: list[str] = []
         for ns in sorted(colls | set(by_ns)):
             try:
@@ -760,7 +867,7 @@ class MongoAdapter:
         return report
 
     def _rollback(self, token: _Level) -> RestoreReport:
-        self._drain()
+        self._drain(settle=False)  # the counters are read once, after the restore's writes
         self._warn_shared()
         full = self._gap
         doc_keys = set(self._dirty_docs)
@@ -793,11 +900,13 @@ class MongoAdapter:
             colls = self._namespaces() | set(self._meta)
         self._gap = None
         if not colls and not doc_keys and self.strategy == "tracking":  # nothing to write: the last look stands
+            if self._baseline is None and self._gap is None and not self._unseen:
+                self._baseline = self._opcounters()
             return RestoreReport("mongo", token.label, 0.0, "none", 0, None)
         try:
             restored = self._restore_all(colls, doc_keys)
         finally:
-            self._drain(discard=True)  # our own writes are not the next test's (a loss here is a new gap)
+            self._after_restore()  # our own writes are not the next test's (a loss here is a new gap)
         mode = "full" if full else ("incremental" if restored else "none")
         return RestoreReport("mongo", token.label, 0.0, mode, restored, full)
 
