@@ -15,7 +15,10 @@ redis-server from PATH, SecantusDB and noida-db in-process providers).
 
 Reported: the median of pytest's own "in X s" (the session, server start-ups included)
 per variant, their ratio, and the difference per test: the plugin's time for a test
-that touches no store. The per-store medians of the rollback summary are shown for the
+that touches no store. A second suite registers three in-process stores instead
+(``DictAdapter`` on empty dicts, through ``pytest_rollback_register``): the same
+plugin work per test with no server to ask, which separates the plugin's own time
+from the servers' round trips. The per-store medians of the rollback summary are shown for the
 last run. Prints only; asserts nothing.
 """
 
@@ -46,9 +49,20 @@ def _stores(redis_client, mongo_db, es_client):
 '''
 
 
-def write_suite(directory: Path, tests: int) -> None:
+IN_PROCESS_CONFTEST = '''\
+from pytest_rollback.adapters.memory import DictAdapter
+
+
+def pytest_rollback_register(registry):
+    """Three stores that live in this process: rolled back around every test, no round trip."""
+    for name in ("one", "two", "three"):
+        registry.add_adapter(DictAdapter(name, {}))
+'''
+
+
+def write_suite(directory: Path, tests: int, conftest: str = CONFTEST) -> None:
     (directory / "pytest.ini").write_text("[pytest]\n")
-    (directory / "conftest.py").write_text(CONFTEST)
+    (directory / "conftest.py").write_text(conftest)
     files = 10
     per_file = -(-tests // files)
     for f in range(files):
@@ -80,18 +94,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     common = [f"--rollback-provider={args.provider}"]
     on: list[float] = []
     off: list[float] = []
+    local_on: list[float] = []
+    local_off: list[float] = []
     last = ""
     with tempfile.TemporaryDirectory(prefix="pytest-rollback-idle-") as tmp:
         env["PYTEST_ROLLBACK_STATE_DIR"] = str(Path(tmp, "state"))
         suite = Path(tmp, "suite")
         suite.mkdir()
         write_suite(suite, args.tests)
+        in_process = Path(tmp, "in_process")
+        in_process.mkdir()
+        write_suite(in_process, args.tests, IN_PROCESS_CONFTEST)
         for i in range(args.runs + 1):  # the first round warms the caches and is not kept
             t_on, last = run(suite, common, args.tests, env)
             t_off, _ = run(suite, [*common, "--no-rollback"], args.tests, env)
+            l_on, _ = run(in_process, [], args.tests, env)
+            l_off, _ = run(in_process, ["--no-rollback"], args.tests, env)
             if i:
                 on.append(t_on)
                 off.append(t_off)
+                local_on.append(l_on)
+                local_off.append(l_off)
     m_on, m_off = statistics.median(on), statistics.median(off)
     print(f"{args.tests} trivial tests, Redis + MongoDB + Elasticsearch started (provider {args.provider}); "
           f"{args.runs} timed runs per variant; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
@@ -100,6 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  ratio {m_on / m_off:.2f}x; plugin time per untouched test {(m_on - m_off) / args.tests * 1000:.2f} ms")
     for line in STORE_LINE.findall(last) and STORE_LINE.finditer(last):
         print("  last run: " + line.group(0))
+    l_on, l_off = statistics.median(local_on), statistics.median(local_off)
+    print(f"{args.tests} trivial tests, three in-process stores (DictAdapter, no server):")
+    print(f"  rollback       pytest session {l_on:7.2f} s   (runs: {', '.join(f'{t:.2f}' for t in local_on)})")
+    print(f"  --no-rollback  pytest session {l_off:7.2f} s   (runs: {', '.join(f'{t:.2f}' for t in local_off)})")
+    print(f"  ratio {l_on / l_off:.2f}x; the plugin's own time per test {(l_on - l_off) / args.tests * 1000:.2f} ms "
+          f"(three stores checkpointed and rolled back, no round trip)")
     return 0
 
 
