@@ -24,7 +24,7 @@ xdist, ...) are switched off with ``-p no:NAME`` in every variant, so the baseli
 is bare pytest (hypothesis alone imports itself at the end of every run, a constant
 that would make every ratio look closer to 1); ``--keep-other-plugins`` keeps them.
 
-The target: tests that touch no store cost <= 1.2x pytest without the plugin.
+The target: tests that touch no store cost <= 1.1x pytest without the plugin (issue 15; it was 1.2x).
 Reported: median wall time of the whole run (interpreter start, imports,
 collection, tests) and pytest's own "in X s" (the session alone), with their
 ratios. The script only prints: it asserts nothing about timings.
@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 
-TARGET = 1.2
+TARGET = 1.1
 FILES = 10
 PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
 SESSION_TIME = re.compile(r" in ([0-9.]+)s")

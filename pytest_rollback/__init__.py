@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .api import (
     Changes,
     Observation,
@@ -15,12 +17,28 @@ from .api import (
     StoreUnavailable,
 )
 from .engine import Checkpoint
-from .explore import Action, Exploration, InvariantViolated
 from .fixtures import RollbackHandle
 from .registry import Registry, Store
 from .servers import Server, server
 
+if TYPE_CHECKING:
+    from .explore import Action, Exploration, InvariantViolated
+
 __version__ = "0.1.0"
+
+#: names imported when first used (exploration is not needed to load the plugin: its import is
+#: a few ms of every run's start-up)
+_LAZY = {"Action": "explore", "Exploration": "explore", "InvariantViolated": "explore"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "Action",
