@@ -4,7 +4,7 @@ request counts, ``_nodes/stats/http``), not timed."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -73,6 +73,43 @@ def test_an_untouched_test_costs_two_requests_whatever_the_indices(
         adapter.release(cp)
         assert report.mode == "none"
         assert count() - before == 2, f"test {test}"
+
+
+def test_reads_of_a_noting_client_leave_the_look_at_one_request_however_many(
+    es: tuple[Elasticsearch, ElasticsearchAdapter], noida: Service
+) -> None:
+    """A test that searched, counted and read many times through a client made with the adapter's node
+    class costs the same two requests as one that read once; a second read of a client that notes
+    nothing, or a write, sends the adapter to the cluster state and the statistics."""
+    client, adapter = es
+    seed(client, "idx", 300)
+    noting = Elasticsearch(noida.url, request_timeout=60, node_class=adapter.node_class())
+    adapter.checkpoint("session")
+    count = Requests(noida.url, adapter)
+
+    def one_test(body: Callable[[], object]) -> tuple[str, int]:
+        before = count()
+        cp = adapter.checkpoint("test")
+        body()
+        report = adapter.rollback(cp)
+        adapter.release(cp)
+        return report.mode, count() - before
+
+    def reads() -> None:
+        for i in range(5):
+            noting.search(index="idx", query={"match": {"name": f"p{i}"}})
+        noting.count(index="idx")
+        noting.get(index="idx", id="3")
+        noting.mget(index="idx", ids=["1", "2"])
+
+    assert one_test(reads) == ("none", 2)
+    assert one_test(reads) == ("none", 2), "and again: the totals are counted from each reading"
+    mode, sent = one_test(lambda: (client.search(index="idx"), client.search(index="idx")))
+    assert (mode, sent) == ("none", 4), "two reads of a client that notes nothing: cluster state and statistics"
+    mode, sent = one_test(lambda: (reads(), noting.index(index="idx", id="3", document={"n": -1})))
+    assert mode == "incremental" and sent > 2
+    assert noting.get(index="idx", id="3")["_source"] == {"name": "p3", "n": 3}
+    noting.close()
 
 
 class Sent:

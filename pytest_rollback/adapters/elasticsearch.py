@@ -4,7 +4,8 @@ How it works:
 
 * **A test that sent nothing** (the server's per-client request counts,
   ``_nodes/stats/http``, show only this adapter's requests since its last look,
-  and at most one read from each other client) costs one round trip at its
+  and at most one read from each other client, or only reads a client made with
+  :meth:`ElasticsearchAdapter.node_class` saw answered) costs one round trip at its
   checkpoint and one at its rollback, whatever the number and size of indices:
   the indices are still in the state of the level last seen. No other signal
   that a document was written comes cheaper on noida-db 0.2.3: its index
@@ -176,6 +177,24 @@ class _Level:
         self.label, self.indices, self.globals, self.alive = label, indices, globals_, True
 
 
+#: requests that write nothing whatever their method: searches, counts, gets of several documents
+_READ_ENDPOINTS = ("_search", "_count", "_msearch", "_mget", "_field_caps", "_explain", "_validate/query",
+                   "_search/template", "_msearch/template", "_termvectors", "_mtermvectors", "_rank_eval")
+
+
+_DOCUMENT_ENDPOINTS = frozenset({"_doc", "_create", "_update", "_bulk", "_source"})
+
+
+def _is_read(method: str, target: str) -> bool:
+    """True for a request that writes nothing: a ``GET`` or ``HEAD``, or a search-like ``POST``."""
+    if method in ("GET", "HEAD"):
+        return True
+    path = target.split("?", 1)[0].rstrip("/")
+    segments = set(path.split("/"))
+    # not a document whose id is such a word (POST /index/_doc/_search writes one)
+    return method == "POST" and path.endswith(_READ_ENDPOINTS) and not segments & _DOCUMENT_ENDPOINTS
+
+
 def _is_fault(exc: Exception) -> bool:
     """True for a server that cannot be reached, does not reply in time, or refuses the credentials (401)."""
     return isinstance(exc, ConnectionFailed) or (isinstance(exc, HttpError) and exc.status == 401)
@@ -274,6 +293,10 @@ class ElasticsearchAdapter:
         self._counts_requests = not prefix
         #: our requests so far, and when the counts were read last
         self._sent = self._sent_at = 0
+        #: reads answered to a client made with :meth:`node_class` (searches, counts, gets...), and how many
+        #: there were at the last reading of the counts: when every request other clients sent since is one
+        #: of them, nothing was written
+        self._noted_reads = self._noted_reads_at = 0
         #: what answers to other clients' writes said (:meth:`note`): index -> sequence number -> document id,
         #: since the index's snapshot was taken or cloned back
         self._notes: dict[str, dict[int, str]] = {}
@@ -391,14 +414,16 @@ class ElasticsearchAdapter:
     def _quiet(self) -> _Level | None:
         """The level the indices were known to equal at the last look, when they still do: since the
         last reading of the server's request counts it answered only our own requests and, from other
-        clients, at most one read each (a search, a count, a reading of the counts); else None.
+        clients, at most one read each (a search, a count, a reading of the counts) or only reads a
+        client of :meth:`node_class` saw answered; else None.
 
         Reads the counts (one round trip), which the next call compares with.
         """
         looked, self._looked = self._looked, None
-        before, sent_at = self._requests, self._sent_at
+        before, sent_at, reads_at = self._requests, self._sent_at, self._noted_reads_at
+        reads = self._noted_reads  # before the reading: a read answered after it is the next reading's
         counts = self._request_counts()
-        self._requests, self._sent_at = counts, self._sent
+        self._requests, self._sent_at, self._noted_reads_at = counts, self._sent, reads
         if counts is None or before is None or looked is None:
             return None
         (opened, now), (opened_before, base) = counts, before
@@ -408,14 +433,21 @@ class ElasticsearchAdapter:
             opened - opened_before
         ):
             return None
-        ours = 0
+        ours = theirs = 0
+        one_read_each = True
         for ident, (agent, count, uri, _closed) in now.items():
             delta = count - (base[ident][1] if ident in base else 0)
             if agent == self._agent:
                 ours += delta
-            elif delta and (delta != 1 or not uri.split("?", 1)[0].endswith(_READS)):
-                return None
+            else:
+                theirs += delta
+                if delta and (delta != 1 or not uri.split("?", 1)[0].endswith(_READS)):
+                    one_read_each = False
         if ours != self._sent - sent_at:  # our requests since the last reading, this one included
+            return None
+        # every other request is a read, by the last path each client sent, or by the reads a noting client
+        # saw answered (a write, or a request of a client that notes nothing, makes the totals differ)
+        if not one_read_each and theirs != reads - reads_at:
             return None
         self._looked = looked
         return looked
@@ -586,7 +618,7 @@ class ElasticsearchAdapter:
         if self._requests is None:  # the first reading of the request counts, for the rollbacks to compare
             self._looked = None
             self._requests = self._request_counts()
-            self._sent_at = self._sent
+            self._sent_at, self._noted_reads_at = self._sent, self._noted_reads
         else:  # nothing happened since the last look: the indices are in the state of the level it saw
             looked = self._quiet()
         try:
@@ -905,7 +937,8 @@ class ElasticsearchAdapter:
 
             client = Elasticsearch(url, node_class=adapter.node_class())
 
-        The client's writes are then rolled back document by document.
+        The client's writes are then rolled back document by document, and its reads (searches,
+        counts, gets) leave the next look at one round trip however many there were.
         """
         from elastic_transport import Urllib3HttpNode
 
@@ -914,7 +947,11 @@ class ElasticsearchAdapter:
         class NotingNode(Urllib3HttpNode):
             def perform_request(self, method: str, target: str, *args: Any, **kwargs: Any) -> Any:
                 resp = super().perform_request(method, target, *args, **kwargs)
-                if method != "GET" and (self.config.host, self.config.port) == where and b'"_seq_no"' in resp.body:
+                if (self.config.host, self.config.port) != where:
+                    return resp
+                if _is_read(method, target):
+                    adapter._noted_reads += 1
+                elif b'"_seq_no"' in resp.body:
                     try:
                         adapter.note(json.loads(resp.body))
                     except ValueError:
