@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from conftest import INNER
 
 from pytest_rollback.explore import ACCEPTED_ACTIONS, ACCEPTED_BUDGET, ACCEPTED_DEPTH, ACCEPTED_KEY, BAD_ARGUMENT
 
@@ -228,3 +229,34 @@ def test_bad(rollback):
     line = BAD_ARGUMENT.format(problem=problem, accepted=accepted)
     result.stdout.fnmatch_lines([line.replace("[", "[[]")])
     assert "Traceback" not in result.stdout.str()
+
+
+def test_ctrl_c_in_the_middle_of_an_exploration_leaves_the_server_as_it_was(
+    pytester: pytest.Pytester, server: Any
+) -> None:
+    """An action interrupted (Ctrl-C) deep in the search: the run ends, and the levels the exploration
+    pushed and the test's own are restored on the way out, so the server's own data is back."""
+    import redis
+
+    client = redis.Redis.from_url(server.url)
+    client.mset({"users:count": 7, "a": "theirs"})
+    pytester.makepyfile(FLAGS + """
+def test_interrupted(rollback, flags):
+    r, actions = flags
+    def boom():
+        r.set("boom", 1)
+        if r.get("a") == b"1" and r.get("b") == b"1":   # a state of depth 2
+            raise KeyboardInterrupt
+    rollback.explore([*actions, boom], [], max_depth=4)
+
+def test_not_reached():
+    pass
+""")
+    pytester.makeini("[pytest]\n")
+    result = pytester.runpytest_subprocess(*INNER, f"--rollback-redis-url={server.url}")  # Ctrl-C ends it
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert "test_not_reached" not in result.stdout.str()
+    assert client.mget("users:count", "a", "b", "boom") == [b"7", b"theirs", None, None]
+    assert sorted(client.keys()) == [b"a", b"users:count"]
+    client.delete("users:count", "a")  # this test's own seed (the server fixture wants it empty)
+    client.close()
