@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from plugin_overhead import write_suite  # the same trivial suite (bench/ is on sys.path when run)
+
 SESSION_TIME = re.compile(r" in ([0-9.]+)s")
 STORE_LINE = re.compile(r"^(redis|mongo|elasticsearch) \([a-z]+\): \d+ restores, median .*$", re.M)
 
@@ -58,18 +60,6 @@ def pytest_rollback_register(registry):
     for name in ("one", "two", "three"):
         registry.add_adapter(DictAdapter(name, {}))
 '''
-
-
-def write_suite(directory: Path, tests: int, conftest: str = CONFTEST) -> None:
-    (directory / "pytest.ini").write_text("[pytest]\n")
-    (directory / "conftest.py").write_text(conftest)
-    files = 10
-    per_file = -(-tests // files)
-    for f in range(files):
-        body = [f'"""Trivial tests, file {f}: no store touched."""\n']
-        for i in range(f * per_file, min(tests, (f + 1) * per_file)):
-            body.append(f"\ndef test_{i}():\n    assert {i} + 1 == {i + 1}\n")
-        (directory / f"test_trivial_{f}.py").write_text("\n".join(body))
 
 
 def run(directory: Path, args: list[str], tests: int, env: dict[str, str]) -> tuple[float, str]:
@@ -100,10 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pytest-rollback-idle-") as tmp:
         env["PYTEST_ROLLBACK_STATE_DIR"] = str(Path(tmp, "state"))
         suite = Path(tmp, "suite")
-        suite.mkdir()
-        write_suite(suite, args.tests)
+        write_suite(suite, args.tests, CONFTEST)
         in_process = Path(tmp, "in_process")
-        in_process.mkdir()
         write_suite(in_process, args.tests, IN_PROCESS_CONFTEST)
         for i in range(args.runs + 1):  # the first round warms the caches and is not kept
             t_on, last = run(suite, common, args.tests, env)
