@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from .api import Changes, Observation, RestoreReport, Rollbackable, RollbackError, StoreBroken
@@ -90,6 +91,9 @@ class Engine:
         #: Whether the level's owner is one whose teardown never reads a store (the plugin's own
         #: fixtures); set by the plugin. Others' teardowns may read, so levels below them are restored.
         self.silent_owner: Callable[[Any], bool] = lambda owner: False
+        #: Holds Ctrl-C and SIGTERM over a block (set by the plugin): a restore of several stores is held
+        #: from the probes it sends ahead to its last rollback, so none is cut between sending and use.
+        self.held: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
 
     # -- adapters ------------------------------------------------------------
     def activate(self, adapter: Rollbackable) -> None:
@@ -199,27 +203,28 @@ class Engine:
         self._drop_above(cp)
         skip = self._skipped(cp)
         names = list(self.adapters) if stores is None else [n for n in stores if n in self.adapters]
+        plan = [(n, self.adapters[n], self.token(cp, n)) for n in names if n not in skip]
+        plan = [(n, adapter, token) for n, adapter, token in plan if token is not None]
         problems: list[str] = []
         failed: dict[str, str] = {}
-        for name in names:
-            adapter = self.adapters[name]
-            token = self.token(cp, name)
-            if token is None or name in skip:
-                continue
-            try:
-                self._rollback(adapter, token, cp.label)
-            except RollbackError as exc:
-                failed[name] = self._mark_broken(name, exc, f"the restore {self._when('after', cp.label)} failed")
-                continue
-            before = cp.observations.get(name)
-            if before is not None:
-                after = adapter.observe()  # type: ignore[attr-defined]
-                if after.state != before.state:
-                    diff = before.diff(after)
-                    problems.append(
-                        f"pytest-rollback verify: {name} differs from the checkpoint after restore "
-                        f"({len(diff)} difference(s)): " + "; ".join(diff)
-                    )
+        with self.held() if len(plan) > 1 else contextlib.nullcontext(), contextlib.ExitStack() as probes:
+            if len(plan) > 1:
+                _prefetch(plan, probes)
+            for name, adapter, token in plan:
+                try:
+                    self._rollback(adapter, token, cp.label)
+                except RollbackError as exc:
+                    failed[name] = self._mark_broken(name, exc, f"the restore {self._when('after', cp.label)} failed")
+                    continue
+                before = cp.observations.get(name)
+                if before is not None:
+                    after = adapter.observe()  # type: ignore[attr-defined]
+                    if after.state != before.state:
+                        diff = before.diff(after)
+                        problems.append(
+                            f"pytest-rollback verify: {name} differs from the checkpoint after restore "
+                            f"({len(diff)} difference(s)): " + "; ".join(diff)
+                        )
         if failed:
             raise StoreBroken([*failed.values(), *problems], list(failed))
         return problems
@@ -360,6 +365,20 @@ class Engine:
         self.reports.append((label, report))
         self.hook.pytest_rollback_after_rollback(adapter=adapter, checkpoint=token, report=report)
         return report
+
+
+def _prefetch(plan: list[tuple[str, Rollbackable, Any]], probes: contextlib.ExitStack) -> None:
+    """Let every adapter that can send the first request of its rollback now (see ``prefetch`` in
+    :class:`~pytest_rollback.Rollbackable`): the probes of the stores are then in flight at once.
+    Leaving ``probes`` lets each adapter drop a reply its rollback did not use."""
+    for _name, adapter, token in plan:
+        prefetch = getattr(adapter, "prefetch", None)
+        if prefetch is None:
+            continue
+        try:
+            probes.enter_context(prefetch(token))
+        except Exception:  # nothing was sent ahead: the rollback asks itself, and says any fault in one line
+            continue
 
 
 def _what(exc: BaseException, store: str) -> str:
