@@ -207,9 +207,11 @@ class Engine:
         plan = [(n, adapter, token) for n, adapter, token in plan if token is not None]
         problems: list[str] = []
         failed: dict[str, str] = {}
-        with self.held() if len(plan) > 1 else contextlib.nullcontext(), contextlib.ExitStack() as probes:
-            if len(plan) > 1:
-                _prefetch(plan, probes)
+        # several stores, some of which can send their probe ahead: all of them are sent before the first
+        # rollback, and the restore is held as a whole (no interrupt between a probe and its use)
+        ahead = [(a, t) for _, a, t in plan if getattr(a, "prefetch", None) is not None] if len(plan) > 1 else []
+        with self.held() if ahead else contextlib.nullcontext(), contextlib.ExitStack() as probes:
+            _prefetch(ahead, probes)
             for name, adapter, token in plan:
                 try:
                     self._rollback(adapter, token, cp.label)
@@ -367,16 +369,13 @@ class Engine:
         return report
 
 
-def _prefetch(plan: list[tuple[str, Rollbackable, Any]], probes: contextlib.ExitStack) -> None:
-    """Let every adapter that can send the first request of its rollback now (see ``prefetch`` in
-    :class:`~pytest_rollback.Rollbackable`): the probes of the stores are then in flight at once.
+def _prefetch(ahead: list[tuple[Any, Any]], probes: contextlib.ExitStack) -> None:
+    """Let each of these adapters send the first request of its rollback to its token now (see ``prefetch``
+    in :class:`~pytest_rollback.Rollbackable`): the probes of the stores are then in flight at once.
     Leaving ``probes`` lets each adapter drop a reply its rollback did not use."""
-    for _name, adapter, token in plan:
-        prefetch = getattr(adapter, "prefetch", None)
-        if prefetch is None:
-            continue
+    for adapter, token in ahead:
         try:
-            probes.enter_context(prefetch(token))
+            probes.enter_context(adapter.prefetch(token))
         except Exception:  # nothing was sent ahead: the rollback asks itself, and says any fault in one line
             continue
 
