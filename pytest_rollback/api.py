@@ -18,7 +18,11 @@ class Rollbackable(Protocol):
     Required: ``name``, ``checkpoint(label) -> token`` and ``rollback(token)``.
     Optional methods, used when present: ``observe() -> Observation`` (a full,
     comparable view of the store, for ``verify``), ``changes(token)``,
-    ``release(token)`` and ``close()``.
+    ``release(token)``, ``close()`` and ``prefetch(token)``: a context manager
+    entered before a restore of several stores begins (every store's, so that
+    their first requests are in flight at once) and left once it is over;
+    ``rollback(token)`` inside it may use the reply to a request it sent, and
+    leaving it drops a reply no rollback used.
 
     A token is opaque to the plugin. ``rollback(token)`` must leave the store
     exactly as it was when ``checkpoint`` returned ``token``, and the token must

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from .api import Changes, Observation, RestoreReport, Rollbackable, RollbackError, StoreBroken
@@ -90,6 +91,9 @@ class Engine:
         #: Whether the level's owner is one whose teardown never reads a store (the plugin's own
         #: fixtures); set by the plugin. Others' teardowns may read, so levels below them are restored.
         self.silent_owner: Callable[[Any], bool] = lambda owner: False
+        #: Holds Ctrl-C and SIGTERM over a block (set by the plugin): a restore of several stores is held
+        #: from the probes it sends ahead to its last rollback, so none is cut between sending and use.
+        self.held: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
 
     # -- adapters ------------------------------------------------------------
     def activate(self, adapter: Rollbackable) -> None:
@@ -199,27 +203,30 @@ class Engine:
         self._drop_above(cp)
         skip = self._skipped(cp)
         names = list(self.adapters) if stores is None else [n for n in stores if n in self.adapters]
+        plan = [(n, self.adapters[n], self.token(cp, n)) for n in names if n not in skip]
+        plan = [(n, adapter, token) for n, adapter, token in plan if token is not None]
         problems: list[str] = []
         failed: dict[str, str] = {}
-        for name in names:
-            adapter = self.adapters[name]
-            token = self.token(cp, name)
-            if token is None or name in skip:
-                continue
-            try:
-                self._rollback(adapter, token, cp.label)
-            except RollbackError as exc:
-                failed[name] = self._mark_broken(name, exc, f"the restore {self._when('after', cp.label)} failed")
-                continue
-            before = cp.observations.get(name)
-            if before is not None:
-                after = adapter.observe()  # type: ignore[attr-defined]
-                if after.state != before.state:
-                    diff = before.diff(after)
-                    problems.append(
-                        f"pytest-rollback verify: {name} differs from the checkpoint after restore "
-                        f"({len(diff)} difference(s)): " + "; ".join(diff)
-                    )
+        # several stores, some of which can send their probe ahead: all of them are sent before the first
+        # rollback, and the restore is held as a whole (no interrupt between a probe and its use)
+        ahead = [(a, t) for _, a, t in plan if getattr(a, "prefetch", None) is not None] if len(plan) > 1 else []
+        with self.held() if ahead else contextlib.nullcontext(), contextlib.ExitStack() as probes:
+            _prefetch(ahead, probes)
+            for name, adapter, token in plan:
+                try:
+                    self._rollback(adapter, token, cp.label)
+                except RollbackError as exc:
+                    failed[name] = self._mark_broken(name, exc, f"the restore {self._when('after', cp.label)} failed")
+                    continue
+                before = cp.observations.get(name)
+                if before is not None:
+                    after = adapter.observe()  # type: ignore[attr-defined]
+                    if after.state != before.state:
+                        diff = before.diff(after)
+                        problems.append(
+                            f"pytest-rollback verify: {name} differs from the checkpoint after restore "
+                            f"({len(diff)} difference(s)): " + "; ".join(diff)
+                        )
         if failed:
             raise StoreBroken([*failed.values(), *problems], list(failed))
         return problems
@@ -360,6 +367,17 @@ class Engine:
         self.reports.append((label, report))
         self.hook.pytest_rollback_after_rollback(adapter=adapter, checkpoint=token, report=report)
         return report
+
+
+def _prefetch(ahead: list[tuple[Any, Any]], probes: contextlib.ExitStack) -> None:
+    """Let each of these adapters send the first request of its rollback to its token now (see ``prefetch``
+    in :class:`~pytest_rollback.Rollbackable`): the probes of the stores are then in flight at once.
+    Leaving ``probes`` lets each adapter drop a reply its rollback did not use."""
+    for adapter, token in ahead:
+        try:
+            probes.enter_context(adapter.prefetch(token))
+        except Exception:  # nothing was sent ahead: the rollback asks itself, and says any fault in one line
+            continue
 
 
 def _what(exc: BaseException, store: str) -> str:

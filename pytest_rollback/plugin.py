@@ -178,6 +178,7 @@ class RollbackSession:
         #: the servers this run holds but did not start: leases and crash journals
         self.holds = Holds(options.state_dir, options.timeout)
         self.signals = Signals()
+        self.engine.held = self.signals.held
 
     # -- registration and services -------------------------------------------
     def register(self) -> None:

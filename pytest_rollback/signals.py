@@ -6,7 +6,8 @@
   other code installed is left alone.
 * Every checkpoint and restore runs *held*: a Ctrl-C or SIGTERM that arrives
   meanwhile is kept until the operation is over, then acted on, so an adapter
-  is never left half-way through a pipeline or a bulk write.
+  is never left half-way through a pipeline or a bulk write. A restore of
+  several stores is held as a whole (their probes are sent together).
 * The end-of-run restore is held as a whole, and says so on the first signal;
   a second Ctrl-C does not cut it short. Only SIGKILL can, and then the journal
   puts the server back on the next run.

@@ -775,3 +775,149 @@ def test_a_missing_client_package_is_one_line_and_starts_nothing(
     assert_one_line(result, line.replace("[", "[[]"))
     log = pytester.path / "activity.log"
     assert not log.exists(), f"something was started or contacted:\n{log.read_text()}"
+
+
+# -- three stores started, one of them breaking: the probes sent ahead ------------------------
+
+#: What each store's fixture writes in the test that breaks a server, and how a later test sees it gone.
+THREE = {
+    "redis": ("redis_client", "redis_client.set('other', '1')", "assert redis_client.get('other') is None"),
+    "mongo": ("mongo_db", "mongo_db.other.insert_one({'_id': 1})", "assert mongo_db.other.count_documents({}) == 0"),
+    "elasticsearch": (
+        "es_client",
+        "es_client.index(index='other', document={'a': 1}, refresh=True)",
+        "assert not es_client.indices.exists(index='other')",
+    ),
+}
+
+#: The second test writes to the three stores and breaks one server (its restore sends the three probes
+#: ahead); the third, which uses the other two, finds them rolled back.
+BREAK_ONE_OF_THREE = """
+import os
+import signal
+
+
+def test_writes(redis_client, mongo_db, es_client):
+    {writes}
+
+
+def test_breaks_the_server(redis_client, mongo_db, es_client):
+    {writes}
+    os.kill({pid}, signal.{signal})
+
+
+def test_the_others_are_rolled_back({others}):
+    {checks}
+"""
+
+
+@pytest.fixture
+def one_of_three(request: pytest.FixtureRequest) -> tuple[str, Server, str]:
+    """The store given as the test's parameter, on a server of this test's own: its name, server and URL."""
+    store: str = request.param
+    if store == "redis":
+        server: Server = request.getfixturevalue("locked_redis")
+        return store, server, f"redis://:{SECRET}@127.0.0.1:{server.port}/0"
+    if store == "mongo":
+        server = request.getfixturevalue("locked_mongo")
+        return store, server, mongo_url(server.port)
+    server = request.getfixturevalue("noida")
+    return store, server, f"http://127.0.0.1:{server.port}"
+
+
+def _break_one_of_three(pytester: pytest.Pytester, store: str, server: Server, url: str, how: str) -> pytest.RunResult:
+    others = [s for s in THREE if s != store]
+    pytester.makeini(INI)
+    pytester.makepyfile(BREAK_ONE_OF_THREE.format(
+        writes="\n    ".join(THREE[s][1] for s in THREE), pid=server.proc.pid, signal=how,
+        others=", ".join(THREE[s][0] for s in others), checks="\n    ".join(THREE[s][2] for s in others),
+    ))
+    return run_inner(pytester, f"--rollback-{store}-url={url}", "--rollback-provider=auto", "--rollback-timeout=2")
+
+
+@pytest.mark.parametrize("one_of_three", list(THREE), indirect=True)
+def test_a_server_killed_with_the_probes_sent_ahead_is_one_line_and_the_others_are_rolled_back(
+    pytester: pytest.Pytester, one_of_three: tuple[str, Server, str]
+) -> None:
+    store, server, url = one_of_three
+    result = _break_one_of_three(pytester, store, server, url, "SIGKILL")
+    result.assert_outcomes(passed=3, errors=1)
+    where = f"127.0.0.1:{server.port}"
+    assert_lines(result, [broken(store, GONE.format(store=store, where=where, reason="*")), kept(store, where)])
+
+
+@pytest.mark.parametrize("one_of_three", list(THREE), indirect=True)
+def test_a_server_frozen_with_the_probes_sent_ahead_is_one_line_and_the_others_are_rolled_back(
+    pytester: pytest.Pytester, one_of_three: tuple[str, Server, str]
+) -> None:
+    store, server, url = one_of_three
+    answers = {
+        "redis": f"__import__('redis').Redis(port={server.port}, password={SECRET!r}, socket_timeout=1).ping()",
+        "mongo": f"__import__('pymongo').MongoClient({url!r}, serverSelectionTimeoutMS=1000).list_database_names()",
+        "elasticsearch": f"__import__('urllib.request').request.urlopen('http://127.0.0.1:{server.port}/', timeout=1)",
+    }[store]
+    pytester.makeconftest(CONTINUE_AFTER.format(pid=server.proc.pid, answers=answers).replace(
+        "test_freezes_the_server", "test_breaks_the_server"))
+    result = _break_one_of_three(pytester, store, server, url, "SIGSTOP")
+    result.assert_outcomes(passed=3, errors=1)
+    where = f"127.0.0.1:{server.port}"
+    assert_lines(result, [broken(store, NOT_ANSWERING.format(store=store, where=where, timeout=2))])
+
+
+#: Ctrl-C arrives while a test's restore is under way: after the first store's rollback, with the
+#: other two stores' probes sent ahead and not yet read.
+INTERRUPT_MID_RESTORE = """
+import json, os, signal
+
+DONE = []
+
+
+def pytest_rollback_after_rollback(adapter, report):
+    DONE.append([report.label, adapter.name])
+    if report.label == "test test_interrupted.py::test_writes_everywhere" and len(DONE) == 1:
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def pytest_unconfigure(config):
+    with open("done.json", "w") as f:
+        json.dump(DONE, f)
+"""
+
+
+def test_ctrl_c_between_the_probes_sent_ahead_and_their_use_puts_every_store_back(
+    pytester: pytest.Pytester, locked_redis: Server, locked_mongo: Server, noida: Server
+) -> None:
+    """The restore of several stores is held as a whole: a Ctrl-C that arrives between the first
+    store's rollback and the others' waits for them (their probes' replies are read where they are
+    due), then ends the run, which puts every server's own data back."""
+    import redis
+
+    client = redis.Redis(port=locked_redis.port, password=SECRET)
+    client.set("users:own", "data")
+    client.close()
+    before = (_redis_keys(locked_redis), _mongo_state(locked_mongo), _es_indices(noida.port))
+    pytester.makeini(INI)
+    pytester.makeconftest(INTERRUPT_MID_RESTORE)
+    pytester.makepyfile(test_interrupted=f"""
+def test_writes_everywhere(redis_client, mongo_db, es_client):
+    {THREE["redis"][1]}
+    {THREE["mongo"][1]}
+    {THREE["elasticsearch"][1]}
+    {_mongo_write(locked_mongo.port)}
+    {_es_write(noida.port)}
+
+
+def test_never_runs():
+    pass
+""")
+    result = run_inner(
+        pytester, f"--rollback-redis-url=redis://:{SECRET}@127.0.0.1:{locked_redis.port}/0",
+        f"--rollback-mongo-url={mongo_url(locked_mongo.port)}", f"--rollback-elasticsearch-url=http://127.0.0.1:{noida.port}",
+    )
+    assert result.ret == pytest.ExitCode.INTERRUPTED, result.stdout.str()
+    result.stdout.fnmatch_lines(["*KeyboardInterrupt*"])
+    assert "test_never_runs" not in result.stdout.str()
+    done = json.loads((pytester.path / "done.json").read_text())
+    label = "test test_interrupted.py::test_writes_everywhere"
+    assert sorted(name for at, name in done if at == label) == ["elasticsearch", "mongo", "redis"], done
+    assert (_redis_keys(locked_redis), _mongo_state(locked_mongo), _es_indices(noida.port)) == before

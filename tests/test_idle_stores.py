@@ -1,9 +1,12 @@
-"""Idle stores: what a test that touches no store sends to each started server, counted at the server;
-and the end-of-run restore of a server the plugin started and stops, which nobody can observe."""
+"""Idle stores: what a test that touches no store sends to each started server, counted at the server,
+and that its restore has the three probes in flight at once; and the end-of-run restore of a server the
+plugin started and stops, which nobody can observe."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import INNER
@@ -60,17 +63,21 @@ TESTS = "\n".join(f"def test_{i}():\n    assert True\n" for i in range(25))
 OWN_READING = 1
 
 
-def _readings(pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[int]]:
-    counts = tmp_path_factory.mktemp("counts") / "counts.json"
-    pytester.makeconftest(COUNTING_CONFTEST)
+def _idle_run(pytester: pytest.Pytester, out: Path, conftest: str, env: str) -> dict[str, list[Any]]:
+    """The 25 untouched tests with ``conftest`` (which writes to the file named by ``env``); what it wrote."""
+    pytester.makeconftest(conftest)
     pytester.makepyfile(test_idle=TESTS)
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("COUNTS_FILE", str(counts))
+        mp.setenv(env, str(out))
         result = pytester.runpytest_subprocess(*INNER, "-p", "no:randomly", "--rollback-provider=auto")
     result.assert_outcomes(passed=25)
     result.stdout.fnmatch_lines(["*redis via local*", "*mongo via embedded*", "*elasticsearch via embedded*"])
-    return dict(json.loads(counts.read_text()))
+    return dict(json.loads(out.read_text()))
+
+
+def _readings(pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[int]]:
+    return _idle_run(pytester, tmp_path_factory.mktemp("counts") / "counts.json", COUNTING_CONFTEST, "COUNTS_FILE")
 
 
 def test_an_untouched_test_costs_one_command_per_started_store(
@@ -89,6 +96,79 @@ def test_an_untouched_test_costs_one_command_per_started_store(
     rest = end - second - OWN_READING - slow
     assert 18 <= rest <= 18 + 2, f"mongo: {rest} commands for 18 untouched tests (a full look costs {slow})"
     assert slow < 18, slow  # the bound above says something
+
+
+#: An inner conftest that holds each Redis probe sent ahead unread until the MongoDB and Elasticsearch
+#: probes of the same restore were answered (at most 5 s, so that a run without overlap still ends),
+#: and writes down, per restore, whether they were.
+OVERLAP_CONFTEST = '''
+import json, os, threading
+import pytest
+from pytest_rollback.adapters import mongo, redis
+from pytest_rollback.adapters._http import Http
+
+ANSWERED = {"mongo": threading.Event(), "elasticsearch": threading.Event()}
+SEEN = []
+FIRST = []
+_status, _request, _reply = mongo.MongoAdapter._server_status, Http.__call__, redis.RedisAdapter._ahead_reply
+
+
+def _elsewhere():
+    return threading.current_thread() is not threading.main_thread()
+
+
+def status(self):
+    got = _status(self)
+    if _elsewhere():
+        ANSWERED["mongo"].set()
+    return got
+
+
+def request(self, method, path, *args, **kwargs):
+    got = _request(self, method, path, *args, **kwargs)
+    if path == "/_nodes/stats/http" and _elsewhere():
+        ANSWERED["elasticsearch"].set()
+    return got
+
+
+def reply(self):
+    patience = 5 if all(SEEN) else 0
+    SEEN.append(all(event.wait(patience) for event in ANSWERED.values()))
+    for event in ANSWERED.values():
+        event.clear()
+    return _reply(self)
+
+
+mongo.MongoAdapter._server_status = status
+Http.__call__ = request
+redis.RedisAdapter._ahead_reply = reply
+
+
+def pytest_rollback_after_rollback(adapter, checkpoint, report):
+    if report.label and report.label.startswith("test ") and report.label not in {f[0] for f in FIRST}:
+        FIRST.append((report.label, adapter.name))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stores(redis_client, mongo_db, es_client):
+    yield
+
+
+def pytest_unconfigure(config):
+    with open(os.environ["OVERLAP_FILE"], "w") as f:
+        json.dump({"seen": SEEN, "first": [name for _, name in FIRST]}, f)
+'''
+
+
+def test_an_untouched_test_sends_the_three_probes_before_it_reads_a_reply(
+    pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The restore of a test sends every store's probe before it reads the first reply: the Redis
+    probe's reply, read first, is still unread when the MongoDB and Elasticsearch probes have been
+    answered (their replies waited for, not timed)."""
+    got = _idle_run(pytester, tmp_path_factory.mktemp("overlap") / "overlap.json", OVERLAP_CONFTEST, "OVERLAP_FILE")
+    assert got["first"] == ["redis"] * 25, got["first"]  # each test's restore reads Redis's reply first
+    assert len(got["seen"]) >= 25 and all(got["seen"]), got["seen"]
 
 
 SEEDING_CONFTEST = '''

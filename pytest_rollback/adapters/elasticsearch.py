@@ -65,18 +65,22 @@ server refused to put back.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import os
 import time
 import uuid
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from typing import Any
 
 from .. import faults
 from ..api import Changes, Observation, RestoreReport, RollbackError, RollbackWarning, StoreFault
+from ._ahead import Ahead
 from ._http import ConnectionFailed, Http, HttpError
 
 Fp = tuple[str, tuple[int, ...]]  # index uuid, max_seq_no per shard
@@ -305,6 +309,10 @@ class ElasticsearchAdapter:
         #: the user agent of this adapter's requests, to tell them from others' in the server's counts
         self._agent = f"pytest-rollback/{self._id}"
         self.http.headers["user-agent"] = self._agent
+        #: the rollback whose reading of the request counts was sent ahead (see prefetch), with its reply
+        #: to come, and the thread that sends it
+        self._ahead: tuple[_Level, Future[Any]] | None = None
+        self._sender = Ahead("elasticsearch")
 
     def _fault(self, exc: ConnectionFailed | HttpError) -> StoreFault:
         """The one line for a connection error: the server went away, stopped answering, or refuses us."""
@@ -386,14 +394,14 @@ class ElasticsearchAdapter:
             out[name] = (str(data.get("uuid", "")), tuple(seqs))
         return out
 
-    def _request_counts(self) -> _Counts | None:
+    def _request_counts(self, ahead: Future[Any] | None = None) -> _Counts | None:
         """The connections a one-node server has opened, and per HTTP client it lists
         (``_nodes/stats/http``): its agent, requests, last path and whether it is closed (one round
-        trip); None where the server does not list them."""
+        trip, or the reply to the reading sent ``ahead``); None where the server does not list them."""
         if not self._counts_requests:
             return None
         try:
-            got = self._call("GET", _REQUESTS_PATH) or {}
+            got = (ahead.result() if ahead is not None else self._call("GET", _REQUESTS_PATH)) or {}
         except HttpError:
             self._counts_requests = False
             return None
@@ -411,18 +419,19 @@ class ElasticsearchAdapter:
             for c in clients
         }
 
-    def _quiet(self) -> _Level | None:
+    def _quiet(self, ahead: Future[Any] | None = None) -> _Level | None:
         """The level the indices were known to equal at the last look, when they still do: since the
         last reading of the server's request counts it answered only our own requests and, from other
         clients, at most one read each (a search, a count, a reading of the counts) or only reads a
         client of :meth:`node_class` saw answered; else None.
 
-        Reads the counts (one round trip), which the next call compares with.
+        Reads the counts (one round trip, or the reply to the reading sent ``ahead``), which the next
+        call compares with.
         """
         looked, self._looked = self._looked, None
         before, sent_at, reads_at = self._requests, self._sent_at, self._noted_reads_at
         reads = self._noted_reads  # before the reading: a read answered after it is the next reading's
-        counts = self._request_counts()
+        counts = self._request_counts(ahead)
         self._requests, self._sent_at, self._noted_reads_at = counts, self._sent, reads
         if counts is None or before is None or looked is None:
             return None
@@ -694,6 +703,25 @@ class ElasticsearchAdapter:
         if self._gc() and current:
             self._csv = self._mark()
 
+    @contextlib.contextmanager
+    def prefetch(self, token: _Level) -> Iterator[None]:
+        """Send the reading of the request counts the rollback to ``token`` begins with (its quiet probe)
+        from the adapter's own thread, and go on; the rollback in the block waits for its reply there.
+
+        It counts among this adapter's requests as soon as it is handed over, so a reply no rollback
+        used is dropped when the block ends: the next reading counts that request as ours, or, if the
+        server has not counted it, finds one fewer than it expects and looks at the indices.
+        """
+        if not self._counts_requests or self._gone is not None or not token.alive:
+            yield
+            return
+        self._sent += 1
+        self._ahead = (token, self._sender.submit(functools.partial(self.http, "GET", _REQUESTS_PATH)))
+        try:
+            yield
+        finally:
+            self._ahead = None
+
     @faults.one_line
     def rollback(self, token: _Level) -> RestoreReport:
         """Make the indices, templates and cluster settings what they were at ``token``."""
@@ -705,7 +733,10 @@ class ElasticsearchAdapter:
         for level in self._levels[idx + 1 :]:
             level.alive = False
         del self._levels[idx + 1 :]
-        looked = self._quiet()
+        sent, self._ahead = self._ahead, None
+        ahead = sent[1] if sent is not None and sent[0] is token else None
+        self.last_round_trips += ahead is not None
+        looked = self._quiet(ahead)
         if looked is not None and (
             looked is token or (looked.indices == token.indices and looked.globals == token.globals)
         ):
@@ -1088,6 +1119,7 @@ class ElasticsearchAdapter:
         except ConnectionFailed:
             pass  # the server is gone or frozen (said when its restore failed): its snapshots cannot be deleted
         finally:
+            self._sender.close()
             self.http.close()
 
     # -- the crash journal -------------------------------------------------------

@@ -54,11 +54,13 @@ the user's, so ``list_collection_names()`` of theirs shows no trace.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import bson
@@ -75,6 +77,7 @@ from pymongo.errors import (
 from .. import faults
 from ..api import Changes, Observation, RestoreReport, RollbackError, RollbackWarning, StoreFault
 from ..masking import mask
+from ._ahead import Ahead
 
 NS = tuple[str, str]
 Meta = tuple[dict[str, Any], list[dict[str, Any]]]  # collection options, index specs
@@ -276,6 +279,10 @@ class MongoAdapter:
         self._has_opcounters = others is None
         #: the last serverStatus reply
         self._status: dict[str, Any] | None = None
+        #: the rollback whose serverStatus was sent ahead (see prefetch), with its reply to come, and the
+        #: thread that sends it
+        self._ahead: tuple[_Level, Future[dict[str, Any]]] | None = None
+        self._sender = Ahead("mongo")
         #: how far the counters of ``_baseline`` moved at the last probe that was not quiet (None: unknown)
         self._moved: tuple[int, ...] | None = None
         #: the server's time after the adapter's own restore writes, not yet read back from the stream:
@@ -409,11 +416,14 @@ class MongoAdapter:
             return False
         return self._owned is None or db in self._owned
 
-    def _drain(self, discard: bool = False, settle: bool = True) -> None:
+    def _drain(
+        self, discard: bool = False, settle: bool = True, ahead: Future[dict[str, Any]] | None = None
+    ) -> None:
         """Read the stream up to a barrier written now; mark what changed dirty.
 
         With ``settle``, the server's counters are read at the end (the next quiet probe compares
-        with them); a rollback that writes reads them after its writes instead.
+        with them); a rollback that writes reads them after its writes instead. ``ahead``: the quiet
+        probe's reply, sent ahead.
         """
         if self.strategy == "counters":
             if discard:
@@ -421,7 +431,7 @@ class MongoAdapter:
             else:
                 self._collect_counters()
             return
-        if not discard and self._quiet():
+        if not discard and self._quiet(ahead):
             return
         if self._stream is None:  # lost with the connection: a new one from now (the gap restores fully)
             self._open_stream()
@@ -493,14 +503,14 @@ class MongoAdapter:
         else:
             self._drain(discard=True)
 
-    def _opcounters(self) -> tuple[int, ...] | None:
-        """insert, update, delete and command counts of the server, and its TTL deletions (one round trip);
-        the whole reply is kept in ``_status``."""
+    def _opcounters(self, ahead: Future[dict[str, Any]] | None = None) -> tuple[int, ...] | None:
+        """insert, update, delete and command counts of the server, and its TTL deletions (one round trip,
+        or the reply to the one sent ``ahead``); the whole reply is kept in ``_status``."""
         self._status = None
         if not self._has_opcounters:
             return None
         try:
-            status = self._status = self.client.admin.command("serverStatus")
+            status = self._status = ahead.result() if ahead is not None else self._server_status()
         except PyMongoError as exc:
             if _is_fault(exc):
                 raise self._lost(exc) from None
@@ -513,13 +523,23 @@ class MongoAdapter:
         ttl = (status.get("metrics") or {}).get("ttl") or {}
         return (*(int(ops[k]) for k in _OPS), int(ttl.get("deletedDocuments", 0) or 0))
 
-    def _quiet(self) -> bool:
+    def _server_status(self) -> dict[str, Any]:
+        return self.client.admin.command("serverStatus")
+
+    def _can_be_quiet(self) -> bool:
+        return not (
+            self._baseline is None or self._gap is not None or self._unseen or self._dirty_docs or self._dirty_colls
+        )
+
+    def _quiet(self, ahead: Future[dict[str, Any]] | None = None) -> bool:
         """True when nothing can have changed since the last look at the stream: every write and DDL
-        command moves the server's counters, and only our own ``serverStatus`` moved them."""
+        command moves the server's counters, and only our own ``serverStatus`` (sent ``ahead``, or now)
+        moved them."""
+        can = self._can_be_quiet()
         base, self._baseline, self._moved = self._baseline, None, None
-        if base is None or self._gap is not None or self._unseen or self._dirty_docs or self._dirty_colls:
+        if base is None or not can:
             return False
-        now = self._opcounters()
+        now = self._opcounters(ahead)
         if now is None:
             return False
         self._moved = tuple(n - b for n, b in zip(now, base, strict=True))
@@ -866,8 +886,30 @@ class MongoAdapter:
         report.seconds = time.perf_counter() - start
         return report
 
+    @contextlib.contextmanager
+    def prefetch(self, token: _Level) -> Iterator[None]:
+        """Send the ``serverStatus`` the rollback to ``token`` begins with (its quiet probe) from the
+        adapter's own thread, and go on; the rollback in the block waits for its reply there.
+
+        A reply no rollback used is dropped when the block ends: the command it counted makes the
+        next probe see one command more than its own, so the next look writes a barrier.
+        """
+        if (
+            self.strategy != "tracking" or not self._has_opcounters or self._gone is not None
+            or not self._can_be_quiet() or not token.alive
+        ):
+            yield
+            return
+        self._ahead = (token, self._sender.submit(self._server_status))
+        try:
+            yield
+        finally:
+            self._ahead = None
+
     def _rollback(self, token: _Level) -> RestoreReport:
-        self._drain(settle=False)  # the counters are read once, after the restore's writes
+        sent, self._ahead = self._ahead, None
+        ahead = sent[1] if sent is not None and sent[0] is token else None
+        self._drain(settle=False, ahead=ahead)  # the counters are read once, after the restore's writes
         self._warn_shared()
         full = self._gap
         doc_keys = set(self._dirty_docs)
@@ -1066,6 +1108,7 @@ class MongoAdapter:
                     self.client.drop_database(self.hidden_db)
         except PyMongoError:
             pass  # the server is gone already: nothing is left on it to tidy
+        self._sender.close()
         self.client.close()
         self._abandoned.clear()
 

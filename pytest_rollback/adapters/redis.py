@@ -55,7 +55,7 @@ import contextlib
 import os
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -355,6 +355,8 @@ class RedisAdapter:
         #: CLIENT PAUSE ran since the last rollback: the next one unpauses the server
         self._paused = False
         self._info_calls = -1
+        #: the level whose rollback's ``INFO commandstats`` was sent ahead (see prefetch), reply not read yet
+        self._ahead: _Level | None = None
         self._has_pexpiretime = True
         #: how the snapshot strategy reads expiries (see expiry_mode); the version in HELLO may be
         #: the server's own (fakeredis says 2.x): probed where it is used instead of guessed from it
@@ -435,6 +437,7 @@ class RedisAdapter:
             self._conn.call("CONFIG", "SET", "notify-keyspace-events", _union_flags(current, _NEEDED_FLAGS))
 
     def _close_conn(self) -> None:
+        self._ahead = None  # no reply is due on the next connection
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -463,9 +466,10 @@ class RedisAdapter:
             return
         self._dirty.add(key)
 
-    def _read_counters(self) -> dict[str, int]:
+    def _read_counters(self, ahead: bool = False) -> dict[str, int]:
+        """The counters of ``INFO commandstats``; with ``ahead``, from the reply to the one sent ahead."""
         assert self._conn is not None
-        text = self._call("INFO", "commandstats")
+        text = self._ahead_reply() if ahead else self._call("INFO", "commandstats")
         if not isinstance(text, bytes):
             raise ReplyError("INFO commandstats gave no text")
         counters: dict[str, int] = {}
@@ -481,12 +485,15 @@ class RedisAdapter:
         self._info_calls = info_calls
         return counters
 
-    def _drain(self) -> None:
-        """Read every event published so far (one round trip) and check for gaps."""
+    def _drain(self, ahead: bool = False) -> None:
+        """Read every event published so far (one round trip; none more with ``ahead``, the reply to the
+        ``INFO`` sent ahead being the barrier) and check for gaps."""
         try:
             if self._conn is None:
                 raise ConnectionLost("not connected")
-            counters = self._read_counters()
+            if self._ahead is not None and not ahead:  # sent ahead for another rollback: read, not used
+                self._ahead_reply()
+            counters = self._read_counters(ahead)
         except ConnectionLost as exc:
             self._close_conn()
             self._gap = f"the adapter's connection was lost ({exc}); keyspace events may have been missed"
@@ -898,7 +905,7 @@ class RedisAdapter:
         if self.strategy == "snapshot":
             return self._snapshot_rollback(token, start)
         try:
-            report = self._rollback(token)
+            report = self._rollback(token, self._ahead is token)
         except BaseException:
             self._failed("the previous rollback failed")
             raise
@@ -906,8 +913,8 @@ class RedisAdapter:
         self.last_report = report
         return report
 
-    def _rollback(self, token: _Level) -> RestoreReport:
-        self._drain()
+    def _rollback(self, token: _Level, ahead: bool = False) -> RestoreReport:
+        self._drain(ahead)
         self._warn_shared(token)
         if self._paused:  # a test's CLIENT PAUSE would hold every write of the restore
             self._call("CLIENT", "UNPAUSE")
@@ -962,6 +969,59 @@ class RedisAdapter:
         if early or late:
             self._config = token.config
         return report
+
+    # -- the probe sent ahead ------------------------------------------------
+    @contextlib.contextmanager
+    def prefetch(self, token: _Level) -> Iterator[None]:
+        """Send the ``INFO commandstats`` the rollback to ``token`` begins with, without reading its reply.
+
+        The rollback in the block reads it as its barrier (what comes before it on the connection
+        is every event published until then). A reply no rollback read is read and dropped when the
+        block ends; after an error or an interrupt, the connection is dropped instead (the next look
+        reconnects and restores fully), so that it is never taken for the reply to a later command.
+        """
+        conn = self._conn
+        if (
+            self.strategy != "tracking" or conn is None or conn.closed or self._gone is not None
+            or not token.alive or self._ahead is not None
+        ):
+            yield
+            return
+        try:
+            conn.send([("INFO", "commandstats")])
+        except ConnectionLost:  # closed by the send: the rollback reconnects or says the server is gone
+            yield
+            return
+        self._ahead = token
+        try:
+            yield
+        except BaseException:
+            if self._ahead is not None:
+                self._drop_ahead("a probe sent ahead was not read")
+            raise
+        if self._ahead is not None:
+            try:
+                self._ahead_reply()
+            except (ConnectionLost, ReplyError) as exc:
+                self._drop_ahead(f"a probe sent ahead failed ({exc})")
+
+    def _ahead_reply(self) -> object:
+        """The reply to the ``INFO commandstats`` sent ahead (events read on the way count as usual)."""
+        assert self._conn is not None
+        self._ahead = None
+        reply = self._conn.read_reply()
+        if isinstance(reply, ReplyError):
+            if not _is_busy(reply):
+                raise reply
+            return self._call("INFO", "commandstats")  # the script is ended first, then it is asked again
+        return reply
+
+    def _drop_ahead(self, why: str) -> None:
+        """Close the connection a reply is still due on: the next look reconnects and restores fully."""
+        self._ahead = None
+        self._close_conn()
+        self._gap = self._gap or f"{why}; keyspace events may have been missed"
+        self._config_stale = self._functions_stale = self._users_stale = True
 
     # -- server settings -----------------------------------------------------
     def _read_config(self) -> dict[bytes, bytes]:
