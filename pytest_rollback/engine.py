@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import types
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -209,7 +210,9 @@ class Engine:
         failed: dict[str, str] = {}
         # several stores, some of which can send their probe ahead: all of them are sent before the first
         # rollback, and the restore is held as a whole (no interrupt between a probe and its use)
-        ahead = [(a, t) for _, a, t in plan if getattr(a, "prefetch", None) is not None] if len(plan) > 1 else []
+        ahead = []
+        if len(plan) > 1 and not self._writing_hooks():
+            ahead = [(a, t) for _, a, t in plan if getattr(a, "prefetch", None) is not None]
         with self.held() if ahead else contextlib.nullcontext(), contextlib.ExitStack() as probes:
             _prefetch(ahead, probes)
             for name, adapter, token in plan:
@@ -308,6 +311,13 @@ class Engine:
             return None
         return cp.tokens.get(name, self.roots.get(name))
 
+    def _writing_hooks(self) -> bool:
+        """Whether another plugin implements ``pytest_rollback_after_rollback``: it may write a store restored
+        after the one it is called for, which a probe sent before that write would not see."""
+        caller = getattr(self.hook, "pytest_rollback_after_rollback", None)
+        impls = caller.get_hookimpls() if caller is not None and hasattr(caller, "get_hookimpls") else []
+        return any(not _own(impl.plugin) for impl in impls)
+
     # -- broken stores -------------------------------------------------------
     def _when(self, side: str, label: str | None) -> str:
         """``after tests/t.py::test_x`` for a test's own level, else ``to <label>[, during <test>]``."""
@@ -378,6 +388,12 @@ def _prefetch(ahead: list[tuple[Any, Any]], probes: contextlib.ExitStack) -> Non
             probes.enter_context(adapter.prefetch(token))
         except Exception:  # nothing was sent ahead: the rollback asks itself, and says any fault in one line
             continue
+
+
+def _own(plugin: Any) -> bool:
+    """Whether a pluggy plugin (a module or an object) is one of pytest-rollback's own."""
+    name = plugin.__name__ if isinstance(plugin, types.ModuleType) else type(plugin).__module__
+    return name == "pytest_rollback" or name.startswith("pytest_rollback.")
 
 
 def _what(exc: BaseException, store: str) -> str:

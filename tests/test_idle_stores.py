@@ -104,6 +104,7 @@ def test_an_untouched_test_costs_one_command_per_started_store(
 OVERLAP_CONFTEST = '''
 import json, os, threading
 import pytest
+from pytest_rollback import engine
 from pytest_rollback.adapters import mongo, redis
 from pytest_rollback.adapters._http import Http
 
@@ -144,9 +145,14 @@ Http.__call__ = request
 redis.RedisAdapter._ahead_reply = reply
 
 
-def pytest_rollback_after_rollback(adapter, checkpoint, report):
-    if report.label and report.label.startswith("test ") and report.label not in {f[0] for f in FIRST}:
-        FIRST.append((report.label, adapter.name))
+def rollback(self, adapter, token, label):  # not an after-rollback hook: one of those turns the probes off
+    if label and label.startswith("test ") and label not in {f[0] for f in FIRST}:
+        FIRST.append((label, adapter.name))
+    return _rollback(self, adapter, token, label)
+
+
+_rollback = engine.Engine._rollback
+engine.Engine._rollback = rollback
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -169,6 +175,37 @@ def test_an_untouched_test_sends_the_three_probes_before_it_reads_a_reply(
     got = _idle_run(pytester, tmp_path_factory.mktemp("overlap") / "overlap.json", OVERLAP_CONFTEST, "OVERLAP_FILE")
     assert got["first"] == ["redis"] * 25, got["first"]  # each test's restore reads Redis's reply first
     assert len(got["seen"]) >= 25 and all(got["seen"]), got["seen"]
+
+
+def test_a_hook_that_writes_a_store_restored_later_is_seen_by_its_restore(pytester: pytest.Pytester) -> None:
+    """An after-rollback hook of another plugin that writes to a store restored after the one it is called
+    for turns the probes sent ahead off: that store's restore sees the write, and the next test starts
+    without it (a probe sent before the write would have found the store untouched)."""
+    pytester.makeconftest(
+        """
+import pytest
+
+STORES = {}
+
+@pytest.fixture(scope="session", autouse=True)
+def _stores(redis_client, mongo_db, es_client):  # restored in this order
+    STORES["mongo"] = mongo_db
+    yield
+
+def pytest_rollback_after_rollback(adapter, checkpoint, report):
+    if adapter.name == "redis" and report.label and report.label.startswith("test ") and STORES:
+        STORES["mongo"].hooked.insert_one({"after": report.label})
+"""
+    )
+    pytester.makepyfile(
+        test_hooked="\n".join(
+            f"def test_{i}(mongo_db):\n    assert list(mongo_db.hooked.find({{}}, {{'_id': 0}})) == []\n"
+            for i in range(6)
+        )
+    )
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    result = pytester.runpytest_subprocess(*INNER, "-p", "no:randomly", "--rollback-provider=auto")
+    result.assert_outcomes(passed=6)
 
 
 SEEDING_CONFTEST = '''
