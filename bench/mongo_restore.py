@@ -15,7 +15,8 @@ them, timing:
               `$out` into the collection (full snapshot restore)
 
 Then a test as generated suites write them: k documents inserted, updated and
-deleted across three collections in two databases (N documents each), the
+deleted across three collections in two databases (N documents each), through a
+client whose updates the adapter notes (what ``mongo_client`` gives), the
 adapter driven as the plugin drives it (the test level's checkpoint is taken once
 and shared by the next test when nothing happened in between, so a test costs
 its rollback), next to the same anchors and the test without the plugin; with the
@@ -142,6 +143,9 @@ def spread_table(url: str, client: Any, commands: Commands, reps: int, anchor_re
         for db, name in SPREAD:
             client[db][name].insert_many(docs(n))
         adapter = MongoAdapter(url, strategy="tracking")  # every database, as outside xdist
+        # the test writes through a client whose updates the adapter notes, as the mongo_client fixture does
+        noting = pymongo.MongoClient(url, event_listeners=[adapter.listener()])
+        noting.admin.command("ping")  # (its connection is open before the test, as after a session's seeding)
         adapter.checkpoint("session seed")
         test = adapter.checkpoint("test")  # shared by every next test (nothing happens in between)
         rows = []
@@ -149,7 +153,7 @@ def spread_table(url: str, client: Any, commands: Commands, reps: int, anchor_re
             samples, bare, counts = [], [], []
             for r in range(reps):
                 t0 = time.perf_counter()
-                spread_writes(client, k, r)
+                spread_writes(noting, k, r)
                 t1 = time.perf_counter()
                 commands.on, commands.names = True, []
                 adapter.rollback(test)
@@ -158,6 +162,7 @@ def spread_table(url: str, client: Any, commands: Commands, reps: int, anchor_re
                 bare.append(t1 - t0)
                 counts.append(list(commands.names))
             rows.append((k, median_ms(samples), median_ms(bare), counts[-1]))
+        noting.close()
         adapter.close()
         out, reseed = [], []
         for _ in range(anchor_reps):

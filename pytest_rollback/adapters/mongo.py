@@ -27,7 +27,14 @@ as a single-node replica set, as the docker and local providers do):
   checkpoint and rollback that is not quiet, one ``listCollections`` per owned
   database (an update that matches nothing makes a collection on SecantusDB,
   with no event), unless the server's counters show inserts, deletes and reads
-  only since the last look.
+  only since the last look, or updates that the noting clients account for: a
+  client made with :meth:`MongoAdapter.listener` (the ``mongo_client``
+  fixture's) tallies the ``update`` and ``findAndModify`` commands the server
+  answered; when the counters moved by exactly that tally (each server's way of
+  counting accepted only where it leaves no room for another client's write),
+  each noted collection existed at the checkpoint and no DDL touched it, and
+  no noted command was in flight while the counters were read, no collection
+  can have been made.
 * Capped collections (their natural order, and what they evicted), views (their
   definition) and time-series collections (``_id`` is not unique there) are
   restored whole, compared first.
