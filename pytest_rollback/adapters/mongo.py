@@ -580,7 +580,8 @@ class MongoAdapter:
         no command but our probe: an insert into a new collection has its change events, and nothing
         else that ran makes or drops a collection (an update that matches nothing, which makes one on
         SecantusDB without an event, moves the update counter; every DDL, ``findAndModify`` or
-        transaction, the command counter). Else, or with no counters, the collections are listed."""
+        transaction, the command counter); or when the updates the counters show are the noting
+        clients' (:meth:`_accounted`). Else, or with no counters, the collections are listed."""
         moved = self._moved
         return moved is None or (moved[1] != 0 or moved[3] != 1) and not self._accounted(moved)
 
