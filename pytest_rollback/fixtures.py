@@ -104,7 +104,7 @@ def mongo_client_of(service: Any, adapter: Any = None) -> Any:
     import pymongo
 
     listener = getattr(adapter, "listener", None)
-    return pymongo.MongoClient(service.url, event_listeners=[listener()] if listener is not None else None)
+    return pymongo.MongoClient(service.url, event_listeners=[listener()] if listener is not None else [])
 
 
 @pytest.fixture(scope="session")
