@@ -10,11 +10,13 @@ test when nothing happened in between, so a test costs its rollback.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import clear_mongo
-from pymongo import monitoring
+from conftest import INNER, clear_mongo
+from pymongo import MongoClient, UpdateOne, monitoring
 from pymongo.errors import InvalidOperation
 
 from pytest_rollback.adapters.mongo import MongoAdapter
@@ -253,3 +255,139 @@ def test_inserts_and_deletes_only_need_no_list_of_collections(
         assert "brand_new" not in client.list_database_names()
     finally:
         adapter.close()
+
+
+@contextlib.contextmanager
+def noting_adapter(secantus: Service) -> Iterator[tuple[MongoAdapter, Any, Any]]:
+    """An adapter, a client of its ``listener()``, and the test level's checkpoint (after the session's: the
+    first checkpoint leaves no counters to compare with)."""
+    adapter = MongoAdapter(secantus.url)
+    noting: Any = MongoClient(secantus.url, event_listeners=[adapter.listener()])
+    try:
+        noting.admin.command("ping")  # its connection's handshake is a command the counters show
+        adapter.checkpoint("session")
+        yield adapter, noting, adapter.checkpoint("test")
+    finally:
+        noting.close()
+        adapter.close()
+
+
+def test_updates_through_a_noting_client_need_no_list_of_collections(
+    secantus: Service, client: Any, commands: Commands
+) -> None:
+    """Updates (one statement or several, ``findAndModify``), inserts and deletes sent through a client of
+    the adapter's ``listener()`` to collections that exist: the counters moved by exactly what it sent, so
+    no collection can have been made, and no ``listDatabases`` or ``listCollections`` is sent."""
+    seed(client, 10)
+    before = state(client)
+    with noting_adapter(secantus) as (adapter, noting, test):
+        for value in range(3):
+            write(noting, 10, value)
+            noting.shop.products.update_many({"_id": {"$lt": 3}}, {"$set": {"stock": value}})
+            noting.crm.customers.find_one_and_update({"_id": 5}, {"$set": {"stock": value}})
+            noting.shop.orders.bulk_write([UpdateOne({"_id": i}, {"$set": {"a": 1}}) for i in (1, 2)])  # one command
+            noting.shop.orders.update_one({"_id": "no such document"}, {"$set": {"a": 1}})  # matches nothing
+            rollback(adapter, test, commands)
+            assert state(client) == before
+            assert commands.names.count("barrier") == 1
+            assert "list" not in " ".join(commands.names), commands.names
+
+
+@pytest.mark.parametrize(
+    "ghost",
+    ["another client's update", "a noting client's update of a new collection", "another client's update beside"],
+)
+def test_a_collection_an_update_made_is_put_back_whoever_sent_it(
+    secantus: Service, client: Any, commands: Commands, ghost: str
+) -> None:
+    """An update that matches nothing in a collection that does not exist makes it (SecantusDB, no change
+    event): sent by a client that notes nothing, alone or beside the noting client's updates of existing
+    collections, or by the noting client itself to a new collection, the collections are listed and the
+    new one is dropped."""
+    seed(client, 10)
+    before = state(client)
+    with noting_adapter(secantus) as (adapter, noting, test):
+        if ghost == "another client's update beside":
+            noting.shop.products.update_one({"_id": 1}, {"$set": {"stock": 0}})
+            noting.shop.orders.update_one({"_id": 1}, {"$set": {"stock": 0}})
+        sender = noting if "noting" in ghost else client
+        sender.elsewhere.ghost.update_one({"_id": 1}, {"$set": {"a": 1}})
+        rollback(adapter, test, commands)
+        assert "listCollections" in commands.names
+        assert "elsewhere" not in client.list_database_names()
+        assert state(client) == before
+
+
+def test_a_noted_update_in_flight_while_the_counters_are_read_is_not_counted_on(
+    secantus: Service, client: Any, commands: Commands
+) -> None:
+    """A noted command that started before a reading of the counters and ended after it may fall on either
+    side of it: that window is not accounted for, and the collections are listed."""
+    seed(client, 10)
+    adapter = MongoAdapter(secantus.url)
+    noter = adapter.listener()
+    try:
+        adapter.checkpoint("session")
+        test = adapter.checkpoint("test")
+        client.shop.products.update_one({"_id": 1}, {"$set": {"stock": 0}})
+        started = monitoring.CommandStartedEvent(
+            {"update": "products", "updates": [{}]}, "shop", 1, adapter._addresses()[0], 1, None
+        )
+        noter.started(started)  # in flight from now, for the rest of the test
+        rollback(adapter, test, commands)
+        assert "listCollections" in commands.names
+        assert adapter._window is None
+    finally:
+        adapter.close()
+
+
+MONGO_CLIENT_SUITE = """
+import pymongo
+import pytest
+from pymongo import monitoring
+
+class Lists(monitoring.CommandListener):
+    names = []
+    def started(self, event):
+        if event.command_name in ("listDatabases", "listCollections"):
+            self.names.append(event.command_name)
+    def succeeded(self, event):
+        pass
+    def failed(self, event):
+        pass
+
+monitoring.register(Lists())  # the adapter's client is made later, with the session's server
+
+@pytest.fixture(scope="session", autouse=True)
+def catalogue(mongo_client):
+    mongo_client.shop.products.insert_many([{"_id": i, "stock": 10} for i in range(20)])
+
+SEEN = []
+
+def test_updates_through_mongo_client(mongo_client):
+    SEEN.append(len(Lists.names))
+    mongo_client.shop.products.update_one({"_id": 1}, {"$set": {"stock": 0}})
+    mongo_client.shop.products.update_many({"_id": {"$lt": 5}}, {"$inc": {"stock": 1}})
+
+def test_they_cost_no_list_of_collections(mongo_client):
+    assert len(Lists.names) == SEEN[0], Lists.names
+    assert mongo_client.shop.products.find_one({"_id": 1})["stock"] == 10
+
+def test_an_update_of_a_new_collection_through_another_client(mongo_service, mongo_client):
+    other = pymongo.MongoClient(mongo_service.url)
+    other.shop.ghost.update_one({"_id": 1}, {"$set": {"a": 1}})
+    mongo_client.shop.products.update_one({"_id": 2}, {"$set": {"stock": 0}})
+    other.close()
+
+def test_the_new_collection_is_gone(mongo_client):
+    assert mongo_client.shop.list_collection_names() == ["products"]
+    assert mongo_client.shop.products.find_one({"_id": 2})["stock"] == 10
+"""
+
+
+def test_mongo_client_notes_its_updates(pytester: pytest.Pytester, secantus: Service, client: Any) -> None:
+    """Through the plugin: an update of an existing collection through ``mongo_client`` costs no list of
+    collections; an update that matches nothing in a new collection, through another client, is put back."""
+    pytester.makepyfile(test_noting=MONGO_CLIENT_SUITE)
+    result = pytester.runpytest(*INNER, f"--rollback-mongo-url={secantus.url}", "-p", "no:randomly")
+    result.assert_outcomes(passed=4)

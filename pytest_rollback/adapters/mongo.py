@@ -27,7 +27,14 @@ as a single-node replica set, as the docker and local providers do):
   checkpoint and rollback that is not quiet, one ``listCollections`` per owned
   database (an update that matches nothing makes a collection on SecantusDB,
   with no event), unless the server's counters show inserts, deletes and reads
-  only since the last look.
+  only since the last look, or updates that the noting clients account for: a
+  client made with :meth:`MongoAdapter.listener` (the ``mongo_client``
+  fixture's) tallies the ``update`` and ``findAndModify`` commands the server
+  answered; when the counters moved by exactly that tally (each server's way of
+  counting accepted only where it leaves no room for another client's write),
+  each noted collection existed at the checkpoint and no DDL touched it, and
+  no noted command was in flight while the counters were read, no collection
+  can have been made.
 * Capped collections (their natural order, and what they evicted), views (their
   definition) and time-series collections (``_id`` is not unique there) are
   restored whole, compared first.
@@ -56,6 +63,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 import uuid
 import warnings
@@ -65,7 +73,7 @@ from typing import Any
 
 import bson
 from bson.raw_bson import RawBSONDocument
-from pymongo import DeleteOne, IndexModel, MongoClient, ReplaceOne
+from pymongo import DeleteOne, IndexModel, MongoClient, ReplaceOne, monitoring
 from pymongo.errors import (
     ClientBulkWriteException,
     ConnectionFailure,
@@ -206,6 +214,112 @@ def auth_reason(exc: PyMongoError) -> str | None:
     return None
 
 
+#: the commands a noting client's listener tallies: they move the update counter (findAndModify: the
+#: update counter on SecantusDB, the command counter on mongod), and may make a collection without an event
+_NOTED = ("update", "findAndModify")
+
+
+class _Tally:
+    """What the noting clients sent between two readings of the server's counters: ``update`` commands
+    and their statements, ``findAndModify`` commands, and the collections they named."""
+
+    __slots__ = ("commands", "statements", "find_and_modify", "namespaces")
+
+    def __init__(self) -> None:
+        self.commands = self.statements = self.find_and_modify = 0
+        self.namespaces: set[NS] = set()
+
+
+class _Noter(monitoring.CommandListener):
+    """Tallies the ``update`` and ``findAndModify`` commands a client sent to the adapter's server and the
+    server answered (see :meth:`MongoAdapter.listener`); only those the server replied to are counted: it
+    ran them."""
+
+    def __init__(self, adapter: MongoAdapter) -> None:
+        self._adapter = adapter
+        self._started: dict[tuple[Any, int], tuple[str, NS, int]] = {}
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name not in _NOTED or event.connection_id not in self._adapter._addresses():
+            return
+        cmd, notes = event.command, self._adapter._notes
+        coll = cmd.get(event.command_name)
+        statements = len(cmd.get("updates") or []) if event.command_name == "update" else 1
+        with notes.lock:
+            notes.events += 1
+            if isinstance(coll, str):
+                self._started[(event.connection_id, event.request_id)] = (
+                    event.command_name, (event.database_name, coll), statements
+                )
+            else:  # a command the tally cannot name: no reading that sees it can skip the list
+                notes.unknown += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        self._ended(event, True)
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        self._ended(event, False)
+
+    def _ended(self, event: monitoring.CommandSucceededEvent | monitoring.CommandFailedEvent, ok: bool) -> None:
+        if event.command_name not in _NOTED:
+            return
+        notes = self._adapter._notes
+        with notes.lock:
+            sent = self._started.pop((event.connection_id, event.request_id), None)
+            if sent is None:
+                return
+            notes.events += 1
+            if not ok:  # the server may have counted it or not: the next window is not accounted for
+                notes.unknown += 1
+                return
+            name, ns, statements = sent
+            tally = notes.tally
+            if name == "update":
+                tally.commands += 1
+                tally.statements += statements
+            else:
+                tally.find_and_modify += 1
+            tally.namespaces.add(ns)
+
+
+class _Notes:
+    """The noting clients' tally since the last reading of the server's counters, and what tells whether a
+    reading split a command (one in flight while it was read: the server may have counted it on either
+    side)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.tally = _Tally()
+        #: starts and ends of noted commands, and those whose effect on the counters is not known
+        self.events = self.unknown = 0
+        self.listeners: list[_Noter] = []
+
+    def before_reading(self) -> tuple[int, int] | None:
+        """Called before the counters are read: a stamp of the noted commands, None when one is in flight."""
+        with self.lock:
+            if any(noter._started for noter in self.listeners):
+                return None
+            return self.events, self.unknown
+
+    def after_reading(self, stamp: tuple[int, int] | None) -> _Reading:
+        """Called after the counters were read: the tally since the last reading (a new one from now), and
+        whether no noted command started or ended while they were read."""
+        with self.lock:
+            tally, self.tally = self.tally, _Tally()
+            return _Reading(tally, stamp is not None and stamp == (self.events, self.unknown), self.unknown)
+
+
+class _Reading:
+    """What the noting clients did up to one reading of the counters: their tally since the reading
+    before; ``exact`` when no noted command was in flight while it was read (each one then ran wholly
+    before or wholly after it); ``unknown``, the commands noted so far whose effect is not known."""
+
+    __slots__ = ("tally", "exact", "unknown")
+
+    def __init__(self, tally: _Tally, exact: bool, unknown: int) -> None:
+        self.tally, self.exact, self.unknown = tally, exact, unknown
+
+
 class MongoAdapter:
     """Checkpoint and roll back the user databases of a MongoDB deployment.
 
@@ -281,10 +395,16 @@ class MongoAdapter:
         self._status: dict[str, Any] | None = None
         #: the rollback whose serverStatus was sent ahead (see prefetch), with its reply to come, and the
         #: thread that sends it
-        self._ahead: tuple[_Level, Future[dict[str, Any]]] | None = None
+        self._ahead: tuple[_Level, Future[tuple[dict[str, Any], _Reading]]] | None = None
         self._sender = Ahead("mongo")
         #: how far the counters of ``_baseline`` moved at the last probe that was not quiet (None: unknown)
         self._moved: tuple[int, ...] | None = None
+        #: what clients made with :meth:`listener` sent this server (their updates and findAndModify)
+        self._notes = _Notes()
+        #: what they did up to the last reading of the counters (that of ``_baseline`` when there is one)
+        self._last_reading: _Reading | None = None
+        #: their tally between ``_baseline`` and the last probe, when each of their commands fell wholly in it
+        self._window: _Tally | None = None
         #: the server's time after the adapter's own restore writes, not yet read back from the stream:
         #: events up to it are ours (a rollback's), and are skipped instead of marked dirty
         self._own_until: bson.Timestamp | None = None
@@ -417,7 +537,7 @@ class MongoAdapter:
         return self._owned is None or db in self._owned
 
     def _drain(
-        self, discard: bool = False, settle: bool = True, ahead: Future[dict[str, Any]] | None = None
+        self, discard: bool = False, settle: bool = True, ahead: Future[tuple[dict[str, Any], _Reading]] | None = None
     ) -> None:
         """Read the stream up to a barrier written now; mark what changed dirty.
 
@@ -470,9 +590,33 @@ class MongoAdapter:
         no command but our probe: an insert into a new collection has its change events, and nothing
         else that ran makes or drops a collection (an update that matches nothing, which makes one on
         SecantusDB without an event, moves the update counter; every DDL, ``findAndModify`` or
-        transaction, the command counter). Else, or with no counters, the collections are listed."""
+        transaction, the command counter); or when the updates the counters show are the noting
+        clients' (:meth:`_accounted`). Else, or with no counters, the collections are listed."""
         moved = self._moved
-        return moved is None or moved[1] != 0 or moved[3] != 1
+        return moved is None or (moved[1] != 0 or moved[3] != 1) and not self._accounted(moved)
+
+    def _accounted(self, moved: tuple[int, ...]) -> bool:
+        """True when the noting clients' commands (:meth:`listener`) account for every update and command the
+        counters show beside our probe, and each named a collection that exists: no collection was made.
+
+        Servers count differently: SecantusDB one ``update`` per command and ``findAndModify`` as an
+        update; mongod one per statement, and ``findAndModify`` as a command. Either count is accepted only
+        where it leaves no room for another client's write: the per-command one with no command but the
+        probe (mongod would then count at least as many updates as statements, and no findAndModify), the
+        per-statement one where each update command had one statement (SecantusDB would then count a
+        findAndModify twice over)."""
+        tally = self._window
+        if tally is None:
+            return False
+        for ns in tally.namespaces:  # it existed at the checkpoint, and nothing since dropped or renamed it
+            if ns not in self._meta or ns in self._dirty_colls:
+                return False
+        updates, commands = moved[1], moved[3] - 1
+        per_command = commands == 0 and updates == tally.commands + tally.find_and_modify
+        per_statement = (
+            tally.statements == tally.commands and commands == tally.find_and_modify and updates == tally.statements
+        )
+        return per_command or per_statement
 
     def _ours(self, event: dict[str, Any]) -> bool:
         """True for an event of the adapter's own restore writes (at or before the time read after them)."""
@@ -503,14 +647,16 @@ class MongoAdapter:
         else:
             self._drain(discard=True)
 
-    def _opcounters(self, ahead: Future[dict[str, Any]] | None = None) -> tuple[int, ...] | None:
+    def _opcounters(self, ahead: Future[tuple[dict[str, Any], _Reading]] | None = None) -> tuple[int, ...] | None:
         """insert, update, delete and command counts of the server, and its TTL deletions (one round trip,
-        or the reply to the one sent ``ahead``); the whole reply is kept in ``_status``."""
-        self._status = None
+        or the reply to the one sent ``ahead``); the whole reply is kept in ``_status``, and what the noting
+        clients did up to it in ``_last_reading``."""
+        self._status = self._last_reading = None
         if not self._has_opcounters:
             return None
         try:
-            status = self._status = ahead.result() if ahead is not None else self._server_status()
+            status, self._last_reading = ahead.result() if ahead is not None else self._server_status()
+            self._status = status
         except PyMongoError as exc:
             if _is_fault(exc):
                 raise self._lost(exc) from None
@@ -523,26 +669,33 @@ class MongoAdapter:
         ttl = (status.get("metrics") or {}).get("ttl") or {}
         return (*(int(ops[k]) for k in _OPS), int(ttl.get("deletedDocuments", 0) or 0))
 
-    def _server_status(self) -> dict[str, Any]:
-        return self.client.admin.command("serverStatus")
+    def _server_status(self) -> tuple[dict[str, Any], _Reading]:
+        """The server's ``serverStatus``, with what the noting clients did up to it (read around it)."""
+        stamp = self._notes.before_reading()
+        status = self.client.admin.command("serverStatus")
+        return status, self._notes.after_reading(stamp)
 
     def _can_be_quiet(self) -> bool:
         return not (
             self._baseline is None or self._gap is not None or self._unseen or self._dirty_docs or self._dirty_colls
         )
 
-    def _quiet(self, ahead: Future[dict[str, Any]] | None = None) -> bool:
+    def _quiet(self, ahead: Future[tuple[dict[str, Any], _Reading]] | None = None) -> bool:
         """True when nothing can have changed since the last look at the stream: every write and DDL
         command moves the server's counters, and only our own ``serverStatus`` (sent ``ahead``, or now)
         moved them."""
         can = self._can_be_quiet()
-        base, self._baseline, self._moved = self._baseline, None, None
+        base, self._baseline, self._moved, self._window = self._baseline, None, None, None
+        before = self._last_reading  # the reading of ``base``
         if base is None or not can:
             return False
         now = self._opcounters(ahead)
         if now is None:
             return False
         self._moved = tuple(n - b for n, b in zip(now, base, strict=True))
+        after = self._last_reading
+        if before is not None and after is not None and before.exact and after.exact:
+            self._window = after.tally if before.unknown == after.unknown else None
         if now[:3] != base[:3] or now[3] != base[3] + 1 or now[4:] != base[4:]:
             return False
         self._baseline = now
@@ -1081,6 +1234,21 @@ class MongoAdapter:
             self._pending = _merge(token, self._pending)
         token.alive = False
         self._levels.remove(token)
+
+    def listener(self) -> monitoring.CommandListener:
+        """A pymongo command listener for another client of this server, whose ``update`` and
+        ``findAndModify`` commands the adapter then accounts for::
+
+            client = MongoClient(url, event_listeners=[adapter.listener()])
+
+        A rollback lists the collections after updates only when something it cannot account for ran:
+        an update that matches nothing makes a collection on SecantusDB without any change event, so
+        when the server's counters moved by exactly what noting clients sent, and each named a
+        collection that existed, no list is needed. The ``mongo_client`` fixture is such a client.
+        """
+        noter = _Noter(self)
+        self._notes.listeners.append(noter)
+        return noter
 
     def save_journal(self, path: str | os.PathLike[str]) -> None:
         """Write to the directory ``path`` what puts the databases back as they were at the first checkpoint.

@@ -60,12 +60,13 @@ class Outcome:
     expected: dict[str, int] = field(default_factory=dict)
     found: dict[str, int] = field(default_factory=dict)
     result: Any = None
+    workers: int = 2
 
     def line(self) -> str:
         per_test = self.seconds / max(self.tests, 1) * 1000
         return (
-            f"isolation {self.store}: {self.tests} tests (seed {self.seed}, -n 2), {len(self.leaks)} leaks, "
-            f"{per_test:.1f} ms per test, {self.seconds:.1f} s in all"
+            f"isolation {self.store}: {self.tests} tests (seed {self.seed}, -n {self.workers}), "
+            f"{len(self.leaks)} leaks, {per_test:.1f} ms per test, {self.seconds:.1f} s in all"
         )
 
 
@@ -183,4 +184,4 @@ def run(pytester: pytest.Pytester, store: str, tests: int, seed: int, workers: i
     found = {("errors" if k == "error" else k): v for k, v in result.parseoutcomes().items()}
     found = {k: v for k, v in found.items() if k in OUTCOMES}
     planned = sum(expected.values()) - expected.get("errors", 0)  # a teardown error is a passed test too
-    return Outcome(store, seed, planned, leaks, seconds, expected, found, result)
+    return Outcome(store, seed, planned, leaks, seconds, expected, found, result, workers)
