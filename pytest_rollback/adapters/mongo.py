@@ -177,6 +177,8 @@ def _merge(older: _Level, newer: _Level) -> _Level:
             else:
                 docs.setdefault(ns, {})[idkey] = doc
         return newer
+    if older.colls:  # a collection put back whole from ``older``'s image: none of its documents from ``newer``'s
+        newer.docs = {key: doc for key, doc in newer.docs.items() if key[0] not in older.colls}
     newer.docs.update(older.docs)  # the older before-image wins
     newer.colls.update(older.colls)
     return newer
