@@ -188,6 +188,8 @@ def _merge(older: _Level, newer: _Level) -> _Level:
             else:
                 docs.setdefault(ns, {})[idkey] = doc
         return newer
+    if older.colls:  # a collection put back whole from ``older``'s image: none of its documents from ``newer``'s
+        newer.docs = {key: doc for key, doc in newer.docs.items() if key[0] not in older.colls}
     newer.docs.update(older.docs)  # the older before-image wins
     newer.colls.update(older.colls)
     return newer
@@ -510,12 +512,19 @@ class MongoAdapter:
     def _collect_counters(self) -> None:
         """Mark dirty every collection whose write counters moved, or that appeared or vanished."""
         top = self._read_top() if self._has_top else None
-        present = self._namespaces()
+        views: dict[NS, dict[str, Any]] = {}
+        present = self._namespaces(views)
         if top is None:
             self._dirty_colls.update(present | set(self._meta))
             return
         for ns in present | set(self._meta) | set(top):
             if top.get(ns) != self._counters.get(ns) or (ns in present) != (ns in self._meta):
+                self._dirty_colls.add(ns)
+        # a view has no counters: one dropped and made again (or made where a collection was) is told by
+        # its definition, which the listing carries
+        for ns in present & set(self._meta):
+            was = self._meta[ns][0]
+            if ("viewOn" in was or ns in views) and views.get(ns) != was:
                 self._dirty_colls.add(ns)
         self._counters = top
 
@@ -785,19 +794,22 @@ class MongoAdapter:
             return sorted(self._owned)
         return [db for db in self.client.list_database_names() if self._owns(db)]
 
-    def _namespaces(self) -> set[NS]:
-        """The collections and views of the owned databases (``system.*`` left out: the server's own)."""
+    def _namespaces(self, views: dict[NS, dict[str, Any]] | None = None) -> set[NS]:
+        """The collections and views of the owned databases (``system.*`` left out: the server's own); with
+        ``views``, the listing carries the collections' options, and each view's definition is put there."""
         out: set[NS] = set()
         profiled: list[str] = []
         unseen: set[NS] = set()
         for db in self._owned_dbs():
-            for info in self.client[db].list_collections(nameOnly=True):
+            for info in self.client[db].list_collections(nameOnly=views is None):
                 name = info["name"]
                 if name == "system.profile":
                     profiled.append(db)
                 if name.startswith("system."):
                     continue
                 out.add((db, name))
+                if views is not None and "viewOn" in (info.get("options") or {}):
+                    views[(db, name)] = dict(info["options"])
                 if info.get("type") == "timeseries":  # MongoDB's: its writes go to system.buckets.*, unseen
                     unseen.add((db, name))
         self._unseen = unseen
