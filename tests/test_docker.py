@@ -86,7 +86,11 @@ def containers(project: str, **labels: str) -> list[Any]:
     client = docker_py.from_env()
     try:
         wanted = [f"{LABEL}.project={project}", *(f"{LABEL}.{k}={v}" for k, v in labels.items())]
-        return list(client.containers.list(all=True, filters={"label": wanted}))
+        while True:
+            try:
+                return list(client.containers.list(all=True, filters={"label": wanted}))
+            except docker_py.errors.NotFound:  # docker-py inspects each one listed: one was removed in between
+                continue
     finally:
         client.close()
 
