@@ -290,11 +290,6 @@ class TestMongoAdapter(AdapterConformance):
 
     @pytest.fixture(params=["tracking", "counters"])
     def strategy(self, request: pytest.FixtureRequest) -> str:
-        if request.param == "counters" and request.node.originalname == "test_views":
-            # SecantusDB's ``top`` (like mongod's) forgets a collection's counters when it is dropped, and a
-            # view made again under the same name counts what the dropped one counted: the counters
-            # strategy cannot tell it was redefined, and leaves the new definition behind
-            request.applymarker(pytest.mark.xfail(reason="counters: a view dropped and made again is not seen"))
         return str(request.param)
 
     @pytest.fixture
