@@ -34,6 +34,27 @@ def _inner_runs_print_the_same_everywhere(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 @pytest.fixture(autouse=True)
+def _one_docker_test_at_a_time(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Tests marked ``docker`` run one at a time across xdist workers (a lock file in the directory the
+    workers' temporary directories share): a run that starts containers removes those of this host's dead
+    runs, whichever project they belong to, and some of these tests leave a killed run's containers for a
+    while on purpose."""
+    if request.node.get_closest_marker("docker") is None:
+        yield
+        return
+    import fcntl
+
+    with open(tmp_path_factory.getbasetemp().parent / "docker-tests.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture(autouse=True)
 def _no_docker_unless_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Inner runs see no Docker engine (auto picks the same servers on every machine), except in tests marked
     ``docker``, which are about it."""
