@@ -100,47 +100,45 @@ def test_an_untouched_test_costs_one_command_per_started_store(
 
 #: An inner conftest that holds each Redis probe sent ahead unread until the MongoDB and Elasticsearch
 #: probes of the same restore were answered (at most 5 s, so that a run without overlap still ends),
-#: and writes down, per restore, whether they were.
+#: and writes down, per restore, whether they were. MongoDB's probe is written on the adapter's own
+#: socket (answered: its reply is there to read); Elasticsearch's is sent by the adapter's thread.
 OVERLAP_CONFTEST = '''
-import json, os, threading
+import json, os, select, threading
 import pytest
 from pytest_rollback import engine
-from pytest_rollback.adapters import mongo, redis
+from pytest_rollback.adapters import _mongo_probe, redis
 from pytest_rollback.adapters._http import Http
 
-ANSWERED = {"mongo": threading.Event(), "elasticsearch": threading.Event()}
+ANSWERED = threading.Event()
+MONGO = []
 SEEN = []
 FIRST = []
-_status, _request, _reply = mongo.MongoAdapter._server_status, Http.__call__, redis.RedisAdapter._ahead_reply
+_send, _request, _reply = _mongo_probe.ProbeSocket._send, Http.__call__, redis.RedisAdapter._ahead_reply
 
 
-def _elsewhere():
-    return threading.current_thread() is not threading.main_thread()
-
-
-def status(self):
-    got = _status(self)
-    if _elsewhere():
-        ANSWERED["mongo"].set()
+def send(self):
+    got = _send(self)
+    MONGO.append(self._sock)
     return got
 
 
 def request(self, method, path, *args, **kwargs):
     got = _request(self, method, path, *args, **kwargs)
-    if path == "/_nodes/stats/http" and _elsewhere():
-        ANSWERED["elasticsearch"].set()
+    if path == "/_nodes/stats/http" and threading.current_thread() is not threading.main_thread():
+        ANSWERED.set()
     return got
 
 
 def reply(self):
     patience = 5 if all(SEEN) else 0
-    SEEN.append(all(event.wait(patience) for event in ANSWERED.values()))
-    for event in ANSWERED.values():
-        event.clear()
+    mongo = bool(MONGO) and bool(select.select([MONGO[-1]], [], [], patience)[0])
+    SEEN.append(mongo and ANSWERED.wait(patience))
+    MONGO.clear()
+    ANSWERED.clear()
     return _reply(self)
 
 
-mongo.MongoAdapter._server_status = status
+_mongo_probe.ProbeSocket._send = send
 Http.__call__ = request
 redis.RedisAdapter._ahead_reply = reply
 

@@ -19,6 +19,7 @@ from conftest import INNER, clear_mongo
 from pymongo import MongoClient, UpdateOne, monitoring
 from pymongo.errors import InvalidOperation
 
+from pytest_rollback.adapters._mongo_probe import ProbeSocket
 from pytest_rollback.adapters.mongo import MongoAdapter
 from pytest_rollback.api import Service
 
@@ -66,13 +67,23 @@ _LISTENER: list[Commands] = []
 
 
 @pytest.fixture
-def commands() -> Commands:
-    """The process's one listener (pymongo's are for clients made after they are registered: adapters are)."""
+def commands(monkeypatch: pytest.MonkeyPatch) -> Commands:
+    """The process's one listener (pymongo's are for clients made after they are registered: adapters are),
+    which also counts the ``serverStatus`` an adapter writes on its own probe socket."""
     if not _LISTENER:
         _LISTENER.append(Commands())
         monitoring.register(_LISTENER[0])
-    _LISTENER[0].reset()
-    return _LISTENER[0]
+    listener = _LISTENER[0]
+    listener.reset()
+    send = ProbeSocket._send
+
+    def counted(probe: ProbeSocket) -> int:
+        if listener.on:
+            listener.names.append("serverStatus")
+        return send(probe)
+
+    monkeypatch.setattr(ProbeSocket, "_send", counted)
+    return listener
 
 
 @pytest.fixture

@@ -73,7 +73,7 @@ from typing import Any
 
 import bson
 from bson.raw_bson import RawBSONDocument
-from pymongo import DeleteOne, IndexModel, MongoClient, ReplaceOne, monitoring
+from pymongo import DeleteOne, IndexModel, MongoClient, ReplaceOne, monitoring, uri_parser
 from pymongo.errors import (
     ClientBulkWriteException,
     ConnectionFailure,
@@ -86,6 +86,7 @@ from .. import faults
 from ..api import Changes, Observation, RestoreReport, RollbackError, RollbackWarning, StoreFault
 from ..masking import mask
 from ._ahead import Ahead
+from ._mongo_probe import ProbeSocket, eligible
 
 NS = tuple[str, str]
 Meta = tuple[dict[str, Any], list[dict[str, Any]]]  # collection options, index specs
@@ -322,6 +323,26 @@ class _Reading:
         self.tally, self.exact, self.unknown = tally, exact, unknown
 
 
+class _Sent:
+    """A quiet probe written ahead on the adapter's own socket: :meth:`result` reads its reply, with what
+    the noting clients did up to it (as a future of the probe thread gives them)."""
+
+    __slots__ = ("_probe", "_request_id", "_notes", "_stamp")
+
+    def __init__(self, probe: ProbeSocket, notes: _Notes) -> None:
+        self._probe, self._notes = probe, notes
+        self._stamp = notes.before_reading()  # (before the request can reach the server)
+        self._request_id = probe.send()
+
+    def result(self) -> tuple[dict[str, Any], _Reading]:
+        status = self._probe.receive(self._request_id)
+        return status, self._notes.after_reading(self._stamp)
+
+
+#: the reply of a quiet probe sent ahead: written on the adapter's socket, or sent by its thread
+_Pending = _Sent | Future[tuple[dict[str, Any], _Reading]]
+
+
 class MongoAdapter:
     """Checkpoint and roll back the user databases of a MongoDB deployment.
 
@@ -397,8 +418,11 @@ class MongoAdapter:
         self._status: dict[str, Any] | None = None
         #: the rollback whose serverStatus was sent ahead (see prefetch), with its reply to come, and the
         #: thread that sends it
-        self._ahead: tuple[_Level, Future[tuple[dict[str, Any], _Reading]]] | None = None
+        self._ahead: tuple[_Level, _Pending] | None = None
         self._sender = Ahead("mongo")
+        #: the quiet probe's own socket (a deployment of one server, without credentials or TLS), else None
+        self._probe: ProbeSocket | None = None
+        self._lean = _lean(url)
         #: how far the counters of ``_baseline`` moved at the last probe that was not quiet (None: unknown)
         self._moved: tuple[int, ...] | None = None
         #: what clients made with :meth:`listener` sent this server (their updates and findAndModify)
@@ -546,7 +570,7 @@ class MongoAdapter:
         return self._owned is None or db in self._owned
 
     def _drain(
-        self, discard: bool = False, settle: bool = True, ahead: Future[tuple[dict[str, Any], _Reading]] | None = None
+        self, discard: bool = False, settle: bool = True, ahead: _Pending | None = None
     ) -> None:
         """Read the stream up to a barrier written now; mark what changed dirty.
 
@@ -656,7 +680,7 @@ class MongoAdapter:
         else:
             self._drain(discard=True)
 
-    def _opcounters(self, ahead: Future[tuple[dict[str, Any], _Reading]] | None = None) -> tuple[int, ...] | None:
+    def _opcounters(self, ahead: _Pending | None = None) -> tuple[int, ...] | None:
         """insert, update, delete and command counts of the server, and its TTL deletions (one round trip,
         or the reply to the one sent ``ahead``); the whole reply is kept in ``_status``, and what the noting
         clients did up to it in ``_last_reading``."""
@@ -681,15 +705,31 @@ class MongoAdapter:
     def _server_status(self) -> tuple[dict[str, Any], _Reading]:
         """The server's ``serverStatus``, with what the noting clients did up to it (read around it)."""
         stamp = self._notes.before_reading()
-        status = self.client.admin.command("serverStatus")
+        probe = self._probe_socket()
+        status = probe.server_status() if probe is not None else self.client.admin.command("serverStatus")
         return status, self._notes.after_reading(stamp)
+
+    def _probe_socket(self) -> ProbeSocket | None:
+        """The quiet probe's own socket, to the one server of the deployment; None where pymongo sends it
+        (several servers: the probe must follow the primary; credentials, TLS: pymongo's handshake)."""
+        servers = self._addresses() if self._lean else []
+        if len(servers) != 1:
+            if self._probe is not None:
+                self._probe.close()
+                self._probe = None
+            return None
+        if self._probe is None or self._probe.address != servers[0]:
+            if self._probe is not None:
+                self._probe.close()
+            self._probe = ProbeSocket(servers[0], self.timeout)
+        return self._probe
 
     def _can_be_quiet(self) -> bool:
         return not (
             self._baseline is None or self._gap is not None or self._unseen or self._dirty_docs or self._dirty_colls
         )
 
-    def _quiet(self, ahead: Future[tuple[dict[str, Any], _Reading]] | None = None) -> bool:
+    def _quiet(self, ahead: _Pending | None = None) -> bool:
         """True when nothing can have changed since the last look at the stream: every write and DDL
         command moves the server's counters, and only our own ``serverStatus`` (sent ``ahead``, or now)
         moved them."""
@@ -1065,7 +1105,16 @@ class MongoAdapter:
         ):
             yield
             return
-        self._ahead = (token, self._sender.submit(self._server_status))
+        probe = self._probe_socket()
+        if probe is None:
+            sent: _Pending = self._sender.submit(self._server_status)
+        else:
+            try:
+                sent = _Sent(probe, self._notes)
+            except PyMongoError:  # nothing was sent: the rollback probes itself, and says any fault
+                yield
+                return
+        self._ahead = (token, sent)
         try:
             yield
         finally:
@@ -1289,8 +1338,19 @@ class MongoAdapter:
         except PyMongoError:
             pass  # the server is gone already: nothing is left on it to tidy
         self._sender.close()
+        if self._probe is not None:
+            self._probe.close()
         self.client.close()
         self._abandoned.clear()
+
+
+def _lean(url: str) -> bool:
+    """Whether the quiet probe may go on a socket of the adapter's own (see ``_mongo_probe``)."""
+    try:
+        parsed = uri_parser.parse_uri(url)
+    except (PyMongoError, ValueError):
+        return False
+    return eligible(url, dict(parsed.get("options") or {}), parsed.get("username"))
 
 
 def _first_cause(exc: PyMongoError) -> str:
