@@ -4,9 +4,11 @@ real server seldom gives (chunked, read to the close, cut short, never sent) fro
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import socket
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -100,6 +102,7 @@ class Scripted:
         self.requests: list[tuple[str, bytes]] = []
         self.accepted = 0
         self.closed = threading.Event()  # set when a reply's CLOSE is done
+        self.hung_up = threading.Event()  # set when the client closed a connection
         self.stopped = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -122,6 +125,7 @@ class Scripted:
                 while b"\r\n\r\n" not in buf:
                     data = conn.recv(65536)
                     if not data:
+                        self.hung_up.set()
                         return
                     buf += data
                 head, _, buf = buf.partition(b"\r\n\r\n")
@@ -301,3 +305,15 @@ def test_no_more_idle_connections_are_kept_than_two(serve: Callable[..., Scripte
     assert len(http._idle) <= 2
     http.close()
     assert not http._idle
+
+
+def test_a_client_nobody_closed_closes_its_idle_connections(serve: Callable[..., Scripted]) -> None:
+    server = serve((reply(), KEEP))
+    http = Http(server.url, timeout=5)
+    assert http("GET", "/") == {"ok": True}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del http
+        gc.collect()
+    assert server.hung_up.wait(5)
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]  # closed, not left to the collector

@@ -18,6 +18,7 @@ import json
 import select
 import socket
 import threading
+import weakref
 from base64 import b64encode
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -75,6 +76,7 @@ class Http:
         self._host_field = f"host: {name}:{self.port}\r\n"
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
+        weakref.finalize(self, _close_all, self._idle)  # (a client nobody closed leaves no socket open)
         self._tls: Any = None
         if parts.scheme == "https":
             import urllib3
@@ -186,9 +188,9 @@ class Http:
 
     def close(self) -> None:
         with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+            idle = self._idle[:]
+            self._idle.clear()
+        _close_all(idle)
         if self._tls is not None:
             self._tls.clear()
 
@@ -288,6 +290,11 @@ class _Connection:
         while self._line():  # trailer fields, up to an empty line
             pass
         return b"".join(parts)
+
+
+def _close_all(connections: list[_Connection]) -> None:
+    for conn in connections:
+        conn.close()
 
 
 def _cause(exc: Exception) -> str:
