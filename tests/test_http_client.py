@@ -236,12 +236,13 @@ def test_a_server_that_never_answers_times_out(serve: Callable[..., Scripted]) -
     assert http("GET", "/") == {"ok": True} and server.accepted == 2  # the silent connection was dropped
 
 
-def test_a_refused_port(serve: Callable[..., Scripted]) -> None:
+@pytest.mark.parametrize("scheme", ["http", "https"])  # (https:// goes through urllib3)
+def test_a_refused_port(scheme: str) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens there once closed
     with pytest.raises(ConnectionFailed) as failed:
-        Http(f"http://127.0.0.1:{port}", timeout=5)("GET", "/")
+        Http(f"{scheme}://127.0.0.1:{port}", timeout=5)("GET", "/")
     assert not failed.value.timed_out and str(failed.value) == "connection refused"
 
 
