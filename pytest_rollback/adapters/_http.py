@@ -4,15 +4,33 @@ The adapter speaks plain JSON rather than through the ``elasticsearch`` package:
 that package's major version picks a compatibility header the server must
 accept (a 9.x client refuses an 8.x server), and rollback must work with
 whatever client the user's code has.
+
+Plain ``http://`` requests go over keep-alive sockets of this module's own: most
+tests touch no store, and their restore's probes are a few small requests whose
+cost was mostly urllib3's and http.client's (pool bookkeeping, headers parsed by
+the email package), about three times what the request itself costs.
+``https://`` goes through urllib3, which verifies the server's certificate.
 """
 
 from __future__ import annotations
 
 import json
+import select
+import socket
+import threading
+import weakref
+from base64 import b64encode
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
-import urllib3
+from .. import faults
+
+#: idle connections kept for the next requests (the adapter's main thread and its prefetch thread)
+IDLE = 2
+#: sent when the caller set no user agent: a server's per-client counts need one for every client
+AGENT = "pytest-rollback"
+#: statuses whose reply has no body (as well as 1xx, and any reply to HEAD)
+NO_BODY = (204, 304)
 
 
 class HttpError(Exception):
@@ -39,6 +57,8 @@ class Http:
 
     ``timeout`` bounds connecting and each wait for the server's reply; a server
     that cannot be reached or does not reply in time raises :class:`ConnectionFailed`.
+    Safe to call from several threads: each request has a connection of its own
+    while it runs.
     """
 
     def __init__(self, url: str, timeout: float = 60.0) -> None:
@@ -47,11 +67,23 @@ class Http:
         self.base = f"{parts.scheme or 'http'}://{parts.hostname}:{parts.port or 9200}{parts.path.rstrip('/')}"
         headers = {"accept": "application/json", "content-type": "application/json"}
         if parts.username:
-            headers.update(urllib3.make_headers(basic_auth=f"{parts.username}:{parts.password or ''}"))
+            credentials = f"{parts.username}:{parts.password or ''}".encode("latin-1")
+            headers["authorization"] = "Basic " + b64encode(credentials).decode()
         self.headers = headers
-        self.pool = urllib3.PoolManager(
-            num_pools=2, maxsize=2, timeout=urllib3.Timeout(connect=timeout, read=timeout), retries=False
-        )
+        self.timeout = timeout
+        self._prefix = parts.path.rstrip("/")
+        name = f"[{self.host}]" if ":" in self.host else self.host
+        self._host_field = f"host: {name}:{self.port}\r\n"
+        self._idle: list[_Connection] = []
+        self._lock = threading.Lock()
+        weakref.finalize(self, _close_all, self._idle)  # (a client nobody closed leaves no socket open)
+        self._tls: Any = None
+        if parts.scheme == "https":
+            import urllib3
+
+            self._tls = urllib3.PoolManager(
+                num_pools=2, maxsize=2, timeout=urllib3.Timeout(connect=timeout, read=timeout), retries=False
+            )
 
     def __call__(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (), **params: Any) -> Any:
         """Send one request; return the decoded JSON. Statuses in ``ok`` return ``None`` instead of raising.
@@ -59,35 +91,210 @@ class Http:
         ``body`` is sent as JSON, or as it is when it is ``bytes`` (newline-delimited JSON, for ``_bulk``).
         """
         query = {k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items() if v is not None}
-        url = self.base + path + ("?" + urlencode(query) if query else "")
+        tail = path + ("?" + urlencode(query) if query else "")
         headers = self.headers
         if isinstance(body, bytes):  # newline-delimited JSON (a bulk request), sent as it is
             data: bytes | None = body
             headers = {**headers, "content-type": "application/x-ndjson"}
         else:
             data = None if body is None else json.dumps(body).encode()
+        if self._tls is not None:
+            status, raw = self._via_urllib3(method, self.base + tail, data, headers)
+        else:
+            status, raw = self._send(method, tail, data, headers)
+        payload: Any = None
+        if raw:
+            try:
+                payload = json.loads(raw)
+            except ValueError:
+                payload = raw.decode(errors="replace")
+        if status >= 300:
+            if status in ok:
+                return None
+            raise HttpError(method, path, status, payload)
+        return payload
+
+    def _send(self, method: str, tail: str, data: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
+        """One request over an idle connection, or a new one; the connection is kept only after a whole reply."""
+        target = quote(self._prefix + tail, safe="/?&=%:@!$'()*+,;-._~")
+        fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        if "user-agent" not in headers:
+            fields += f"user-agent: {AGENT}\r\n"
+        if data is not None or method in ("POST", "PUT", "PATCH"):
+            fields += f"content-length: {len(data or b'')}\r\n"
+        request = f"{method} {target} HTTP/1.1\r\n{self._host_field}{fields}\r\n".encode("latin-1")
+        if data:
+            request += data
+        conn = self._connection()
+        kept = False
         try:
-            resp = self.pool.request(method, url, body=data, headers=headers)
+            conn.sock.sendall(request)
+            status, raw, keep = conn.reply(method == "HEAD")
+            if keep:
+                kept = self._put_back(conn)
+            return status, raw
+        except TimeoutError:
+            raise ConnectionFailed("no reply", timed_out=True) from None
+        except OSError as exc:
+            raise ConnectionFailed(faults.reason(exc), timed_out=False) from None
+        except ValueError:  # a length that is not a number
+            raise ConnectionFailed("malformed reply", timed_out=False) from None
+        finally:
+            if not kept:
+                conn.close()
+
+    def _connection(self) -> _Connection:
+        """An idle connection the server has not closed (nor sent anything on since), else a new one.
+
+        A request is never sent again on another connection: one whose reply did not come may have
+        been carried out (a write), and from here a server that closed the connection just as the
+        request arrived looks like one that took it and died. The check below catches the usual
+        case, a server that closed an idle connection some time before.
+        """
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                break
+            if not conn.stale():
+                return conn
+            conn.close()
+        try:
+            return _Connection(self.host, self.port, self.timeout)
+        except TimeoutError:
+            raise ConnectionFailed("no reply", timed_out=True) from None
+        except OSError as exc:
+            raise ConnectionFailed(faults.reason(exc), timed_out=False) from None
+
+    def _put_back(self, conn: _Connection) -> bool:
+        with self._lock:
+            if len(self._idle) < IDLE:
+                self._idle.append(conn)
+                return True
+        return False
+
+    def _via_urllib3(self, method: str, url: str, data: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
+        import urllib3
+
+        try:
+            resp = self._tls.request(method, url, body=data, headers=headers)
         except urllib3.exceptions.NewConnectionError as exc:  # (a ConnectTimeoutError too, oddly)
             raise ConnectionFailed(_cause(exc), timed_out=False) from None
         except urllib3.exceptions.TimeoutError:
             raise ConnectionFailed("no reply", timed_out=True) from None
         except urllib3.exceptions.HTTPError as exc:
             raise ConnectionFailed(_cause(exc), timed_out=False) from None
-        payload: Any = None
-        if resp.data:
-            try:
-                payload = json.loads(resp.data)
-            except ValueError:
-                payload = resp.data.decode(errors="replace")
-        if resp.status >= 300:
-            if resp.status in ok:
-                return None
-            raise HttpError(method, path, resp.status, payload)
-        return payload
+        return resp.status, resp.data
 
     def close(self) -> None:
-        self.pool.clear()
+        with self._lock:
+            idle = self._idle[:]
+            self._idle.clear()
+        _close_all(idle)
+        if self._tls is not None:
+            self._tls.clear()
+
+
+class _Closed(OSError):
+    """The server closed the connection before the whole reply came."""
+
+
+class _Connection:
+    """One keep-alive socket and the bytes read past the last reply (none, with a well-behaved server)."""
+
+    __slots__ = ("sock", "buf", "_poll")
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.sock = socket.create_connection((host, port), timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+        self._poll = select.poll() if hasattr(select, "poll") else None
+        if self._poll is not None:
+            self._poll.register(self.sock, select.POLLIN)
+
+    def stale(self) -> bool:
+        """True when the idle socket is readable: closed by the server, or holding bytes nobody asked for."""
+        if self._poll is None:
+            return bool(select.select([self.sock], [], [], 0)[0])
+        return bool(self._poll.poll(0))
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def reply(self, head_only: bool) -> tuple[int, bytes, bool]:
+        """The status, body and whether the connection can carry another request."""
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            while end < 0:
+                self._more(first=not self.buf)
+                end = self.buf.find(b"\r\n\r\n")
+            lines = self.buf[:end].decode("latin-1").split("\r\n")
+            self.buf = self.buf[end + 4:]
+            version, _, rest = lines[0].partition(" ")
+            code = rest[:3]
+            if not (version.startswith("HTTP/") and code.isdigit()):
+                raise _Closed(f"not an HTTP reply: {lines[0][:60]!r}")
+            status = int(code)
+            if not 100 <= status < 200 or status == 101:
+                break  # (an interim 1xx reply is followed by the real one)
+        fields = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            fields[name.strip().lower()] = value.strip()
+        tokens = fields.get("connection", "").lower()
+        keep = "close" not in tokens and (version != "HTTP/1.0" or "keep-alive" in tokens)
+        if head_only or status in NO_BODY or status < 200:
+            body = b""
+        elif "chunked" in fields.get("transfer-encoding", "").lower():
+            body = self._chunked()
+        elif "content-length" in fields:
+            body = self._exactly(int(fields["content-length"]))
+        else:  # the body ends where the server closes the connection
+            while self._more(first=False, eof_ok=True):
+                pass
+            body, self.buf, keep = self.buf, b"", False
+        return status, body, keep and not self.buf
+
+    def _more(self, first: bool, eof_ok: bool = False) -> bool:
+        data = self.sock.recv(65536)
+        if data:
+            self.buf += data
+            return True
+        if eof_ok:
+            return False
+        raise _Closed("remote end closed connection" + ("" if first else " mid-reply"))
+
+    def _exactly(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._more(first=False)
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _line(self) -> bytes:
+        end = self.buf.find(b"\r\n")
+        while end < 0:
+            self._more(first=False)
+            end = self.buf.find(b"\r\n")
+        line, self.buf = self.buf[:end], self.buf[end + 2:]
+        return line
+
+    def _chunked(self) -> bytes:
+        parts = []
+        while True:
+            size = int(self._line().split(b";", 1)[0].strip() or b"x", 16)
+            if not size:
+                break
+            parts.append(self._exactly(size))
+            if self._line():
+                raise _Closed("bad chunk: no line end after its data")
+        while self._line():  # trailer fields, up to an empty line
+            pass
+        return b"".join(parts)
+
+
+def _close_all(connections: list[_Connection]) -> None:
+    for conn in connections:
+        conn.close()
 
 
 def _cause(exc: Exception) -> str:
