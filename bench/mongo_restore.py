@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pymongo  # noqa: E402
 from pymongo import monitoring  # noqa: E402
 
+from pytest_rollback.adapters._mongo_probe import ProbeSocket  # noqa: E402
 from pytest_rollback.adapters.mongo import MongoAdapter  # noqa: E402
 from pytest_rollback.adapters.mongomock import MongomockAdapter  # noqa: E402
 from pytest_rollback.options import StoreSettings  # noqa: E402
@@ -110,6 +111,17 @@ class Commands(monitoring.CommandListener):
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         pass
+
+    def count_probes(self) -> None:
+        """Count too the ``serverStatus`` the adapter writes on its own probe socket (pymongo never sees it)."""
+        send = ProbeSocket._send
+
+        def counted(probe: ProbeSocket) -> int:
+            if self.on:
+                self.names.append("serverStatus")
+            return send(probe)
+
+        ProbeSocket._send = counted  # type: ignore[method-assign]
 
 
 #: three collections in two databases
@@ -224,6 +236,7 @@ def main() -> None:
     args = parser.parse_args()
     reps = 10 if args.quick else 40
     commands = Commands()
+    commands.count_probes()
     monitoring.register(commands)  # every client made from now on, the adapters' too
     settings = StoreSettings("mongo", "local", None, "", False, None, None)  # type: ignore[arg-type]
     service = embedded.secantusdb(settings)

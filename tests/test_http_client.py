@@ -318,3 +318,22 @@ def test_a_client_nobody_closed_closes_its_idle_connections(serve: Callable[...,
         gc.collect()
     assert server.hung_up.wait(5)
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]  # closed, not left to the collector
+
+
+def test_a_request_written_ahead_is_read_later_or_dropped_with_its_connection(http: Http) -> None:
+    """``send`` writes the request and goes on: its reply is read by ``result`` (the Elasticsearch adapter's
+    probe sent ahead); a reply nobody read goes with its connection, and the next request is not given it."""
+    http("PUT", "/ahead/_doc/1", {"n": 1}, refresh="true")
+    later = http.send("GET", "/ahead/_doc/1")
+    other = http("GET", "/ahead/_count")  # meanwhile, on another connection
+    assert other["count"] == 1
+    assert later.result()["_source"] == {"n": 1}
+    later.drop()  # (read already: nothing to do)
+    unread = http.send("GET", "/_nodes/stats/http")
+    unread.drop()
+    with pytest.raises(ConnectionFailed, match="dropped before its reply"):
+        unread.result()
+    assert http("GET", "/ahead/_doc/1")["_source"] == {"n": 1}, "a dropped reply was taken for a later one"
+    assert http.send("GET", "/missing-index/_doc/1", ok=(404,)).result() is None
+    with pytest.raises(HttpError, match="404"):
+        http.send("GET", "/missing-index/_doc/1").result()

@@ -100,46 +100,47 @@ def test_an_untouched_test_costs_one_command_per_started_store(
 
 #: An inner conftest that holds each Redis probe sent ahead unread until the MongoDB and Elasticsearch
 #: probes of the same restore were answered (at most 5 s, so that a run without overlap still ends),
-#: and writes down, per restore, whether they were. MongoDB's probe is written on the adapter's own
-#: socket (answered: its reply is there to read); Elasticsearch's is sent by the adapter's thread.
+#: and writes down, per restore, whether they were. The MongoDB and Elasticsearch probes are written on
+#: sockets of their adapters: answered, their replies are there to read.
 OVERLAP_CONFTEST = '''
-import json, os, select, threading
+import json, os, select
 import pytest
 from pytest_rollback import engine
 from pytest_rollback.adapters import _mongo_probe, redis
 from pytest_rollback.adapters._http import Http
 
-ANSWERED = threading.Event()
-MONGO = []
+PROBES = {"mongo": None, "elasticsearch": None}  # the socket each one's last probe was written on
 SEEN = []
 FIRST = []
-_send, _request, _reply = _mongo_probe.ProbeSocket._send, Http.__call__, redis.RedisAdapter._ahead_reply
+_send, _write, _reply = _mongo_probe.ProbeSocket._send, Http._write, redis.RedisAdapter._ahead_reply
 
 
 def send(self):
     got = _send(self)
-    MONGO.append(self._sock)
+    PROBES["mongo"] = self._sock
     return got
 
 
-def request(self, method, path, *args, **kwargs):
-    got = _request(self, method, path, *args, **kwargs)
-    if path == "/_nodes/stats/http" and threading.current_thread() is not threading.main_thread():
-        ANSWERED.set()
-    return got
+def write(self, method, tail, *args):
+    conn = _write(self, method, tail, *args)
+    if tail == "/_nodes/stats/http":
+        PROBES["elasticsearch"] = conn.sock
+    return conn
+
+
+def answered(sock, patience):
+    return sock is not None and bool(select.select([sock], [], [], patience)[0])
 
 
 def reply(self):
     patience = 5 if all(SEEN) else 0
-    mongo = bool(MONGO) and bool(select.select([MONGO[-1]], [], [], patience)[0])
-    SEEN.append(mongo and ANSWERED.wait(patience))
-    MONGO.clear()
-    ANSWERED.clear()
+    SEEN.append(all([answered(sock, patience) for sock in PROBES.values()]))
+    PROBES.update(mongo=None, elasticsearch=None)
     return _reply(self)
 
 
 _mongo_probe.ProbeSocket._send = send
-Http.__call__ = request
+Http._write = write
 redis.RedisAdapter._ahead_reply = reply
 
 

@@ -90,6 +90,13 @@ class Http:
 
         ``body`` is sent as JSON, or as it is when it is ``bytes`` (newline-delimited JSON, for ``_bulk``).
         """
+        return self.send(method, path, body, ok, **params).result()
+
+    def send(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (), **params: Any) -> Pending:
+        """Write one request now, and go on: :meth:`Pending.result` reads its reply (as ``__call__`` returns
+        it), or :meth:`Pending.drop` closes its connection, so that nobody reads it as another's. Over
+        ``https://`` the request is sent and its reply read here.
+        """
         query = {k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items() if v is not None}
         tail = path + ("?" + urlencode(query) if query else "")
         headers = self.headers
@@ -99,23 +106,11 @@ class Http:
         else:
             data = None if body is None else json.dumps(body).encode()
         if self._tls is not None:
-            status, raw = self._via_urllib3(method, self.base + tail, data, headers)
-        else:
-            status, raw = self._send(method, tail, data, headers)
-        payload: Any = None
-        if raw:
-            try:
-                payload = json.loads(raw)
-            except ValueError:
-                payload = raw.decode(errors="replace")
-        if status >= 300:
-            if status in ok:
-                return None
-            raise HttpError(method, path, status, payload)
-        return payload
+            return Pending(self, method, path, ok, None, self._via_urllib3(method, self.base + tail, data, headers))
+        return Pending(self, method, path, ok, self._write(method, tail, data, headers), None)
 
-    def _send(self, method: str, tail: str, data: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
-        """One request over an idle connection, or a new one; the connection is kept only after a whole reply."""
+    def _write(self, method: str, tail: str, data: bytes | None, headers: dict[str, str]) -> _Connection:
+        """The request written on an idle connection, or a new one, whose reply is to be read next."""
         target = quote(self._prefix + tail, safe="/?&=%:@!$'()*+,;-._~")
         fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         if "user-agent" not in headers:
@@ -126,19 +121,23 @@ class Http:
         if data:
             request += data
         conn = self._connection()
-        kept = False
         try:
             conn.sock.sendall(request)
-            status, raw, keep = conn.reply(method == "HEAD")
+        except BaseException as exc:
+            conn.close()
+            raise _failure(exc) from None
+        return conn
+
+    def _read(self, conn: _Connection, head_only: bool) -> tuple[int, bytes]:
+        """The reply on ``conn``; the connection is kept only after a whole reply."""
+        kept = False
+        try:
+            status, raw, keep = conn.reply(head_only)
             if keep:
                 kept = self._put_back(conn)
             return status, raw
-        except TimeoutError:
-            raise ConnectionFailed("no reply", timed_out=True) from None
-        except OSError as exc:
-            raise ConnectionFailed(faults.reason(exc), timed_out=False) from None
-        except ValueError:  # a length that is not a number
-            raise ConnectionFailed("malformed reply", timed_out=False) from None
+        except BaseException as exc:
+            raise _failure(exc) from None
         finally:
             if not kept:
                 conn.close()
@@ -193,6 +192,57 @@ class Http:
         _close_all(idle)
         if self._tls is not None:
             self._tls.clear()
+
+
+class Pending:
+    """A request written (:meth:`Http.send`) whose reply is read by :meth:`result`, once."""
+
+    __slots__ = ("_http", "_method", "_path", "_ok", "_conn", "_reply")
+
+    def __init__(
+        self, http: Http, method: str, path: str, ok: tuple[int, ...], conn: _Connection | None,
+        reply: tuple[int, bytes] | None,
+    ) -> None:
+        self._http, self._method, self._path, self._ok = http, method, path, ok
+        self._conn, self._reply = conn, reply
+
+    def result(self) -> Any:
+        """The decoded JSON of the reply; ``None`` for a status in ``ok``; :class:`HttpError` for another
+        status of 300 or more; :class:`ConnectionFailed` when no whole reply came."""
+        if self._reply is None:
+            conn, self._conn = self._conn, None
+            if conn is None:
+                raise ConnectionFailed("the request's connection was dropped before its reply", timed_out=False)
+            self._reply = self._http._read(conn, self._method == "HEAD")
+        status, raw = self._reply
+        payload: Any = None
+        if raw:
+            try:
+                payload = json.loads(raw)
+            except ValueError:
+                payload = raw.decode(errors="replace")
+        if status >= 300:
+            if status in self._ok:
+                return None
+            raise HttpError(self._method, self._path, status, payload)
+        return payload
+
+    def drop(self) -> None:
+        """Close the connection of a reply nobody will read (nothing to do once it was read)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+def _failure(exc: BaseException) -> BaseException:
+    """A socket's error as the client's: ConnectionFailed (no reply in time, or the connection failed)."""
+    if isinstance(exc, TimeoutError):
+        return ConnectionFailed("no reply", timed_out=True)
+    if isinstance(exc, OSError):
+        return ConnectionFailed(faults.reason(exc), timed_out=False)
+    if isinstance(exc, ValueError):  # a length that is not a number
+        return ConnectionFailed("malformed reply", timed_out=False)
+    return exc
 
 
 class _Closed(OSError):

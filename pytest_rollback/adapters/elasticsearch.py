@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import itertools
 import json
 import os
@@ -75,13 +74,11 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future
 from typing import Any
 
 from .. import faults
 from ..api import Changes, Observation, RestoreReport, RollbackError, RollbackWarning, StoreFault
-from ._ahead import Ahead
-from ._http import ConnectionFailed, Http, HttpError
+from ._http import ConnectionFailed, Http, HttpError, Pending
 
 Fp = tuple[str, tuple[int, ...]]  # index uuid, max_seq_no per shard
 #: what says the cluster's definitions have not moved: the cluster state's version and state uuid, and the name,
@@ -310,9 +307,8 @@ class ElasticsearchAdapter:
         self._agent = f"pytest-rollback/{self._id}"
         self.http.headers["user-agent"] = self._agent
         #: the rollback whose reading of the request counts was sent ahead (see prefetch), with its reply
-        #: to come, and the thread that sends it
-        self._ahead: tuple[_Level, Future[Any]] | None = None
-        self._sender = Ahead("elasticsearch")
+        #: to come
+        self._ahead: tuple[_Level, Pending] | None = None
 
     def _fault(self, exc: ConnectionFailed | HttpError) -> StoreFault:
         """The one line for a connection error: the server went away, stopped answering, or refuses us."""
@@ -394,7 +390,7 @@ class ElasticsearchAdapter:
             out[name] = (str(data.get("uuid", "")), tuple(seqs))
         return out
 
-    def _request_counts(self, ahead: Future[Any] | None = None) -> _Counts | None:
+    def _request_counts(self, ahead: Pending | None = None) -> _Counts | None:
         """The connections a one-node server has opened, and per HTTP client it lists
         (``_nodes/stats/http``): its agent, requests, last path and whether it is closed (one round
         trip, or the reply to the reading sent ``ahead``); None where the server does not list them."""
@@ -419,7 +415,7 @@ class ElasticsearchAdapter:
             for c in clients
         }
 
-    def _quiet(self, ahead: Future[Any] | None = None) -> _Level | None:
+    def _quiet(self, ahead: Pending | None = None) -> _Level | None:
         """The level the indices were known to equal at the last look, when they still do: since the
         last reading of the server's request counts it answered only our own requests and, from other
         clients, at most one read each (a search, a count, a reading of the counts) or only reads a
@@ -705,22 +701,25 @@ class ElasticsearchAdapter:
 
     @contextlib.contextmanager
     def prefetch(self, token: _Level) -> Iterator[None]:
-        """Send the reading of the request counts the rollback to ``token`` begins with (its quiet probe)
-        from the adapter's own thread, and go on; the rollback in the block waits for its reply there.
+        """Write the reading of the request counts the rollback to ``token`` begins with (its quiet probe),
+        and go on; the rollback in the block reads its reply (over ``https://``, it is read here).
 
-        It counts among this adapter's requests as soon as it is handed over, so a reply no rollback
-        used is dropped when the block ends: the next reading counts that request as ours, or, if the
-        server has not counted it, finds one fewer than it expects and looks at the indices.
+        It counts among this adapter's requests as soon as it is written, so a reply no rollback read
+        is dropped with its connection when the block ends: the next reading counts that request as
+        ours, or, if the server has not counted it, finds one fewer than it expects and looks at the
+        indices.
         """
         if not self._counts_requests or self._gone is not None or not token.alive:
             yield
             return
         self._sent += 1
-        self._ahead = (token, self._sender.submit(functools.partial(self.http, "GET", _REQUESTS_PATH)))
+        sent = self.http.send("GET", _REQUESTS_PATH)
+        self._ahead = (token, sent)
         try:
             yield
         finally:
             self._ahead = None
+            sent.drop()
 
     @faults.one_line
     def rollback(self, token: _Level) -> RestoreReport:
@@ -1119,7 +1118,6 @@ class ElasticsearchAdapter:
         except ConnectionFailed:
             pass  # the server is gone or frozen (said when its restore failed): its snapshots cannot be deleted
         finally:
-            self._sender.close()
             self.http.close()
 
     # -- the crash journal -------------------------------------------------------
