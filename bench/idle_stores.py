@@ -15,7 +15,9 @@ redis-server from PATH, SecantusDB and noida-db in-process providers).
 
 Reported: the median of pytest's own "in X s" (the session, server start-ups included)
 per variant, their ratio, and the difference per test: the plugin's time for a test
-that touches no store. A second suite registers three in-process stores instead
+that touches no store; then the same from the tests' phase alone (the second test's
+start to the last test's end, timed by a conftest hook), which leaves out the servers'
+start-up (whose spread is about a second) and the session-end restore. A second suite registers three in-process stores instead
 (``DictAdapter`` on empty dicts, through ``pytest_rollback_register``): the same
 plugin work per test with no server to ask, which separates the plugin's own time
 from the servers' round trips. The per-store medians of the rollback summary are shown for the
@@ -40,6 +42,30 @@ from plugin_overhead import write_suite  # the same trivial suite (bench/ is on 
 SESSION_TIME = re.compile(r" in ([0-9.]+)s")
 STORE_LINE = re.compile(r"^(redis|mongo|elasticsearch) \([a-z]+\): \d+ restores, median .*$", re.M)
 
+#: appended to both conftests: the time from the second test's start to the last one's end (the first
+#: test's setup starts the servers), written where IDLE_PHASE_FILE says
+PHASE = '''
+
+import os
+import time
+
+_MARKS = []
+
+
+def pytest_runtest_logstart(nodeid, location):
+    if len(_MARKS) < 2:
+        _MARKS.append(time.perf_counter())
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    _MARKS[2:] = [time.perf_counter()]
+
+
+def pytest_unconfigure(config):
+    with open(os.environ["IDLE_PHASE_FILE"], "w") as f:
+        f.write(str(_MARKS[2] - _MARKS[1]))
+'''
+
 CONFTEST = '''\
 import pytest
 
@@ -62,15 +88,26 @@ def pytest_rollback_register(registry):
 '''
 
 
-def run(directory: Path, args: list[str], tests: int, env: dict[str, str]) -> tuple[float, str]:
+def run(directory: Path, args: list[str], tests: int, env: dict[str, str]) -> tuple[float, float, str]:
+    """pytest's session time, the tests' phase (second test to last), and the output."""
     others = sorted({ep.name for ep in entry_points(group="pytest11")} - {"rollback"})
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
            *(a for name in others for a in ("-p", f"no:{name}")), *args, "."]
-    proc = subprocess.run(cmd, cwd=directory, env=env, capture_output=True, text=True, timeout=900)
+    phase = directory / "phase.txt"
+    proc = subprocess.run(cmd, cwd=directory, env={**env, "IDLE_PHASE_FILE": str(phase)}, capture_output=True,
+                          text=True, timeout=900)
     text = proc.stdout + proc.stderr
     if proc.returncode != 0 or f"{tests} passed" not in text:
         raise SystemExit(f"the run failed ({proc.returncode}): {' '.join(cmd)}\n{text[-3000:]}")
-    return float(SESSION_TIME.findall(text)[-1]), text
+    return float(SESSION_TIME.findall(text)[-1]), float(phase.read_text()), text
+
+
+def per_test(on: list[float], off: list[float], tests: int) -> None:
+    """The tests' phase alone (second test to last: no server start-up, no session-end restore)."""
+    m_on, m_off = statistics.median(on), statistics.median(off)
+    print(f"  tests alone (2nd to last): rollback {m_on:.3f} s, --no-rollback {m_off:.3f} s, ratio "
+          f"{m_on / m_off:.2f}x; {(m_on - m_off) / (tests - 1) * 1000:.2f} ms per test "
+          f"(runs: {', '.join(f'{t:.2f}' for t in on)} / {', '.join(f'{t:.2f}' for t in off)})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,25 +127,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pytest-rollback-idle-") as tmp:
         env["PYTEST_ROLLBACK_STATE_DIR"] = str(Path(tmp, "state"))
         suite = Path(tmp, "suite")
-        write_suite(suite, args.tests, CONFTEST)
+        write_suite(suite, args.tests, CONFTEST + PHASE)
         in_process = Path(tmp, "in_process")
-        write_suite(in_process, args.tests, IN_PROCESS_CONFTEST)
+        write_suite(in_process, args.tests, IN_PROCESS_CONFTEST + PHASE)
+        phases: dict[str, list[float]] = {"on": [], "off": [], "local on": [], "local off": []}
         for i in range(args.runs + 1):  # the first round warms the caches and is not kept
-            t_on, last = run(suite, common, args.tests, env)
-            t_off, _ = run(suite, [*common, "--no-rollback"], args.tests, env)
-            l_on, _ = run(in_process, [], args.tests, env)
-            l_off, _ = run(in_process, ["--no-rollback"], args.tests, env)
+            t_on, p_on, last = run(suite, common, args.tests, env)
+            t_off, p_off, _ = run(suite, [*common, "--no-rollback"], args.tests, env)
+            l_on, lp_on, _ = run(in_process, [], args.tests, env)
+            l_off, lp_off, _ = run(in_process, ["--no-rollback"], args.tests, env)
             if i:
                 on.append(t_on)
                 off.append(t_off)
                 local_on.append(l_on)
                 local_off.append(l_off)
+                for key, value in zip(phases, (p_on, p_off, lp_on, lp_off), strict=True):
+                    phases[key].append(value)
     m_on, m_off = statistics.median(on), statistics.median(off)
     print(f"{args.tests} trivial tests, Redis + MongoDB + Elasticsearch started (provider {args.provider}); "
           f"{args.runs} timed runs per variant; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     print(f"  rollback       pytest session {m_on:7.2f} s   (runs: {', '.join(f'{t:.2f}' for t in on)})")
     print(f"  --no-rollback  pytest session {m_off:7.2f} s   (runs: {', '.join(f'{t:.2f}' for t in off)})")
     print(f"  ratio {m_on / m_off:.2f}x; plugin time per untouched test {(m_on - m_off) / args.tests * 1000:.2f} ms")
+    per_test(phases["on"], phases["off"], args.tests)
     for line in STORE_LINE.findall(last) and STORE_LINE.finditer(last):
         print("  last run: " + line.group(0))
     l_on, l_off = statistics.median(local_on), statistics.median(local_off)
@@ -117,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  --no-rollback  pytest session {l_off:7.2f} s   (runs: {', '.join(f'{t:.2f}' for t in local_off)})")
     print(f"  ratio {l_on / l_off:.2f}x; the plugin's own time per test {(l_on - l_off) / args.tests * 1000:.2f} ms "
           f"(three stores checkpointed and rolled back, no round trip)")
+    per_test(phases["local on"], phases["local off"], args.tests)
     return 0
 
 
