@@ -14,14 +14,15 @@ back). Servers come from ``--rollback-provider`` (default ``auto`` with Docker h
 redis-server from PATH, SecantusDB and noida-db in-process providers).
 
 Reported: the median of pytest's own "in X s" (the session, server start-ups included)
-per variant, their ratio, and the difference per test: the plugin's time for a test
-that touches no store; then the same from the tests' phase alone (the second test's
-start to the last test's end, timed by a conftest hook), which leaves out the servers'
-start-up (whose spread is about a second) and the session-end restore. A second suite registers three in-process stores instead
-(``DictAdapter`` on empty dicts, through ``pytest_rollback_register``): the same
-plugin work per test with no server to ask, which separates the plugin's own time
-from the servers' round trips. The per-store medians of the rollback summary are shown for the
-last run. Prints only; asserts nothing.
+per variant, their ratio, and the difference per test: the plugin's time for a test that
+touches no store; then the same from the tests' phase alone (the second test's start to
+the last test's end, timed by a conftest hook), which leaves out the servers' start-up
+(whose spread is about a second) and the session-end restore. A second suite registers
+three in-process stores instead (``DictAdapter`` on empty dicts, through
+``pytest_rollback_register``): the same plugin work per test with no server to ask,
+which separates the plugin's own time from the servers' round trips. The per-store
+medians of the rollback summary are shown for the last run. Prints only; asserts
+nothing.
 """
 
 from __future__ import annotations
