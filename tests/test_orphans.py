@@ -375,6 +375,21 @@ def test_a_server_whose_port_another_process_took_is_not_used(state_dir: Path, s
         first.stop()
 
 
+@pytest.mark.parametrize("store", ["redis", "mongo", "elasticsearch"])
+def test_a_stopped_server_is_killed_at_once_and_its_directory_removed(state_dir: Path, store: str) -> None:
+    """A server the plugin started holds nothing outside its work directory, which goes with it: it is ended
+    with SIGKILL, not asked to shut down (SecantusDB took 2 s on SIGTERM, at the end of every run)."""
+    service = STARTS[store](_settings(state_dir, store))
+    handle = service.stop.__self__  # type: ignore[attr-defined]
+    workdir, pid = Path(handle.workdir), service.extra["pid"]
+    assert workdir.is_dir() and _stat(pid) is not None
+    service.stop()
+    assert handle.proc.returncode == -signal.SIGKILL, "asked to shut down instead"
+    assert not workdir.exists()
+    assert _stat(pid) is None
+    assert not list((state_dir / "servers").glob("*.json")), "its record was left"
+
+
 def test_reaping_ends_nothing_that_is_not_the_recorded_server(state_dir: Path, tmp_path: Path) -> None:
     """A record of a dead run whose pid is now another process (its start time, or its command line, differs)
     leaves that process alone; its record goes, and only a work dir named like the plugin's is removed."""

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 #: work directories of started servers are named so (tempfile prefix): nothing else is ever removed
 WORKDIR_PREFIX = "pytest-rollback-"
-#: how long a server has to exit after SIGTERM before its group gets SIGKILL
+#: how long to wait for a server's group to be gone after SIGKILL, before its work directory is removed
 GRACE = 5.0
 #: where a process cannot be waited for through a pidfd (not Linux), how often it is looked at
 POLL_INTERVAL = 0.2
@@ -88,10 +88,10 @@ def is_ours(pid: int, ticks: int | None, program: str) -> bool | None:
 def end_group(pid: int, ticks: int | None, program: str) -> bool:
     """End the process group that server ``pid`` leads, if ``pid`` is still ours; True when it was ended.
 
-    SIGTERM to the group, up to :data:`GRACE` seconds for the server to exit,
-    then SIGKILL to what is left of the group (a launcher's child, or a stuck
-    server). The group was checked through its leader; while any member is
-    left its id cannot be given to another process.
+    SIGKILL to the group at once: a started server keeps everything in its work
+    directory, which is removed next, so a graceful shutdown would only write
+    what is thrown away. The group was checked through its leader; while any
+    member is left its id cannot be given to another process.
     """
     if not is_ours(pid, ticks, program):
         return False
@@ -101,16 +101,12 @@ def end_group(pid: int, ticks: int | None, program: str) -> bool:
         return False
     kill = os.killpg if group else os.kill
     try:
-        kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + GRACE
-    while time.monotonic() < deadline and running(pid, ticks):
-        time.sleep(0.02)
-    try:
         kill(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        pass
+        return False
+    deadline = time.monotonic() + GRACE
+    while time.monotonic() < deadline and running(pid, ticks):  # (its work directory is removed after)
+        time.sleep(0.02)
     return True
 
 
