@@ -1,4 +1,7 @@
-"""Public types: the adapter protocol, checkpoints, services and reports."""
+"""Public types: the adapter protocol, checkpoints, services and reports.
+
+PYTEST_DONT_REWRITE
+"""
 
 from __future__ import annotations
 

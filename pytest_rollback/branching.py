@@ -5,6 +5,8 @@ each child is put right after its parent's subtree position, so a parent's end
 state is a level of the engine's stack that stays until the next test to run is
 no longer in its subtree. A child whose parent did not pass, was not selected,
 or whose state is no longer held is skipped with a reason naming the parent.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

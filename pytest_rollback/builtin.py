@@ -1,4 +1,7 @@
-"""The built-in stores, registered through the same hook a third party uses."""
+"""The built-in stores, registered through the same hook a third party uses.
+
+PYTEST_DONT_REWRITE
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The checkpoint stack, aligned with pytest's scopes. Knows no store."""
+"""The checkpoint stack, aligned with pytest's scopes. Knows no store.
+
+PYTEST_DONT_REWRITE
+"""
 
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ that replays it as an ordinary test.
 Checkpoints nest (rolling back to one drops those taken after it), so a level
 is reached again by walking down the tree of states already found, replaying
 the action that first reached each state: every state is expanded once.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ client package that is not installed: each is one line naming the store, its
 address (secrets masked) and what to do. Adapters and providers build them
 here, so that every store words them alike (adapters raise them as they
 come, providers as the message of a :class:`~pytest_rollback.api.StoreUnavailable`).
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The public fixtures: services, clients and the ``rollback`` handle."""
+"""The public fixtures: services, clients and the ``rollback`` handle.
+
+PYTEST_DONT_REWRITE
+"""
 
 from __future__ import annotations
 

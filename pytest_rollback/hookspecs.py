@@ -2,6 +2,8 @@
 
 Implement them in a ``conftest.py`` or a plugin. Implementations may take fewer
 arguments than the spec lists.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The ``rollback`` marker, validated by binding its arguments to a signature."""
+"""The ``rollback`` marker, validated by binding its arguments to a signature.
+
+PYTEST_DONT_REWRITE
+"""
 
 from __future__ import annotations
 

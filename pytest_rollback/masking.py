@@ -3,6 +3,8 @@
 Every line the plugin writes or raises that may hold a URL (the header's service
 lines, errors, reports) goes through :func:`mask`. The URL itself
 (``Service.url``) keeps its password: the clients need it.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Options, read with one precedence: command line > environment > ini file > default (as pytest-django)."""
+"""Options, read with one precedence: command line > environment > ini file > default (as pytest-django).
+
+PYTEST_DONT_REWRITE
+"""
 
 from __future__ import annotations
 

@@ -24,6 +24,8 @@ between examples. The plugin's own fixtures (``rollback``, the async clients)
 are safe across examples, so while the test's only function-scoped fixtures are
 the plugin's, the check is suppressed for that test; a fixture of the user's
 still triggers it, naming that fixture.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

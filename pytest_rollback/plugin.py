@@ -1,4 +1,7 @@
-"""pytest hooks: options, hook specs, and the session object that runs the engine."""
+"""pytest hooks: options, hook specs, and the session object that runs the engine.
+
+PYTEST_DONT_REWRITE
+"""
 
 from __future__ import annotations
 

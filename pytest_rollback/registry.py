@@ -1,4 +1,7 @@
-"""The registry that ``pytest_rollback_register`` fills: adapters and stores."""
+"""The registry that ``pytest_rollback_register`` fills: adapters and stores.
+
+PYTEST_DONT_REWRITE
+"""
 
 from __future__ import annotations
 

@@ -13,6 +13,8 @@ Two things live here, both in the :class:`Reporter` plugin object:
   what caused the slowest), and how many fell back to a full restore, by reason.
   Under pytest-xdist each worker sends its figures to the controller through
   ``workeroutput``, and the controller prints one combined summary.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

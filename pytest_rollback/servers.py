@@ -15,6 +15,8 @@ named ``name``: started on first use by the same providers as the built-in one
 start a second server of the same kind; ``url`` makes it external), checkpointed
 and rolled back around every test once started, selectable in markers
 (``@pytest.mark.rollback("redis_modules")``), with its own service line.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

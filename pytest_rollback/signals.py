@@ -13,6 +13,8 @@
   puts the server back on the next run.
 
 Signal handlers can only be set from the main thread; elsewhere nothing is held.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

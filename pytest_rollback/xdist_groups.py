@@ -15,6 +15,8 @@ tree whole:
   record each test's group too: pytest-xdist 3.8 on pytest 9.2 no longer gets
   it to the controller (it renames ``item._nodeid``, which pytest 9.2 ignores),
   and its own ``loadgroup`` splits groups.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

@@ -127,3 +127,34 @@ def test_an_entry_point_that_fails_is_one_usage_error_line(
     output = result.stdout.str() + result.stderr.str()
     assert "Traceback" not in output and "INTERNALERROR" not in output
     assert "test_never" not in result.stdout.str()
+
+
+def test_pytest_does_not_rewrite_the_plugins_own_modules(pytester: pytest.Pytester) -> None:
+    """pytest rewrites the asserts of every module of a plugin's distribution, at a cost on every run where
+    bytecode is not cached; the plugin's modules carry PYTEST_DONT_REWRITE (all of them: a module added
+    without it is named here), and an inner run imports them unrewritten. ``testing`` (the conformance
+    kit, whose asserts are its users') is left to rewrite."""
+    import ast
+
+    import pytest_rollback
+
+    root = Path(pytest_rollback.__file__).parent
+    missing = [
+        str(path.relative_to(root)) for path in sorted(root.rglob("*.py"))
+        if path.name != "testing.py"
+        and "PYTEST_DONT_REWRITE" not in (ast.get_docstring(ast.parse(path.read_text())) or "")
+    ]
+    assert missing == []
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        test_rewritten="""
+        import importlib
+
+        def test_not_rewritten():
+            for name in ("pytest_rollback.plugin", "pytest_rollback.engine", "pytest_rollback.adapters.redis"):
+                module = importlib.import_module(name)
+                assert "@py_builtins" not in vars(module), name
+        """
+    )
+    result = pytester.runpytest_subprocess(*INNER)
+    result.assert_outcomes(passed=1)

@@ -5,6 +5,8 @@ The engine asks every store's adapter to send the first request of its rollback
 servers are in flight at once. An adapter whose client blocks (pymongo, urllib3)
 hands that request to its :class:`Ahead` thread and takes the reply from the
 returned future when its rollback needs it.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ tests touch no store, and their restore's probes are a few small requests whose
 cost was mostly urllib3's and http.client's (pool bookkeeping, headers parsed by
 the email package), about three times what the request itself costs.
 ``https://`` goes through urllib3, which verifies the server's certificate.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ pymongo's to do. Anything else keeps pymongo's ``serverStatus``.
 Errors are raised as pymongo's (``AutoReconnect``, ``NetworkTimeout``,
 ``OperationFailure``), so the adapter treats a dead or frozen server the same
 way whichever path the probe took.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ keyspace notifications *and* runs commands (RESP3 allows both), push messages
 read in order with the replies (so a reply is a barrier for every event that the
 server published before it), and a connection that never reconnects on its own,
 so that a dropped subscription is always noticed.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

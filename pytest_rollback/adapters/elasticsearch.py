@@ -61,6 +61,8 @@ a :class:`RollbackWarning` naming the checkpoint and the object: on a server
 that cannot clone a closed index, a mapping change to it or what was written
 while a test had it open; data streams; a template or cluster setting the
 server refused to put back.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ before that adapter starts (``write_ident``), so a run killed while taking a
 checkpoint still leaves the names of its leftovers. :func:`recover` clones the indices back from their snapshots (only
 those that changed), puts back aliases, settings, templates and cluster
 settings, and deletes every index the dead run made.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""A minimal adapter over a plain ``dict``: the reference for adapter authors."""
+"""A minimal adapter over a plain ``dict``: the reference for adapter authors.
+
+PYTEST_DONT_REWRITE
+"""
 
 from __future__ import annotations
 

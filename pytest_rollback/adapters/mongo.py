@@ -57,6 +57,8 @@ the next rollback is a full one.
 
 The adapter's own database (``__pytest_rollback__`` by default) is never one of
 the user's, so ``list_collection_names()`` of theirs shows no trace.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

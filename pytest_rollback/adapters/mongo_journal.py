@@ -12,6 +12,8 @@ holds in memory:
 :func:`recover` makes the databases equal to that again (a collection that is
 still the same is patched document by document, others are rebuilt with their
 options and indexes), and drops the adapter's own database, the run's leftover.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

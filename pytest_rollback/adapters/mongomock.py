@@ -32,6 +32,8 @@ Where the installed mongomock lacks the layout this relies on (checked once,
 when the adapter starts), the adapter falls back to the older strategy,
 :class:`~pytest_rollback.adapters.mongomock_copy.CopyOnTouch`: each collection
 touched after a checkpoint is copied whole.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

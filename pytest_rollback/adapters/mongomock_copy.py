@@ -18,6 +18,8 @@ So untouched collections cost nothing; a touched one costs a copy of its size
 in this process (no round trips). Reads count as touches: mongomock updates
 documents in place, so a read and a write cannot be told apart at the store.
 The snapshots live in the adapter, never in the user's databases.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

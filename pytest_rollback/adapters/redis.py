@@ -47,6 +47,8 @@ reached by URL, some managed services) get the ``snapshot`` strategy: a full cop
 every checkpoint and a full comparison at every rollback. Exact, but its cost grows
 with the data. fakeredis served from this process (the ``embedded`` provider) gets a
 journal on its own databases instead: see ``redis_inprocess``.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

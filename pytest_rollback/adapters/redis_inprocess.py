@@ -21,6 +21,8 @@ every command reaches its keys:
 So a checkpoint costs nothing but reading the server's functions and ACL users (two
 local round trips), and a rollback costs the keys touched since the checkpoint. The
 journal lives in this process; nothing is written to the server.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

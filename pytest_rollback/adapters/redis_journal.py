@@ -18,6 +18,8 @@ start (``RedisAdapter.save_journal``), before any test can write:
 (a paused server, a busy script), then the ACL users and functions, then the
 configuration, then the keys
 (comparing, and rewriting only the keys that differ), then the flags.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Ways to get a server: one module per provider (external, docker, local, embedded)."""
+"""Ways to get a server: one module per provider (external, docker, local, embedded).
+
+PYTEST_DONT_REWRITE
+"""
 
 from __future__ import annotations
 

@@ -11,6 +11,8 @@ watchdog. No reaper image (Ryuk) is needed.
 
 Like :mod:`.watchdog`, a program of the standard library alone, run by its
 path, so that it starts in milliseconds and imports neither pytest nor docker.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ With reuse (``--rollback-docker-reuse``) a container is kept at the end, and the
 next run of the same project with the same configuration takes it again: it
 checks that it answers and that it is not in use by another run (a lock in the
 state directory), empties it, and announces ``reused <container> (started <when>)``.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The ``embedded`` provider: a server inside this process (no binary, no Docker)."""
+"""The ``embedded`` provider: a server inside this process (no binary, no Docker).
+
+PYTEST_DONT_REWRITE
+"""
 
 from __future__ import annotations
 

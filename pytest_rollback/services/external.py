@@ -1,4 +1,7 @@
-"""The ``external`` provider: a server someone else runs, given by URL."""
+"""The ``external`` provider: a server someone else runs, given by URL.
+
+PYTEST_DONT_REWRITE
+"""
 
 from __future__ import annotations
 

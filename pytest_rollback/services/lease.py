@@ -13,6 +13,8 @@ to where it was before the run (the store's files). The journal is written
 before any test can write, and removed once the server is back at the end of
 the run. A run that finds a journal when it takes the lock found a run that
 ended without putting the server back: it puts it back first (``recovery.py``).
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The ``local`` provider: a server binary on this machine, started on a free port."""
+"""The ``local`` provider: a server binary on this machine, started on a free port.
+
+PYTEST_DONT_REWRITE
+"""
 
 from __future__ import annotations
 

@@ -20,6 +20,8 @@ server all pytest-xdist workers share: a worker starts it, the controller stops
 it after every worker, so the controller owns it. The *run* is the top pytest
 process (the controller under xdist): at its end the controller ends whatever
 of its run is left (:func:`end_run`), servers of workers that crashed included.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ back, so a started server counts as ready only when every socket listening on
 its port belongs to its process group (Linux: the socket inodes of
 ``/proc/net/tcp`` against ``/proc/<pid>/fd``). Elsewhere this cannot be told
 and the answer is ``None``.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ For every such server a run:
 
 A store that can be put back after a crash has a ``recover`` function on its
 :class:`~pytest_rollback.Store` and an adapter with ``save_journal(path)``.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ workers' input); the others read that file. The server belongs to the
 controller (see :mod:`.orphans`): its watchdog ends it if the controller dies,
 and the controller ends it, with whatever else of its run is left, when the
 session ends.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

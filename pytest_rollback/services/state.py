@@ -8,6 +8,8 @@ the plugin started (so that a later run can end what a killed one left).
 
 It is a directory of the user's own, readable by them alone (mode 0700): a
 journal may hold a server's URL with its password, and a copy of its data.
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ the package would import pytest: ~150 ms of a CPU next to every server start;
 as it is, ~10 ms), and what :mod:`~pytest_rollback.services.orphans` uses to
 end a recorded server. It reads ``/proc/<pid>/stat`` itself for the same
 reason (``state.py`` imports dataclasses).
+
+PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations
