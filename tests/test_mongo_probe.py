@@ -21,8 +21,8 @@ import pytest
 from pymongo import monitoring
 from pymongo.errors import AutoReconnect, NetworkTimeout, OperationFailure
 
-from pytest_rollback.adapters._mongo_probe import ProbeSocket
-from pytest_rollback.adapters.mongo import MongoAdapter, _lean
+from pytest_rollback.adapters._mongo_probe import ProbeSocket, eligible
+from pytest_rollback.adapters.mongo import MongoAdapter
 from pytest_rollback.api import Service
 
 
@@ -200,4 +200,4 @@ def test_a_reply_to_another_request_is_refused(fake_server: Any) -> None:
     ],
 )
 def test_urls_with_credentials_tls_or_a_balancer_keep_pymongos_probe(url: str, lean: bool) -> None:
-    assert _lean(url) is lean
+    assert eligible(url) is lean

@@ -2,9 +2,10 @@
 
 The engine asks every store's adapter to send the first request of its rollback
 (its probe) before it rolls the first one back, so that the probes of several
-servers are in flight at once. An adapter whose client blocks (pymongo, urllib3)
-hands that request to its :class:`Ahead` thread and takes the reply from the
-returned future when its rollback needs it.
+servers are in flight at once. An adapter whose client blocks (pymongo, where the
+MongoDB adapter cannot use its own probe socket) hands that request to its
+:class:`Ahead` thread and takes the reply from the returned future when its
+rollback needs it.
 
 PYTEST_DONT_REWRITE
 """

@@ -162,10 +162,8 @@ class Http:
             conn.close()
         try:
             return _Connection(self.host, self.port, self.timeout)
-        except TimeoutError:
-            raise ConnectionFailed("no reply", timed_out=True) from None
         except OSError as exc:
-            raise ConnectionFailed(faults.reason(exc), timed_out=False) from None
+            raise _failure(exc) from None
 
     def _put_back(self, conn: _Connection) -> bool:
         with self._lock:

@@ -29,7 +29,8 @@ import threading
 from typing import Any
 
 import bson
-from pymongo.errors import AutoReconnect, NetworkTimeout, OperationFailure
+from pymongo import uri_parser
+from pymongo.errors import AutoReconnect, NetworkTimeout, OperationFailure, PyMongoError
 
 #: opcode of OP_MSG, and the header before its flags: length, request id, response to, opcode
 _OP_MSG = 2013
@@ -40,13 +41,18 @@ _CHECKSUM_PRESENT = 1
 _MAX_REPLY = 48 * 1000 * 1000
 
 
-def eligible(url: str, options: dict[str, Any], username: str | None) -> bool:
-    """True when ``url`` (parsed into ``options`` and ``username``) reaches its server with neither
-    credentials nor TLS, not through DNS seed lists or a load balancer: a plain socket then talks to it as
-    pymongo would."""
-    if url.startswith("mongodb+srv://") or username:
+def eligible(url: str) -> bool:
+    """True when ``url`` reaches its server with neither credentials nor TLS, not through DNS seed lists,
+    a load balancer or compression: a plain socket then talks to it as pymongo would."""
+    if url.startswith("mongodb+srv://"):
         return False
-    flags = {str(key).lower(): value for key, value in options.items()}
+    try:
+        parsed = uri_parser.parse_uri(url)
+    except (PyMongoError, ValueError):
+        return False
+    if parsed.get("username"):
+        return False
+    flags = {str(key).lower(): value for key, value in (parsed.get("options") or {}).items()}
     return not (
         flags.get("tls") or flags.get("ssl") or flags.get("authmechanism") or flags.get("loadbalanced")
         or flags.get("compressors")

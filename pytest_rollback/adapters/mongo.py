@@ -75,7 +75,7 @@ from typing import Any
 
 import bson
 from bson.raw_bson import RawBSONDocument
-from pymongo import DeleteOne, IndexModel, MongoClient, ReplaceOne, monitoring, uri_parser
+from pymongo import DeleteOne, IndexModel, MongoClient, ReplaceOne, monitoring
 from pymongo.errors import (
     ClientBulkWriteException,
     ConnectionFailure,
@@ -424,7 +424,7 @@ class MongoAdapter:
         self._sender = Ahead("mongo")
         #: the quiet probe's own socket (a deployment of one server, without credentials or TLS), else None
         self._probe: ProbeSocket | None = None
-        self._lean = _lean(url)
+        self._lean = eligible(url)
         #: how far the counters of ``_baseline`` moved at the last probe that was not quiet (None: unknown)
         self._moved: tuple[int, ...] | None = None
         #: what clients made with :meth:`listener` sent this server (their updates and findAndModify)
@@ -1344,15 +1344,6 @@ class MongoAdapter:
             self._probe.close()
         self.client.close()
         self._abandoned.clear()
-
-
-def _lean(url: str) -> bool:
-    """Whether the quiet probe may go on a socket of the adapter's own (see ``_mongo_probe``)."""
-    try:
-        parsed = uri_parser.parse_uri(url)
-    except (PyMongoError, ValueError):
-        return False
-    return eligible(url, dict(parsed.get("options") or {}), parsed.get("username"))
 
 
 def _first_cause(exc: PyMongoError) -> str:
