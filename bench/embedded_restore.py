@@ -5,7 +5,7 @@ Run from the repository root::
     .venv/bin/python bench/embedded_restore.py          # about 4 minutes
     .venv/bin/python bench/embedded_restore.py --quick  # fewer repetitions
     .venv/bin/python bench/embedded_restore.py --only mongomock
-    .venv/bin/python bench/embedded_restore.py --grid   # k = 0, 1, 10, 100, 1000 at N = 1k, 10k, 100k (~5-7 min)
+    .venv/bin/python bench/embedded_restore.py --grid   # k = 0, 1, 10, 100, 1000 at N = 1k, 10k, 100k (~4 min)
     .venv/bin/python bench/embedded_restore.py --grid --sizes 1000,10000 --quick  # a short check
 
 It starts fakeredis the way ``--rollback-provider=embedded`` does (served over TCP
