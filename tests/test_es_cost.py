@@ -136,6 +136,11 @@ class Sent:
         return [path for _method, path, _body in calls if "/_clone/" in path]
 
     @staticmethod
+    def statistics(calls: list[tuple[str, str, Any]]) -> int:
+        """Readings of the index statistics among ``calls`` (noida-db reads every document for one)."""
+        return sum(1 for _m, path, _b in calls if path.endswith("/_stats"))
+
+    @staticmethod
     def documents_written(calls: list[tuple[str, str, Any]]) -> int:
         """Actions of the bulk requests among ``calls``."""
         lines = [json.loads(line) for _m, path, body in calls if path == "/_bulk" for line in body.splitlines()]
@@ -186,6 +191,8 @@ def test_k_noted_writes_are_put_back_as_k_documents(
         assert Sent.clones(calls) == []
         # 0, 7, 14, 21 updated (7 indexed again); "new" indexed and updated; the auto id; 5, 6 deleted
         assert Sent.documents_written(calls) == 8
+        # the server answered others only what the adapter noted: no reading of the statistics
+        assert Sent.statistics(calls) == 0
         assert report.mode == "incremental"
         assert state(adapter) == before
         assert uuid_of(client, "products") == uuid
@@ -220,7 +227,29 @@ def test_writes_the_notes_do_not_account_for_are_cloned_back(
     calls = sent.take()
     assert len(Sent.clones(calls)) == 1
     assert Sent.documents_written(calls) == 0
+    # a write nobody noted: the statistics are read; a mapping extended by noted writes is seen without them
+    assert Sent.statistics(calls) == (0 if what == "a new field" else 1)
     assert state(adapter) == before
+
+
+def document_write(client: Elasticsearch, kind: str, index: str, doc_id: str, round_: int) -> bool:
+    """One write of ``kind`` (index, update, delete, create, bulk) through ``client``, refusals (a missing
+    document, a version conflict) let through; False for another kind."""
+    quiet = client.options(ignore_status=(404, 409))
+    if kind == "index":
+        quiet.index(index=index, id=doc_id, document={"name": f"w{round_}", "n": round_})
+    elif kind == "update":
+        quiet.update(index=index, id=doc_id, doc={"n": -round_})
+    elif kind == "delete":
+        quiet.delete(index=index, id=doc_id)
+    elif kind == "create":
+        quiet.create(index=index, id=doc_id, document={"name": "created", "n": 5})
+    elif kind == "bulk":
+        helpers.bulk(client, [{"_op_type": "delete", "_index": index, "_id": doc_id},
+                              {"_index": index, "_source": {"name": "auto", "n": 1}}], raise_on_error=False)
+    else:
+        return False
+    return True
 
 
 def test_noted_and_other_writes_at_random_are_rolled_back_exactly(
@@ -246,17 +275,9 @@ def test_noted_and_other_writes_at_random_are_rolled_back_exactly(
             index, doc_id = rng.choice("ab"), str(rng.randrange(150))
             kind = rng.choices(["index", "update", "delete", "bulk", "plain", "dbq", "refresh", "field", "inner"],
                                [5, 5, 4, 3, 1, 1, 1, 1, 1])[0]
-            quiet = noted.options(ignore_status=(404, 409))
-            if kind == "index":
-                quiet.index(index=index, id=doc_id, document={"name": f"w{round_}", "n": round_})
-            elif kind == "update":
-                quiet.update(index=index, id=doc_id, doc={"n": -round_})
-            elif kind == "delete":
-                quiet.delete(index=index, id=doc_id)
-            elif kind == "bulk":
-                helpers.bulk(noted, [{"_op_type": "delete", "_index": index, "_id": doc_id},
-                                     {"_index": index, "_source": {"name": "auto", "n": 1}}], raise_on_error=False)
-            elif kind == "plain":
+            if document_write(noted, kind, index, doc_id, round_):
+                continue
+            if kind == "plain":
                 client.index(index=index, id=doc_id, document={"name": "plain", "n": 2})
             elif kind == "dbq":
                 noted.delete_by_query(index=index, query={"term": {"n": rng.randrange(40)}}, refresh=True,
@@ -277,3 +298,78 @@ def test_noted_and_other_writes_at_random_are_rolled_back_exactly(
         assert state(adapter) == before, f"round {round_}"
         adapter.release(cp)
     assert {"clone", "documents"} <= modes
+
+
+@pytest.mark.parametrize("what", ["a new index", "two shards", "a write in a nested level"])
+def test_noted_writes_the_fingerprints_cannot_follow_are_read_from_the_statistics(
+    es: tuple[Elasticsearch, ElasticsearchAdapter], noted: Elasticsearch, what: str
+) -> None:
+    """Only noted writes, but to an index the last look did not know (the cluster state moved), or to an
+    index of several shards (its sequence numbers are per shard): the statistics are read, and the
+    rollback is exact. Noted writes on both sides of a nested checkpoint are followed through it."""
+    client, adapter = es
+    seed(client, "products", 200)
+    if what == "two shards":
+        client.indices.create(index="sharded", settings={"number_of_shards": 2, "number_of_replicas": 0})
+        client.index(index="sharded", id="1", document={"name": "s1", "n": 1}, refresh=True)
+    adapter.checkpoint("session")
+    before = state(adapter)
+    sent = Sent(adapter)
+    cp = adapter.checkpoint("test")
+    noted.update(index="products", id="1", doc={"n": -1})
+    if what == "a new index":
+        noted.index(index="fresh", id="1", document={"name": "new", "n": 0})
+    elif what == "two shards":
+        noted.index(index="sharded", id="2", document={"name": "s2", "n": 2})
+    else:
+        inner = adapter.checkpoint("inner")
+        inside = state(adapter)
+        noted.update(index="products", id="2", doc={"n": -2})
+        sent.take()
+        adapter.rollback(inner)
+        assert Sent.statistics(sent.take()) == 0
+        assert state(adapter) == inside
+        noted.update(index="products", id="3", doc={"n": -3})
+    sent.take()
+    adapter.rollback(cp)
+    calls = sent.take()
+    assert Sent.statistics(calls) == (0 if what == "a write in a nested level" else 1)
+    assert state(adapter) == before
+    assert client.get(index="products", id="1")["_source"] == {"name": "p1", "n": 1}
+
+
+def test_noted_writes_at_random_are_followed_without_the_statistics(
+    es: tuple[Elasticsearch, ElasticsearchAdapter], noted: Elasticsearch
+) -> None:
+    """Random writes only through the noting client (some refused: a missing document, a version
+    conflict), with nested checkpoints: each rollback is exact, and where the server answered others
+    only what was noted, the indices' fingerprints come from the notes (no statistics read)."""
+    import random
+
+    client, adapter = es
+    rng = random.Random(16)
+    seed(client, "a", 80)
+    seed(client, "b", 30)
+    adapter.checkpoint("session")
+    sent = Sent(adapter)
+    without = 0
+    for round_ in range(30):
+        before = state(adapter)
+        cp = adapter.checkpoint(f"test {round_}")
+        for _ in range(rng.randint(1, 5)):
+            index, doc_id = rng.choice("ab"), str(rng.randrange(100))
+            kind = rng.choice(["index", "update", "delete", "bulk", "create", "inner"])
+            if not document_write(noted, kind, index, doc_id, round_):
+                inside = state(adapter)
+                inner = adapter.checkpoint("inner")
+                noted.index(index=index, id=doc_id, document={"name": "in inner", "n": 3})
+                adapter.rollback(inner)
+                assert state(adapter) == inside, f"round {round_}: inner"
+                adapter.release(inner)
+        sent.take()
+        adapter.rollback(cp)
+        calls = sent.take()
+        without += Sent.statistics(calls) == 0 and Sent.documents_written(calls) > 0
+        assert state(adapter) == before, f"round {round_}"
+        adapter.release(cp)
+    assert 5 <= without < 30, f"{without} of 30 rollbacks went without the statistics (refusals: with them)"

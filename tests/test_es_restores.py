@@ -130,3 +130,39 @@ def test_cluster_blocks_are_lifted_before_any_index_is_touched_and_the_checkpoin
     finally:
         _unblock(es)
         adapter.close()
+
+
+def _aliases(client: Elasticsearch) -> dict[str, Any]:
+    return {name: data["aliases"] for name, data in client.indices.get(index="*,-.*").items()}
+
+
+@pytest.mark.parametrize("what", ["alias removed", "alias changed", "documents written", "index deleted"])
+def test_an_alias_named_as_an_index_is_put_back(noida: Service, es: Elasticsearch, what: str) -> None:
+    """noida-db lets an index be created with an alias that names another index, but refuses to add such
+    an alias afterwards (``_aliases``). An index cloned back gets its aliases in the clone request, and one
+    whose alias was taken away is cloned back too: the restore neither fails nor marks the store broken."""
+    es.index(index="al1", id="1", document={"n": 1}, refresh=True)
+    es.indices.create(index="a", aliases={"al1": {}, "other": {}})
+    es.index(index="a", id="1", document={"n": 1}, refresh=True)
+    adapter = ElasticsearchAdapter(noida.url)
+    try:
+        adapter.checkpoint("session")
+        before = dict(adapter.observe().state)
+        cp = adapter.checkpoint("test")
+        if what == "alias removed":
+            es.indices.delete_alias(index="a", name="al1")
+        elif what == "alias changed":
+            es.indices.delete_alias(index="a", name="al1")
+            es.indices.create(index="b", aliases={"al1": {"filter": {"term": {"n": 1}}}})
+            es.indices.delete(index="b")
+            es.indices.put_alias(index="a", name="other", filter={"term": {"n": 2}})
+        elif what == "documents written":
+            es.index(index="a", id="2", document={"n": 2}, refresh=True)
+        else:
+            es.indices.delete(index="a")
+        adapter.rollback(cp)
+        assert dict(adapter.observe().state) == before
+        assert _aliases(es)["a"] == {"al1": {}, "other": {}}
+        adapter.release(cp)
+    finally:
+        adapter.close()

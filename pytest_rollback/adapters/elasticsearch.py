@@ -38,7 +38,10 @@ How it works:
   mapping did not change, gets back only those documents (``_mget`` of the
   snapshot, one ``_bulk``, refreshed) instead of a clone, when they are few
   enough to cost less than one; the bulk's sequence numbers are its new
-  fingerprint.
+  fingerprint. When every request of other clients since the last look was one
+  a noting client saw answered (the request counts say) and the cluster state
+  did not move, the sequence numbers come from the notes: the statistics are
+  not read.
 
 * **Blocks** a test put on an index (``index.blocks.read_only``, ``..._allow_delete``,
   ``read``, ``write``, ``metadata``: they refuse the deletes, clones and settings
@@ -300,6 +303,13 @@ class ElasticsearchAdapter:
         #: there were at the last reading of the counts: when every request other clients sent since is one
         #: of them, nothing was written
         self._noted_reads = self._noted_reads_at = 0
+        #: answers to writes of such a client that named their sequence numbers (:meth:`note`), and how many at
+        #: the last reading of the counts
+        self._noted_writes = self._noted_writes_at = 0
+        #: set by :meth:`_quiet` when every request of other clients since the last look was one a client of
+        #: :meth:`node_class` saw answered, and some wrote: the indices are then those of the last look plus
+        #: what the notes name, and the next look need not read the statistics (:meth:`_noted_fingerprints`)
+        self._noted_since = False
         #: what answers to other clients' writes said (:meth:`note`): index -> sequence number -> document id,
         #: since the index's snapshot was taken or cloned back
         self._notes: dict[str, dict[int, str]] = {}
@@ -426,11 +436,13 @@ class ElasticsearchAdapter:
         Reads the counts (one round trip, or the reply to the reading sent ``ahead``), which the next
         call compares with.
         """
-        looked, self._looked = self._looked, None
-        before, sent_at, reads_at = self._requests, self._sent_at, self._noted_reads_at
-        reads = self._noted_reads  # before the reading: a read answered after it is the next reading's
+        looked, self._looked, self._noted_since = self._looked, None, False
+        before, sent_at = self._requests, self._sent_at
+        reads_at, writes_at = self._noted_reads_at, self._noted_writes_at
+        # before the reading: an answer noted after it is the next reading's
+        reads, writes = self._noted_reads, self._noted_writes
         counts = self._request_counts(ahead)
-        self._requests, self._sent_at, self._noted_reads_at = counts, self._sent, reads
+        self._requests, self._sent_at, self._noted_reads_at, self._noted_writes_at = counts, self._sent, reads, writes
         if counts is None or before is None or looked is None:
             return None
         (opened, now), (opened_before, base) = counts, before
@@ -455,14 +467,41 @@ class ElasticsearchAdapter:
         # every other request is a read, by the last path each client sent, or by the reads a noting client
         # saw answered (a write, or a request of a client that notes nothing, makes the totals differ)
         if not one_read_each and theirs != reads - reads_at:
+            # every other request was answered to a noting client, and some were writes it noted
+            self._noted_since = writes > writes_at and theirs == reads - reads_at + writes - writes_at
             return None
         self._looked = looked
         return looked
 
     def _look(self) -> tuple[Mark, dict[str, Fp]]:
         """The cluster state's mark and every index's fingerprint (closed ones too where the server gives
-        them): two round trips."""
-        return self._mark(), self._fingerprints()
+        them): two round trips, or one when :meth:`_quiet` found only noted requests since the last look."""
+        noted, self._noted_since = self._noted_since, False
+        csv = self._mark()
+        fps = self._noted_fingerprints() if noted and csv == self._csv else None
+        return csv, fps if fps is not None else self._fingerprints()
+
+    def _noted_fingerprints(self) -> dict[str, Fp] | None:
+        """Every index's fingerprint without the statistics (which noida-db answers by reading every
+        document), when the server answered other clients only what a client of :meth:`node_class`
+        noted since the last look and the cluster state did not move: the fingerprints the indices had
+        then (each equalled its snapshot), the sequence numbers moved to the last one noted. None where
+        that is not certain: an index without a snapshot, a note of an index not known, an index of
+        several shards that was written.
+
+        A write no answer named (a sequence number a failed write took) is not seen here; putting the
+        documents back finds it (its bulk's sequence numbers do not follow) and clones the index, and the
+        next reading of the statistics sees what it left.
+        """
+        if set(self._current) != set(self._known) or not set(self._notes) <= set(self._current):
+            return None
+        fps: dict[str, Fp] = {}
+        for name, (_snap, (index_uuid, seqs)) in self._current.items():
+            later = [seq for seq in self._notes.get(name, ()) if seq > max(seqs, default=-1)]
+            if later and len(seqs) != 1:
+                return None
+            fps[name] = (index_uuid, (max(later),)) if later else (index_uuid, seqs)
+        return fps
 
     def _read_meta(self, pattern: str | None = None) -> dict[str, _Meta]:
         body = self._call("GET", f"/{pattern or self._pattern}", ok=(404,), expand_wildcards="all",
@@ -548,21 +587,25 @@ class ElasticsearchAdapter:
             self._call("POST", f"/{snap.index}/_close")
         return snap
 
-    def _clone(self, source: str, target: str, settings: dict[str, Any], then: dict[str, str]) -> None:
-        """Clone ``source`` into ``target`` with ``settings``, and the routing partition size of ``then``
-        (noida-db gives a clone ``index.routing_partition_size: 1`` where its source had none)."""
+    def _clone(self, source: str, target: str, settings: dict[str, Any], then: dict[str, str],
+               aliases: dict[str, Any] | None = None) -> None:
+        """Clone ``source`` into ``target`` with ``settings`` and ``aliases``, and the routing partition
+        size of ``then`` (noida-db gives a clone ``index.routing_partition_size: 1`` where its source had
+        none). The aliases go in the clone request: noida-db lets an index be made with an alias that
+        names another index, but refuses to add one afterwards."""
         body = dict(settings)
         if self._clone_unsets_partition:
             body["index.routing_partition_size"] = then.get("index.routing_partition_size")
         after = {**then, **{k: v for k, v in settings.items() if v is not None}}
+        extra = {"aliases": aliases} if aliases else {}
         try:
-            self._call("POST", f"/{source}/_clone/{target}", {"settings": self._blockless(body, after)})
+            self._call("POST", f"/{source}/_clone/{target}", {"settings": self._blockless(body, after), **extra})
         except HttpError as exc:
             if exc.status != 400 or not (self._clone_unsets_partition or self._unsets_block_group):
                 raise
             # a server that refuses these nulls (then it does not leave what they take away either)
             self._clone_unsets_partition = self._unsets_block_group = False
-            self._call("POST", f"/{source}/_clone/{target}", {"settings": settings})
+            self._call("POST", f"/{source}/_clone/{target}", {"settings": settings, **extra})
 
     def _blockless(self, body: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         """``body`` with its block nulls made one ``index.blocks: null`` when no block is left ``after`` it:
@@ -625,7 +668,8 @@ class ElasticsearchAdapter:
         if self._requests is None:  # the first reading of the request counts, for the rollbacks to compare
             self._looked = None
             self._requests = self._request_counts()
-            self._sent_at, self._noted_reads_at = self._sent, self._noted_reads
+            self._sent_at = self._sent
+            self._noted_reads_at, self._noted_writes_at = self._noted_reads, self._noted_writes
         else:  # nothing happened since the last look: the indices are in the state of the level it saw
             looked = self._quiet()
         try:
@@ -646,6 +690,7 @@ class ElasticsearchAdapter:
         self._notes.clear()
         self._csv = None
         self._looked = None
+        self._noted_since = False
 
     def _checkpoint(self, label: str | None) -> _Level:
         csv, fps = self._look()
@@ -797,6 +842,13 @@ class ElasticsearchAdapter:
                     restore.append(name)
                     continue
                 docs[name] = ids  # only documents moved: put back one by one, definitions compared below
+            if live.aliases != st.aliases and any(
+                alias in self._known or alias in token.indices
+                for alias, spec in st.aliases.items() if live.aliases.get(alias) != spec
+            ):  # an alias that names an index, which only a new index may be given (noida-db): a clone
+                docs.pop(name, None)
+                restore.append(name)
+                continue
             wanted = {**st.snap.settings, **{k: v for k, v in st.overrides.items() if v is not None}}
             diff = {k: wanted.get(k) for k in set(wanted) | set(live.settings) if wanted.get(k) != live.settings.get(k)}
             wants[name] = wanted
@@ -827,14 +879,14 @@ class ElasticsearchAdapter:
         for name in restore:
             st = token.indices[name]
             assert st.snap is not None
-            self._clone(st.snap.index, name, st.overrides, st.snap.settings)
+            self._clone(st.snap.index, name, st.overrides, st.snap.settings, st.aliases)
             if st.closed:
                 close.append(name)
         actions: list[dict[str, Any]] = []
         for name in fix_aliases:
             live = self._known[name]
             actions += [{"remove": {"index": name, "alias": alias}} for alias in live.aliases]
-        for name in [*fix_aliases, *restore]:
+        for name in fix_aliases:  # a clone has its aliases already
             kept = token.indices[name].aliases
             actions += [{"add": {"index": name, "alias": alias, **spec}} for alias, spec in kept.items()]
         if actions:
@@ -988,6 +1040,8 @@ class ElasticsearchAdapter:
                         adapter.note(json.loads(resp.body))
                     except ValueError:
                         pass
+                    else:
+                        adapter._noted_writes += 1
                 return resp
 
         return NotingNode
