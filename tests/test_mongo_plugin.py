@@ -179,6 +179,54 @@ def test_embedded_providers_run_the_same_suite(pytester: pytest.Pytester, embedd
     result.stdout.fnmatch_lines([line])
 
 
+def test_the_embedded_secantusdb_takes_no_retryable_writes(pytester: pytest.Pytester) -> None:
+    """SecantusDB keeps a reply per retryable write for 30 minutes and scans them all on each one (past
+    10,000 it sorts them), so a long run's writes grew slower and slower (0.46 ms per update at first,
+    2.4 ms after 12,000): the embedded server's URL turns retryable writes off, for ``mongo_client``,
+    the adapter's own writes and any client made from ``mongo_service.url``."""
+    pytester.makeini(INI)
+    pytester.makeconftest("""
+        from pymongo import monitoring
+
+        SENT = []
+
+
+        class Listener(monitoring.CommandListener):
+            def started(self, event):
+                if event.command_name in ("insert", "update", "delete", "findAndModify", "bulkWrite"):
+                    SENT.append((event.command_name, "txnNumber" in event.command))
+
+            def succeeded(self, event):
+                pass
+
+            def failed(self, event):
+                pass
+
+
+        monitoring.register(Listener())
+    """)
+    pytester.makepyfile(test_a="""
+        import pymongo
+        from conftest import SENT
+
+
+        def test_writes(mongo_client, mongo_service):
+            assert "retryWrites=false" in mongo_service.url
+            mongo_client.shop.products.insert_one({"_id": 1})
+            mongo_client.shop.products.update_one({"_id": 1}, {"$set": {"n": 2}})
+            with pymongo.MongoClient(mongo_service.url) as own:
+                own.shop.orders.insert_one({"_id": 1})
+
+
+        def test_nothing_was_retryable(mongo_client):
+            assert mongo_client.shop.products.count_documents({}) == 0
+            assert len(SENT) >= 4, SENT  # the test's three, and the restore's own
+            assert not [name for name, retryable in SENT if retryable], SENT
+    """)
+    result = pytester.runpytest(*INNER, "--rollback-provider=embedded", "--rollback-mongo-embedded=secantusdb")
+    result.assert_outcomes(passed=2)
+
+
 def test_auto_without_docker_or_mongod_picks_the_embedded_server(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -131,7 +131,10 @@ def find_secantusd() -> str | None:
 def secantusdb(settings: StoreSettings) -> Service:
     """Start SecantusDB (a MongoDB-compatible replica set of one) on 127.0.0.1, in memory.
 
-    Under pytest-xdist the workers share one server, each with its own database.
+    Under pytest-xdist the workers share one server, each with its own database. Its URL turns
+    retryable writes off (``retryWrites=false``) for every client made from it: SecantusDB's
+    bookkeeping of them costs each retryable write time in proportion to those of the last 30
+    minutes, and a server of one on the loopback has no failover for a retry to ride out.
     """
     from .shared import shared
 
@@ -175,7 +178,9 @@ def _start_secantusdb(exe: str, settings: StoreSettings) -> Service:
     return Service(
         name="mongo",
         provider="embedded",
-        url=f"mongodb://127.0.0.1:{handle.port}/?directConnection=true",
+        # without retryable writes: SecantusDB keeps a reply per retryable write for 30 minutes and scans
+        # them all on each one (past 10,000 it sorts them), so a long run's writes grew slower and slower
+        url=f"mongodb://127.0.0.1:{handle.port}/?directConnection=true&retryWrites=false",
         host="127.0.0.1",
         port=handle.port,
         version=f"SecantusDB {version_of_secantusdb()} (as MongoDB {version})",
