@@ -233,28 +233,23 @@ class Branches:
         return out
 
     # -- running -------------------------------------------------------------
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
-        report: pytest.TestReport = yield
+    def note_outcome(self, item: pytest.Item, report: pytest.TestReport) -> None:
+        """Each phase's outcome of a branch's test (from the session's ``pytest_runtest_makereport``)."""
         node = self.nodes.get(item)
         if node is not None:
             outcome = report.outcome
             if hasattr(report, "wasxfail"):
                 outcome = "failed" if report.skipped else "passed"  # xfailed: the state is a failure's
             node.outcome[report.when] = outcome
-        return report
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
-        """Know the next test before the fixtures end; after them, restore held states it does not need."""
-        self.nextitem = nextitem
-        result = yield
-        # Normally done in the test's own teardown; here for tests that never started (skipped children).
+    def after_teardown(self) -> None:
+        """After a test's fixtures ended (the session's ``pytest_runtest_teardown``, which sets
+        :attr:`nextitem` before them): restore held states the next test does not need. Normally done
+        in the test's own teardown; here for tests that never started (skipped children)."""
         with broken_fails():
             problems = self.release_unneeded()
         if problems:
             raise RollbackError("; ".join(problems))
-        return result
 
     def start(self, item: pytest.Item) -> None:
         """At a test's set-up: fail or skip it when its branch cannot start from its parent."""

@@ -94,14 +94,13 @@ class PerExample:
             if restore_settings is not None:
                 restore_settings()
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
-        """Add what the failing example changed to the call's report."""
-        report = yield
+    @staticmethod
+    def add_section(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport) -> None:
+        """Add what the failing example changed to the call's report (from the session's
+        ``pytest_runtest_makereport``)."""
         text = getattr(item, "_rollback_example_changes", None)
         if call.when == "call" and text and report.failed:
             report.sections.append((EXAMPLE_SECTION_TITLE, text))
-        return report
 
     def examples(self, item: pytest.Item, handle: Any, label: str, stores: tuple[str, ...]) -> Any:
         """A context manager: while it is open, each call of ``handle.inner_test`` ends rolled back."""

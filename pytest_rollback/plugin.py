@@ -56,9 +56,10 @@ def pytest_configure(config: pytest.Config) -> None:
     options = Options.from_config(config)
     session = RollbackSession(config, options)
     config.stash[SESSION_KEY] = session
+    session.reporter = Reporter(session)
     config.pluginmanager.register(builtin, "rollback-builtin")
     config.pluginmanager.register(session, "rollback-session")
-    config.pluginmanager.register(Reporter(session), "rollback-reporter")
+    config.pluginmanager.register(session.reporter, "rollback-reporter")
     config.pluginmanager.register(session.branches, "rollback-branches")
     config.pluginmanager.register(PerExample(session.engine), "rollback-per-example")
     session.signals.install()
@@ -174,6 +175,8 @@ class RollbackSession:
         #: the node id of the test being run (None between tests): its service lines are followed
         #: by its file's progress prefix again, and the reporter puts restores down to it
         self.running: str | None = None
+        #: the rollback summary and the changes sections (set at configure)
+        self.reporter: Reporter | None = None
         worker = getattr(config, "workerinput", None)
         self.worker: str | None = worker.get("workerid") if worker else None
         #: xdist controller: the directory where workers record the servers they share
@@ -359,8 +362,20 @@ class RollbackSession:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
-        """pytest's ScopeMismatch for an async client in a wider fixture becomes a line saying what to use."""
+        """Every report of the plugin's, in one hook call (each hook implementation costs every test a
+        call of its own): the async scope line, the changes section, the branch's outcome and the
+        failing example's changes."""
         report = yield
+        self._async_scope_line(call, report)
+        if self.reporter is not None:
+            self.reporter.add_section(item, call, report)
+        self.branches.note_outcome(item, report)
+        PerExample.add_section(item, call, report)
+        return report
+
+    @staticmethod
+    def _async_scope_line(call: pytest.CallInfo[None], report: pytest.TestReport) -> None:
+        """pytest's ScopeMismatch for an async client in a wider fixture becomes a line saying what to use."""
         if call.when == "setup" and report.failed:
             text = str(report.longrepr)
             found = _SCOPE_MISMATCH.search(text)
@@ -371,12 +386,17 @@ class RollbackSession:
                     fixture=found.group(1), scope=found.group(2), requester=requester.group(1) if requester else "?",
                     sync=sync, how=how,
                 )
-        return report
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
-        """Before the last test's teardown: what follows are the session's own teardowns."""
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
+        """Before a test's fixtures end: whether the session's own teardowns follow (the last test), and
+        the next test for the branches; after them, the branches' held states it does not need are
+        restored."""
         self.engine.ending = nextitem is None
+        self.branches.nextitem = nextitem
+        result = yield
+        self.branches.after_teardown()
+        return result
 
     def pytest_runtest_logstart(self, nodeid: str) -> None:
         """Remember the running test (for service lines and the summary's causes)."""

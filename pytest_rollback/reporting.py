@@ -109,10 +109,9 @@ class Reporter:
         self.worker_services: dict[str, list[str]] = {}
 
     # -- what a test changed -------------------------------------------------
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
-        """Add the change section to a setup or call report that pytest will show."""
-        report = yield
+    def add_section(self, item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport) -> None:
+        """Add the change section to a setup or call report that pytest will show (from the session's
+        ``pytest_runtest_makereport``)."""
         if call.when in ("setup", "call") and _shown(report, item.config):
             try:
                 text = self.changes_text(item)
@@ -120,7 +119,6 @@ class Reporter:
                 text = SECTION_FAILED.format(error=_error(exc))
             if text:
                 report.sections.append((SECTION_TITLE, mask(text)))
-        return report
 
     def changes_text(self, item: pytest.Item) -> str:
         """The section's text for ``item``: one block per store it changed ("" when it changed none).
