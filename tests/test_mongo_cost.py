@@ -399,6 +399,7 @@ def test_the_new_collection_is_gone(mongo_client):
 def test_mongo_client_notes_its_updates(pytester: pytest.Pytester, secantus: Service, client: Any) -> None:
     """Through the plugin: an update of an existing collection through ``mongo_client`` costs no list of
     collections; an update that matches nothing in a new collection, through another client, is put back."""
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     pytester.makepyfile(test_noting=MONGO_CLIENT_SUITE)
     result = pytester.runpytest(*INNER, f"--rollback-mongo-url={secantus.url}", "-p", "no:randomly")
     result.assert_outcomes(passed=4)
