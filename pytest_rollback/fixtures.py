@@ -372,54 +372,42 @@ def rollback(request: pytest.FixtureRequest) -> RollbackHandle:
     return RollbackHandle(request)
 
 
-#: The set-up request of ``_rollback_test``, handed over by the session's
-#: ``pytest_fixture_setup`` just before the fixture runs. The fixture does not ask
-#: for ``request``: pytest builds a fixture definition for every ``request`` asked
-#: for, which made about half of what the plugin costs a test that touches no store.
-_handover: tuple[RollbackSession, pytest.FixtureRequest] | None = None
+def begin_test(session: RollbackSession, item: pytest.Item) -> None:
+    """Checkpoint every active store before the test's own fixtures; roll back after them.
 
-
-def hand_over(session: RollbackSession, request: pytest.FixtureRequest) -> None:
-    """Give ``_rollback_test`` its session and set-up request (it runs next)."""
-    global _handover
-    _handover = (session, request)
-
-
-@pytest.fixture(autouse=True)
-def _rollback_test() -> Iterator[None]:
-    """Checkpoint every active store before the test's own fixtures; roll back after them."""
-    global _handover
-    if _handover is None:  # pragma: no cover - the session plugin always hands over
-        raise RollbackError("pytest-rollback's session plugin is not registered ('-p no:rollback-session'?)")
-    (session, request), _handover = _handover, None
+    Called by the session's hooks when the first fixture of function scope of ``item`` is set up
+    (every fixture of a wider scope is set up by then), or after its set-up when it has none. The
+    rollback is the first finalizer registered on the item, so it runs after every fixture of the
+    test has ended. Not an autouse fixture: pytest's cost of one made about two thirds of what the
+    plugin cost a test that touches no store.
+    """
     engine = session.engine
     if not engine.enabled:
-        session.branches.start(request.node)
-        yield
+        session.branches.start(item)
         return
     session.register()
-    marker = parse_rollback_marker(request.node, session.registry.names())
+    marker = parse_rollback_marker(item, session.registry.names())
     if engine.broken:
-        _refuse_broken_stores(request, engine, marker.stores)
-    session.branches.start(request.node)  # a branch that cannot start fails or skips here
+        _refuse_broken_stores(item, engine, marker.stores)
+    session.branches.start(item)  # a branch that cannot start fails or skips here
     if not marker.enabled or marker.stores:
-        _hold_module_level(request, engine)
+        _hold_module_level(session, item, engine)
     if not marker.enabled:
         engine.forget_kept()  # its writes stay: the last test's state is not this one's
-        yield
         return
     verify = marker.verify or session.options.verify
     with session.shown.one_line():
-        cp = engine.push(f"test {request.node.nodeid}", "test", verify=verify, reuse=True)
-    request.node._rollback_checkpoint = cp
-    request.node._rollback_stores = marker.stores  # the stores it rolls back (empty: all), for its report
-    try:
-        yield
-    finally:
+        cp = engine.push(f"test {item.nodeid}", "test", verify=verify, reuse=True)
+    item._rollback_checkpoint = cp  # type: ignore[attr-defined]
+    item._rollback_stores = marker.stores  # type: ignore[attr-defined]  # the stores it rolls back (empty: all)
+
+    def end() -> None:
         with session.shown.one_line():
-            problems = session.branches.end(request.node, cp, marker.stores)
-    if problems:
-        pytest.fail("\n".join(problems), pytrace=False)
+            problems = session.branches.end(item, cp, marker.stores)
+        if problems:
+            pytest.fail("\n".join(problems), pytrace=False)
+
+    item.addfinalizer(end)
 
 
 def uses_store(item: pytest.Item, store: str, marked: tuple[str, ...] = ()) -> bool:
@@ -428,10 +416,10 @@ def uses_store(item: pytest.Item, store: str, marked: tuple[str, ...] = ()) -> b
     return f"{store}_service" in getattr(item, "fixturenames", ()) or store in marked
 
 
-def _refuse_broken_stores(request: pytest.FixtureRequest, engine: Engine, marked: tuple[str, ...]) -> None:
+def _refuse_broken_stores(item: pytest.Item, engine: Engine, marked: tuple[str, ...]) -> None:
     """Fail the test at set-up with one line when it uses a store marked broken."""
     for store, reason in engine.broken.items():
-        if uses_store(request.node, store, marked):
+        if uses_store(item, store, marked):
             pytest.fail(USES_BROKEN_STORE.format(store=store, reason=reason), pytrace=False)
 
 
@@ -444,7 +432,7 @@ def broken_fails() -> Iterator[None]:
         raise pytest.fail.Exception(str(exc), pytrace=False) from None  # no "During handling of ..." chain
 
 
-def _hold_module_level(request: pytest.FixtureRequest, engine: Engine) -> None:
+def _hold_module_level(session: RollbackSession, item: pytest.Item, engine: Engine) -> None:
     """Give the test's module a level of its own, restored when the module ends.
 
     A test that keeps writes (``enabled=False``, or stores left out of
@@ -452,16 +440,16 @@ def _hold_module_level(request: pytest.FixtureRequest, engine: Engine) -> None:
     its module they would outlive the module when the module has no fixture of
     its own.
     """
-    module = request.node.getparent(pytest.Module)
+    module = item.getparent(pytest.Module)
     if module is None:
         return
     held: Checkpoint | None = getattr(module, "_rollback_module_level", None)
     if held is not None and held.alive:
         return
-    shown = _session(request).shown
+    shown = session.shown
     with shown.one_line():
         cp = engine.push(f"module {module.nodeid} (kept writes)", "module")
-    module._rollback_module_level = cp
+    module._rollback_module_level = cp  # type: ignore[attr-defined]
 
     def pop() -> None:
         problems: list[str] = []

@@ -177,6 +177,8 @@ class RollbackSession:
         self.running: str | None = None
         #: the rollback summary and the changes sections (set at configure)
         self.reporter: Reporter | None = None
+        #: the test whose level was pushed last (by its first fixture of function scope, or after its set-up)
+        self._begun: pytest.Item | None = None
         worker = getattr(config, "workerinput", None)
         self.worker: str | None = worker.get("workerid") if worker else None
         #: xdist controller: the directory where workers record the servers they share
@@ -394,9 +396,28 @@ class RollbackSession:
         restored."""
         self.engine.ending = nextitem is None
         self.branches.nextitem = nextitem
-        result = yield
+        try:
+            result = yield
+        finally:
+            self._begun = None  # a test run again (a rerun of the same item) gets a level again
         self.branches.after_teardown()
         return result
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, Any, Any]:
+        """A test none of whose fixtures is of function scope gets its level after its set-up."""
+        result = yield
+        if item is not self._begun and getattr(item, "fixturenames", None) is not None:
+            self._begin(item)
+        return result
+
+    def _begin(self, item: pytest.Item) -> None:
+        self._begun = item
+        try:
+            begin_test(self, item)
+        except pytest.skip.Exception as exc:  # a branch that cannot start: the skip is the test's, not ours
+            exc._use_item_location = True
+            raise
 
     def pytest_runtest_logstart(self, nodeid: str) -> None:
         """Remember the running test (for service lines and the summary's causes)."""
@@ -595,8 +616,13 @@ class RollbackSession:
         self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
     ) -> Generator[None, Any, Any]:
         if fixturedef.scope == "function" or not self.engine.enabled:
-            if fixturedef.argname == "_rollback_test":
-                hand_over(self, request)
+            if fixturedef.scope == "function" and request.node is not self._begun:
+                try:  # the test's first fixture of its own: its level comes first
+                    self._begin(request.node)
+                except (Exception, pytest.skip.Exception, pytest.fail.Exception) as exc:
+                    # as pytest's own set-up of a fixture that raises (a skip, a failure), so it stays usable
+                    fixturedef.cached_result = (None, fixturedef.cache_key(request), (exc, exc.__traceback__))  # type: ignore[arg-type]
+                    raise
             return (yield)
         label = self._level_label(fixturedef)
         with self.shown.one_line():
@@ -653,13 +679,12 @@ class RollbackSession:
 
 
 from .fixtures import (  # noqa: E402  (fixtures are found in the plugin module)
-    _rollback_test,
     async_es_client,
     async_mongo_client,
     async_redis_client,
+    begin_test,
     elasticsearch_service,
     es_client,
-    hand_over,
     mongo_client,
     mongo_db,
     mongo_service,
@@ -669,7 +694,6 @@ from .fixtures import (  # noqa: E402  (fixtures are found in the plugin module)
 )
 
 __all__ = [
-    "_rollback_test",
     "async_es_client",
     "async_mongo_client",
     "async_redis_client",

@@ -277,6 +277,65 @@ def test_tests_without_plugin_fixtures_are_rolled_back_when_a_url_is_configured(
     result.assert_outcomes(passed=2)
 
 
+def test_the_test_level_comes_before_function_fixtures_and_again_on_a_rerun(
+    pytester: pytest.Pytester, run: Callable[..., pytest.RunResult], server: Service
+) -> None:
+    """The test's level is pushed when its first function-scoped fixture is set up (after the wider
+    scopes' fixtures, whose writes stay for the module), or after the set-up of a test without one, and
+    popped after its fixtures end; a test run twice by a plugin (a rerun of the same item) is rolled
+    back each time."""
+    pytester.makeconftest(
+        """
+        from _pytest.runner import runtestprotocol
+
+
+        def pytest_runtest_protocol(item, nextitem):
+            if item.get_closest_marker("twice"):
+                item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+                runtestprotocol(item, nextitem=nextitem, log=True)
+                runtestprotocol(item, nextitem=nextitem, log=True)
+                item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+                return True
+        """
+    )
+    pytester.makeini("[pytest]\nmarkers = twice\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(
+        test_levels="""
+        import pytest
+
+
+        @pytest.fixture(scope="module")
+        def shelf(redis_client):
+            redis_client.set("shelf", "module")
+
+
+        @pytest.fixture
+        def basket(redis_client, shelf):
+            assert redis_client.get("basket") is None
+            redis_client.set("basket", "function")
+            yield
+            redis_client.set("basket", "torn down")  # written after the test: rolled back too
+
+
+        def test_with_a_function_fixture(redis_client, basket):
+            assert redis_client.get("shelf") == b"module"
+            redis_client.set("test", "1")
+
+
+        @pytest.mark.twice
+        def test_run_twice(redis_client, shelf):
+            assert redis_client.get("twice") is None, "the first run's write was not rolled back"
+            redis_client.set("twice", "1")
+
+
+        def test_after(redis_client, shelf):
+            assert sorted(redis_client.keys()) == [b"shelf"]
+        """
+    )
+    result = run("-v")
+    result.assert_outcomes(passed=4)
+
+
 def test_rollback_handle_checkpoint_restore_branch_changes(
     pytester: pytest.Pytester, run: Callable[..., pytest.RunResult]
 ) -> None:
