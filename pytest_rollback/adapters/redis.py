@@ -437,6 +437,10 @@ class RedisAdapter:
         expanded = current.replace("A", "g$lshzxetd")
         if not ("K" in expanded and all(f in expanded for f in "g$lshzxetd")):
             self._conn.call("CONFIG", "SET", "notify-keyspace-events", _union_flags(current, _NEEDED_FLAGS))
+            # the settings last read are not the server's now: the next checkpoint reads them again (on
+            # Redis 6, where one counter counts every CONFIG, a test's CONFIG SET back to those it read
+            # would otherwise look like nothing changed, and its writes with the events off go unseen)
+            self._config_stale = True
 
     def _close_conn(self) -> None:
         self._ahead = None  # no reply is due on the next connection
