@@ -57,6 +57,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,25 +92,40 @@ def per_test(adapter: object, products: object, reps: int) -> dict[int, float]:
     return out
 
 
-def plugin_samples(adapter: Any, products: Any, k: int, reps: int, budget: float = float("inf")) -> list[float]:
-    """Seconds of checkpoint + rollback around a test that updates k documents, up to ``reps`` times (at
-    least 3, fewer than ``reps`` once ``budget`` seconds have gone by); the session's checkpoint taken."""
+def repeated(one: Callable[[int], float], reps: int, budget: float) -> list[float]:
+    """``one(r)`` (seconds) for r = 0, 1, ... up to ``reps`` times: at least 3, fewer than ``reps`` once
+    ``budget`` seconds have gone by."""
     samples: list[float] = []
     begin = time.perf_counter()
     for r in range(reps):
         if len(samples) >= 3 and time.perf_counter() - begin > budget:
             break
+        samples.append(one(r))
+    return samples
+
+
+def update(products: Any, k: int, r: int) -> None:
+    """The simulated test: k seeded documents updated (their stock set to ``r``)."""
+    for i in range(k):
+        products.update_one({"_id": i}, {"$set": {"stock": r}})
+
+
+def plugin_samples(adapter: Any, products: Any, k: int, reps: int, budget: float = float("inf")) -> list[float]:
+    """Seconds of checkpoint + rollback around a test that updates k documents (see :func:`repeated`);
+    the session's checkpoint taken."""
+
+    def one(r: int) -> float:
         t0 = time.perf_counter()
         cp = adapter.checkpoint("test")
         t1 = time.perf_counter()
-        for i in range(k):
-            products.update_one({"_id": i}, {"$set": {"stock": r}})
+        update(products, k, r)
         t2 = time.perf_counter()
         adapter.rollback(cp)
         t3 = time.perf_counter()
         adapter.release(cp)
-        samples.append((t1 - t0) + (t3 - t2))
-    return samples
+        return (t1 - t0) + (t3 - t2)
+
+    return repeated(one, reps, budget)
 
 
 def reseed_times(products: Any, n: int) -> list[float]:
@@ -283,16 +299,13 @@ def seed(coll: Any, n: int, batch: int = 10_000) -> None:
 
 def bare_samples(products: Any, k: int, reps: int, budget: float) -> list[float]:
     """Seconds of the simulated test's own writes (k updates), no adapter open: the anchor "the test itself"."""
-    samples: list[float] = []
-    begin = time.perf_counter()
-    for r in range(reps):
-        if len(samples) >= 3 and time.perf_counter() - begin > budget:
-            break
+
+    def one(r: int) -> float:
         t0 = time.perf_counter()
-        for i in range(k):
-            products.update_one({"_id": i}, {"$set": {"stock": r}})
-        samples.append(time.perf_counter() - t0)
-    return samples
+        update(products, k, r)
+        return time.perf_counter() - t0
+
+    return repeated(one, reps, budget)
 
 
 def ratio(a: float, b: float) -> str:
